@@ -1,0 +1,541 @@
+/*
+ * portmux shim: the few syscalls Deno cannot make for us.
+ *
+ * Loaded two ways, and both reach the same instance:
+ *   - with Deno.dlopen (ffi/shim.ts), for peek, fd lookup/verification,
+ *     SCM_RIGHTS send/receive, release of a handed-off socket, and a
+ *     readiness waiter for connections that have not sent bytes yet;
+ *   - with LD_PRELOAD (src/launch.ts), so that its accept4() interposes the
+ *     runtime's: for a registered internal listener it returns client fds
+ *     queued by the daemon ("accept injection", DESIGN.md fact 4).
+ *
+ * Every function returns a negative errno on failure; ffi/shim.ts names it.
+ * The C side makes syscalls only: policy lives in TypeScript.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PM_EXPORT __attribute__((visibility("default")))
+
+/* ---------- peek ---------- */
+
+/* Copies up to len bytes that the client has sent, without consuming them.
+ * Returns the count, 0 at end of stream, -EAGAIN when nothing is there yet. */
+PM_EXPORT int pm_peek(int fd, uint8_t *buf, int len) {
+  ssize_t n = recv(fd, buf, (size_t)len, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 ? -errno : (int)n;
+}
+
+/* ---------- fd verification and lookup ---------- */
+
+/* Parses "1.2.3.4" or "::1" (optionally "[::1]") into a sockaddr family+bytes. */
+static int parse_host(const char *host, int *family, uint8_t out[16]) {
+  char tmp[64];
+  size_t n = strlen(host);
+  if (n >= sizeof tmp) return -EINVAL;
+  if (n >= 2 && host[0] == '[' && host[n - 1] == ']') {
+    memcpy(tmp, host + 1, n - 2);
+    tmp[n - 2] = 0;
+  } else {
+    memcpy(tmp, host, n + 1);
+  }
+  if (inet_pton(AF_INET, tmp, out) == 1) { *family = AF_INET; return 0; }
+  if (inet_pton(AF_INET6, tmp, out) == 1) { *family = AF_INET6; return 0; }
+  return -EINVAL;
+}
+
+/* 1 if the sockaddr is host:port, 0 if not. */
+static int addr_equals(const struct sockaddr_storage *ss, int family,
+                       const uint8_t bytes[16], int port) {
+  if (ss->ss_family != family) return 0;
+  if (family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    return ntohs(a->sin_port) == port && memcmp(&a->sin_addr, bytes, 4) == 0;
+  }
+  const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+  return ntohs(a->sin6_port) == port && memcmp(&a->sin6_addr, bytes, 16) == 0;
+}
+
+/* 1 if fd is a TCP socket whose local and peer addresses are exactly the
+ * given ones, 0 if it is something else, negative errno on bad input. This is
+ * the security check before an fd number learnt from Deno internals is used:
+ * a wrong fd would hand another client's connection to a service. */
+PM_EXPORT int pm_verify_fd(int fd, const char *local_host, int local_port,
+                           const char *peer_host, int peer_port) {
+  int lf, pf;
+  uint8_t lb[16], pb[16];
+  if (parse_host(local_host, &lf, lb) < 0 || parse_host(peer_host, &pf, pb) < 0)
+    return -EINVAL;
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) return 0;
+  if (!addr_equals(&ss, lf, lb, local_port)) return 0;
+  sl = sizeof ss;
+  if (getpeername(fd, (struct sockaddr *)&ss, &sl) < 0) return 0;
+  if (!addr_equals(&ss, pf, pb, peer_port)) return 0;
+  int type = 0;
+  socklen_t tl = sizeof type;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 || type != SOCK_STREAM)
+    return 0;
+  return 1;
+}
+
+/* Fallback when the runtime does not tell us the fd: scan the process's fds
+ * for the one socket with this 4-tuple. Returns the fd or -ENOENT. */
+PM_EXPORT int pm_find_fd(const char *local_host, int local_port,
+                         const char *peer_host, int peer_port) {
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return -errno;
+  int found = -ENOENT, dfd = dirfd(d);
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    int fd = atoi(e->d_name);
+    if (fd == dfd) continue;
+    int r = pm_verify_fd(fd, local_host, local_port, peer_host, peer_port);
+    if (r < 0) { found = r; break; }
+    if (r == 1) { found = fd; break; }
+  }
+  closedir(d);
+  return found;
+}
+
+/* ---------- sending and receiving fds (SCM_RIGHTS) ---------- */
+
+/* Connects (non-blocking) to the service's Unix stream socket, checks with
+ * SO_PEERCRED that the listener runs as expected_uid (skip with -1), and
+ * sends payload with fd attached. The payload must be at least one byte:
+ * a zero-length sendmsg carries no fd (DESIGN.md fact 6).
+ * Returns 0, -EPERM for a foreign listener, or the failing call's -errno. */
+PM_EXPORT int pm_send_fd(const char *path, int fd, const uint8_t *payload,
+                         int len, int expected_uid) {
+  if (len < 1) return -EINVAL;
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof sa.sun_path) return -ENAMETOOLONG;
+  strcpy(sa.sun_path, path);
+  int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (s < 0) return -errno;
+  int rc = 0;
+  if (connect(s, (struct sockaddr *)&sa, sizeof sa) < 0) { rc = -errno; goto out; }
+  if (expected_uid >= 0) {
+    struct ucred cred;
+    socklen_t cl = sizeof cred;
+    if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) { rc = -errno; goto out; }
+    if ((int)cred.uid != expected_uid) { rc = -EPERM; goto out; }
+  }
+  struct iovec iov = {.iov_base = (void *)payload, .iov_len = (size_t)len};
+  union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } ctl;
+  memset(&ctl, 0, sizeof ctl);
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+                       .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+  struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  ssize_t n = sendmsg(s, &msg, MSG_NOSIGNAL);
+  if (n < 0) rc = -errno;
+  else if (n != len) rc = -EMSGSIZE; /* never half-sent: the record is tiny */
+out:
+  close(s);
+  return rc;
+}
+
+/* Listens on a Unix stream socket at path (replacing a stale socket file),
+ * mode 0600 so that only our user can connect. Returns the fd. */
+PM_EXPORT int pm_unix_listen(const char *path, int backlog) {
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof sa.sun_path) return -ENAMETOOLONG;
+  strcpy(sa.sun_path, path);
+  struct stat st;
+  if (lstat(path, &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) return -EEXIST;
+    unlink(path);
+  }
+  int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return -errno;
+  mode_t old = umask(0177);
+  int r = bind(s, (struct sockaddr *)&sa, sizeof sa);
+  umask(old);
+  if (r < 0 || listen(s, backlog) < 0) { r = -errno; close(s); return r; }
+  return s;
+}
+
+/* Blocking accept on a listening socket (call it as a nonblocking symbol). */
+PM_EXPORT int pm_accept(int fd) {
+  int c = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+  return c < 0 ? -errno : c;
+}
+
+/* Blocking receive of bytes and at most one fd per call into *fd_out (-1 if
+ * none came). Returns the byte count (0 at end of stream) or -errno;
+ * -EPROTO if the control data was truncated (the extra fds were closed). */
+PM_EXPORT int pm_recv_fd(int sock, uint8_t *buf, int len, int32_t *fd_out) {
+  *fd_out = -1;
+  struct iovec iov = {.iov_base = buf, .iov_len = (size_t)len};
+  union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } ctl;
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+                       .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+  ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+  if (n < 0) return -errno;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+        c->cmsg_len >= CMSG_LEN(sizeof(int)))
+      memcpy(fd_out, CMSG_DATA(c), sizeof(int));
+  }
+  if (msg.msg_flags & MSG_CTRUNC) return -EPROTO;
+  return (int)n;
+}
+
+/* The uid of the process on the other end of a Unix socket. */
+PM_EXPORT int pm_peer_uid(int sock) {
+  struct ucred cred;
+  socklen_t cl = sizeof cred;
+  if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) return -errno;
+  return (int)cred.uid;
+}
+
+/* Sets or clears O_NONBLOCK (it lives on the shared file description, so a
+ * received fd comes with the sender's mode: DESIGN.md fact 5). */
+PM_EXPORT int pm_set_nonblocking(int fd, int on) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) return -errno;
+  fl = on ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
+  return fcntl(fd, F_SETFL, fl) < 0 ? -errno : 0;
+}
+
+PM_EXPORT int pm_dup(int fd) {
+  int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  return d < 0 ? -errno : d;
+}
+
+PM_EXPORT int pm_close(int fd) { return close(fd) < 0 ? -errno : 0; }
+
+/* Writes len bytes (blocking). Used by the demo service's echo loop. */
+PM_EXPORT int pm_write(int fd, const uint8_t *buf, int len) {
+  ssize_t n = write(fd, buf, (size_t)len);
+  return n < 0 ? -errno : (int)n;
+}
+
+/* Blocking read; 0 at end of stream. */
+PM_EXPORT int pm_read(int fd, uint8_t *buf, int len) {
+  ssize_t n = read(fd, buf, (size_t)len);
+  return n < 0 ? -errno : (int)n;
+}
+
+/* ---------- release: let go of a handed-off socket without FIN ---------- */
+
+/* The runtime's epoll sets, found in /proc/self/fd and cached. */
+static pthread_mutex_t epoll_lock = PTHREAD_MUTEX_INITIALIZER;
+static int epoll_fds[64];
+static int epoll_count = -1;
+
+static void rescan_epolls(void) {
+  epoll_count = 0;
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return;
+  struct dirent *e;
+  char target[64];
+  while ((e = readdir(d)) != NULL && epoll_count < 64) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    ssize_t n = readlinkat(dirfd(d), e->d_name, target, sizeof target - 1);
+    if (n <= 0) continue;
+    target[n] = 0;
+    if (strcmp(target, "anon_inode:[eventpoll]") == 0)
+      epoll_fds[epoll_count++] = atoi(e->d_name);
+  }
+  closedir(d);
+}
+
+static int delete_from_epolls(int fd) {
+  int removed = 0;
+  for (int i = 0; i < epoll_count; i++)
+    if (epoll_ctl(epoll_fds[i], EPOLL_CTL_DEL, fd, NULL) == 0) removed++;
+  return removed;
+}
+
+/* Makes fd safe to close from the runtime without touching the connection:
+ * (1) remove it from every epoll set of the process, so no epoll item is left
+ *     pointing at runtime memory that is about to be freed;
+ * (2) dup2 an unconnected socket onto the fd number, so the runtime's
+ *     shutdown(SHUT_WR) + close() hit the placeholder, not the connection,
+ *     which a service (or the injected listener) now owns (DESIGN.md fact 2).
+ * Returns how many epoll sets held it. */
+PM_EXPORT int pm_release(int fd) {
+  pthread_mutex_lock(&epoll_lock);
+  if (epoll_count < 0) rescan_epolls();
+  int removed = delete_from_epolls(fd);
+  if (removed == 0) { /* a set we have not seen yet (or a stale cache) */
+    rescan_epolls();
+    removed = delete_from_epolls(fd);
+  }
+  pthread_mutex_unlock(&epoll_lock);
+  int ph = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (ph < 0) return -errno;
+  int r = dup3(ph, fd, O_CLOEXEC) < 0 ? -errno : removed;
+  close(ph);
+  return r;
+}
+
+/* ---------- readiness waiter for the preread ---------- */
+
+/* One epoll set for all connections waiting for their first bytes, waited on
+ * by one thread, so no thread is tied up per idle client (DESIGN.md fact 7).
+ * Edge-triggered: a connection is reported when new bytes (or EOF) arrive,
+ * and once on add if bytes are already there. */
+PM_EXPORT int pm_waiter_create(void) {
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  if (ep < 0) return -errno;
+  pthread_mutex_lock(&epoll_lock);
+  epoll_count = -1; /* a new set: rescan before the next release */
+  pthread_mutex_unlock(&epoll_lock);
+  return ep;
+}
+
+PM_EXPORT int pm_waiter_add(int ep, int fd) {
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.fd = fd};
+  return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
+PM_EXPORT int pm_waiter_del(int ep, int fd) {
+  return epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL) < 0 ? -errno : 0;
+}
+
+/* Waits up to timeout_ms; writes (fd, hangup) pairs to out, max pairs.
+ * hangup is 1 when the peer closed its side or the socket failed.
+ * Returns the number of pairs. */
+PM_EXPORT int pm_waiter_wait(int ep, int32_t *out, int max, int timeout_ms) {
+  struct epoll_event evs[256];
+  if (max > 256) max = 256;
+  int n = epoll_wait(ep, evs, max, timeout_ms);
+  if (n < 0) return errno == EINTR ? 0 : -errno;
+  for (int i = 0; i < n; i++) {
+    out[2 * i] = evs[i].data.fd;
+    out[2 * i + 1] = (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
+  }
+  return n;
+}
+
+/* ---------- accept injection (the LD_PRELOAD side) ---------- */
+
+#define MAX_LISTENERS 16
+#define QUEUE_CAP 4096
+#define MAX_WAKERS 64
+
+struct injected_listener {
+  int fd;
+  int head, len;
+  int queue[QUEUE_CAP];
+};
+
+struct waker {
+  int fd;
+  int listener_fd;
+  int port; /* its local port: how its accepted twin is recognised */
+  struct timespec born;
+};
+
+static pthread_mutex_t inject_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct injected_listener listeners[MAX_LISTENERS];
+static int listener_count;
+static struct waker wakers[MAX_WAKERS];
+static int waker_count;
+
+typedef int (*accept4_fn)(int, struct sockaddr *, socklen_t *, int);
+
+static accept4_fn real_accept4(void) {
+  static accept4_fn fn;
+  if (!fn) fn = (accept4_fn)dlsym(RTLD_NEXT, "accept4");
+  return fn;
+}
+
+static struct injected_listener *find_listener(int fd) {
+  for (int i = 0; i < listener_count; i++)
+    if (listeners[i].fd == fd) return &listeners[i];
+  return NULL;
+}
+
+static int pop_locked(struct injected_listener *l) {
+  if (l->len == 0) return -1;
+  int fd = l->queue[l->head];
+  l->head = (l->head + 1) % QUEUE_CAP;
+  l->len--;
+  return fd;
+}
+
+static void close_waker_locked(int i) {
+  close(wakers[i].fd);
+  wakers[i] = wakers[--waker_count];
+}
+
+/* Hands out a queued fd as if the kernel had accepted it: applies the flags
+ * and fills in the peer address. */
+static int deliver(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags) {
+  if (flags & SOCK_NONBLOCK) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  if (!(flags & SOCK_CLOEXEC)) fcntl(fd, F_SETFD, 0);
+  if (addr && addrlen) getpeername(fd, addr, addrlen);
+  return fd;
+}
+
+/* Our accept4 (exported as accept4 below). For an injected listener it
+ * returns queued client fds; real connections on that listener are wakers
+ * (closed, with their client side) or strangers (closed: nothing is served
+ * to a process that connects to the internal port directly). */
+static int pm_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags) {
+  accept4_fn real = real_accept4();
+  pthread_mutex_lock(&inject_lock);
+  struct injected_listener *l = find_listener(fd);
+  if (!l) {
+    pthread_mutex_unlock(&inject_lock);
+    return real(fd, addr, addrlen, flags);
+  }
+  int q = pop_locked(l);
+  pthread_mutex_unlock(&inject_lock);
+  if (q >= 0) return deliver(q, addr, addrlen, flags);
+
+  for (;;) {
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    int c = real(fd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
+    if (c < 0) break; /* EAGAIN: drained */
+    int port = ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
+             : ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+             : -1;
+    close(c);
+    pthread_mutex_lock(&inject_lock);
+    for (int i = 0; i < waker_count; i++)
+      if (wakers[i].listener_fd == fd && wakers[i].port == port) {
+        close_waker_locked(i);
+        break;
+      }
+    pthread_mutex_unlock(&inject_lock);
+  }
+  /* An fd pushed while we drained has no waker of its own: take it now. */
+  pthread_mutex_lock(&inject_lock);
+  q = pop_locked(l);
+  pthread_mutex_unlock(&inject_lock);
+  if (q >= 0) return deliver(q, addr, addrlen, flags);
+  errno = EAGAIN;
+  return -1;
+}
+
+PM_EXPORT int accept4(int, struct sockaddr *, socklen_t *, int)
+    __attribute__((alias("pm_accept4")));
+
+/* 1 when this library was loaded with LD_PRELOAD, so that the runtime's
+ * accept4 calls reach pm_accept4; 0 when it was only dlopen'ed. */
+PM_EXPORT int pm_interposer_active(void) {
+  return dlsym(RTLD_DEFAULT, "accept4") == (void *)pm_accept4;
+}
+
+/* Registers the internal listener on 127.0.0.1:port (or [::1]:port) for
+ * injection. Returns its fd. */
+PM_EXPORT int pm_inject_register(int port) {
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return -errno;
+  int found = -ENOENT;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    int fd = atoi(e->d_name), listening = 0;
+    socklen_t ol = sizeof listening;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ol) < 0 || !listening) continue;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) continue;
+    int p = ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
+          : ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+          : -1;
+    if (p == port) { found = fd; break; }
+  }
+  closedir(d);
+  if (found < 0) return found;
+  pthread_mutex_lock(&inject_lock);
+  if (!find_listener(found)) {
+    if (listener_count == MAX_LISTENERS) found = -ENOSPC;
+    else listeners[listener_count++] = (struct injected_listener){.fd = found};
+  }
+  pthread_mutex_unlock(&inject_lock);
+  return found;
+}
+
+static double age_ms(const struct timespec *t) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (now.tv_sec - t->tv_sec) * 1e3 + (now.tv_nsec - t->tv_nsec) / 1e6;
+}
+
+/* Opens a connection to the listener so that the runtime's epoll sees it
+ * readable and calls accept4. Called with inject_lock held. */
+static int wake_locked(int listener_fd) {
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  if (getsockname(listener_fd, (struct sockaddr *)&ss, &sl) < 0) return -errno;
+  if (waker_count == MAX_WAKERS) close_waker_locked(0);
+  int w = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (w < 0) return -errno;
+  if (connect(w, (struct sockaddr *)&ss, sl) < 0 && errno != EINPROGRESS) {
+    int r = -errno;
+    close(w);
+    return r;
+  }
+  struct sockaddr_storage me;
+  socklen_t ml = sizeof me;
+  getsockname(w, (struct sockaddr *)&me, &ml);
+  int port = me.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&me)->sin_port)
+                                     : ntohs(((struct sockaddr_in6 *)&me)->sin6_port);
+  struct waker k = {.fd = w, .listener_fd = listener_fd, .port = port};
+  clock_gettime(CLOCK_MONOTONIC, &k.born);
+  wakers[waker_count++] = k;
+  return 0;
+}
+
+/* Queues client_fd for the listener and wakes it, unless a waker is still
+ * on its way (one waker serves a whole burst; a waker lost for over 100 ms,
+ * say to a full backlog, is replaced). The listener takes ownership of
+ * client_fd only when 0 is returned. */
+PM_EXPORT int pm_inject_push(int listener_fd, int client_fd) {
+  int rc = 0;
+  pthread_mutex_lock(&inject_lock);
+  struct injected_listener *l = find_listener(listener_fd);
+  if (!l) rc = -ENOENT;
+  else if (l->len == QUEUE_CAP) rc = -EAGAIN;
+  else {
+    int need_wake = 1;
+    for (int i = 0; i < waker_count; i++)
+      if (wakers[i].listener_fd == listener_fd && age_ms(&wakers[i].born) < 100)
+        need_wake = 0;
+    if (need_wake) rc = wake_locked(listener_fd);
+    if (rc == 0) {
+      l->queue[(l->head + l->len) % QUEUE_CAP] = client_fd;
+      l->len++;
+    }
+  }
+  pthread_mutex_unlock(&inject_lock);
+  return rc;
+}
+
+/* How many fds wait in the listener's queue (for tests and metrics). */
+PM_EXPORT int pm_inject_pending(int listener_fd) {
+  pthread_mutex_lock(&inject_lock);
+  struct injected_listener *l = find_listener(listener_fd);
+  int n = l ? l->len : -ENOENT;
+  pthread_mutex_unlock(&inject_lock);
+  return n;
+}

@@ -1,0 +1,286 @@
+/**
+ * Deno.dlopen bindings for the C shim (c/portmux_shim.c), and nothing else:
+ * the symbol table, the library path, and the one place where a C return
+ * code becomes a named error.
+ */
+
+const SYMBOLS = {
+  // int pm_peek(int fd, uint8_t *buf, int len)
+  pm_peek: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  // int pm_verify_fd(int fd, char *local_host, int local_port, char *peer_host, int peer_port)
+  pm_verify_fd: { parameters: ["i32", "buffer", "i32", "buffer", "i32"], result: "i32" },
+  // int pm_find_fd(char *local_host, int local_port, char *peer_host, int peer_port)
+  pm_find_fd: { parameters: ["buffer", "i32", "buffer", "i32"], result: "i32" },
+  // int pm_send_fd(char *path, int fd, uint8_t *payload, int len, int expected_uid)
+  pm_send_fd: { parameters: ["buffer", "i32", "buffer", "i32", "i32"], result: "i32" },
+  // int pm_release(int fd)
+  pm_release: { parameters: ["i32"], result: "i32" },
+  // int pm_dup(int fd)
+  pm_dup: { parameters: ["i32"], result: "i32" },
+  // int pm_close(int fd)
+  pm_close: { parameters: ["i32"], result: "i32" },
+  // int pm_set_nonblocking(int fd, int on)
+  pm_set_nonblocking: { parameters: ["i32", "i32"], result: "i32" },
+  // int pm_unix_listen(char *path, int backlog)
+  pm_unix_listen: { parameters: ["buffer", "i32"], result: "i32" },
+  // int pm_accept(int fd): blocks
+  pm_accept: { parameters: ["i32"], result: "i32", nonblocking: true },
+  // int pm_recv_fd(int sock, uint8_t *buf, int len, int32_t *fd_out): blocks
+  pm_recv_fd: { parameters: ["i32", "buffer", "i32", "buffer"], result: "i32", nonblocking: true },
+  // int pm_peer_uid(int sock)
+  pm_peer_uid: { parameters: ["i32"], result: "i32" },
+  // int pm_read(int fd, uint8_t *buf, int len): blocks
+  pm_read: { parameters: ["i32", "buffer", "i32"], result: "i32", nonblocking: true },
+  // int pm_write(int fd, uint8_t *buf, int len): blocks
+  pm_write: { parameters: ["i32", "buffer", "i32"], result: "i32", nonblocking: true },
+  // int pm_waiter_create(void)
+  pm_waiter_create: { parameters: [], result: "i32" },
+  // int pm_waiter_add(int ep, int fd)
+  pm_waiter_add: { parameters: ["i32", "i32"], result: "i32" },
+  // int pm_waiter_del(int ep, int fd)
+  pm_waiter_del: { parameters: ["i32", "i32"], result: "i32" },
+  // int pm_waiter_wait(int ep, int32_t *out, int max, int timeout_ms): blocks
+  pm_waiter_wait: { parameters: ["i32", "buffer", "i32", "i32"], result: "i32", nonblocking: true },
+  // int pm_interposer_active(void)
+  pm_interposer_active: { parameters: [], result: "i32" },
+  // int pm_inject_register(int port)
+  pm_inject_register: { parameters: ["i32"], result: "i32" },
+  // int pm_inject_push(int listener_fd, int client_fd)
+  pm_inject_push: { parameters: ["i32", "i32"], result: "i32" },
+  // int pm_inject_pending(int listener_fd)
+  pm_inject_pending: { parameters: ["i32"], result: "i32" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** Linux errno numbers the shim can return, by name. */
+const ERRNO_NAMES: Record<number, string> = {
+  1: "EPERM",
+  2: "ENOENT",
+  4: "EINTR",
+  5: "EIO",
+  9: "EBADF",
+  11: "EAGAIN",
+  12: "ENOMEM",
+  13: "EACCES",
+  17: "EEXIST",
+  20: "ENOTDIR",
+  22: "EINVAL",
+  23: "ENFILE",
+  24: "EMFILE",
+  28: "ENOSPC",
+  32: "EPIPE",
+  36: "ENAMETOOLONG",
+  71: "EPROTO",
+  88: "ENOTSOCK",
+  90: "EMSGSIZE",
+  98: "EADDRINUSE",
+  104: "ECONNRESET",
+  105: "ENOBUFS",
+  107: "ENOTCONN",
+  109: "ETOOMANYREFS",
+  110: "ETIMEDOUT",
+  111: "ECONNREFUSED",
+  115: "EINPROGRESS",
+};
+
+/** A failed shim call: `code` is the errno name ("ECONNREFUSED"). */
+export class ShimError extends Error {
+  constructor(readonly call: string, readonly errno: number) {
+    const code = ERRNO_NAMES[errno] ?? `errno ${errno}`;
+    super(`${call}: ${code}`);
+    this.name = "ShimError";
+    this.code = code;
+  }
+  readonly code: string;
+}
+
+function check(call: string, rc: number): number {
+  if (rc < 0) throw new ShimError(call, -rc);
+  return rc;
+}
+
+const encoder = new TextEncoder();
+function cstr(s: string): Uint8Array<ArrayBuffer> {
+  return encoder.encode(s + "\0");
+}
+
+/** Where the library is: PORTMUX_SHIM, else the copy named in LD_PRELOAD
+ * (so dlopen reaches the preloaded instance), else the build folder. */
+export function shimPath(): string {
+  const fromEnv = Deno.env.get("PORTMUX_SHIM");
+  if (fromEnv) return fromEnv;
+  const preloaded = (Deno.env.get("LD_PRELOAD") ?? "").split(/[: ]/)
+    .find((p) => p.endsWith("/libportmux.so"));
+  if (preloaded) return preloaded;
+  return new URL("../build/libportmux.so", import.meta.url).pathname;
+}
+
+/** An endpoint of a TCP connection as the shim takes it. */
+export interface Endpoint {
+  hostname: string;
+  port: number;
+}
+
+/** A readiness report from the waiter: the fd, and whether the peer has
+ * closed its side (EPOLLRDHUP/EPOLLHUP/EPOLLERR). */
+export interface Readiness {
+  fd: number;
+  hangup: boolean;
+}
+
+/** The loaded shim; each method throws ShimError on failure. */
+export class Shim {
+  readonly #lib: Deno.DynamicLibrary<typeof SYMBOLS>;
+  readonly path: string;
+
+  constructor(path: string = shimPath()) {
+    this.path = path;
+    try {
+      this.#lib = Deno.dlopen(path, SYMBOLS);
+    } catch (e) {
+      throw new Error(
+        `cannot load the portmux shim at ${path} (run \`deno task build\`): ${
+          (e as Error).message
+        }`,
+      );
+    }
+  }
+
+  /** Bytes the client has sent so far, not consumed; null if none yet;
+   * an empty array at end of stream. */
+  peek(fd: number, buf: Uint8Array<ArrayBuffer>): Uint8Array | null {
+    const n = this.#lib.symbols.pm_peek(fd, buf, buf.length);
+    if (n === -11) return null;
+    return buf.subarray(0, check("peek", n));
+  }
+
+  /** True if fd is the TCP socket with exactly this local and peer address. */
+  verifyFd(fd: number, local: Endpoint, peer: Endpoint): boolean {
+    return check(
+      "verify_fd",
+      this.#lib.symbols.pm_verify_fd(
+        fd,
+        cstr(local.hostname),
+        local.port,
+        cstr(peer.hostname),
+        peer.port,
+      ),
+    ) === 1;
+  }
+
+  /** The fd of the TCP socket with this 4-tuple (ShimError ENOENT if none). */
+  findFd(local: Endpoint, peer: Endpoint): number {
+    return check(
+      "find_fd",
+      this.#lib.symbols.pm_find_fd(
+        cstr(local.hostname),
+        local.port,
+        cstr(peer.hostname),
+        peer.port,
+      ),
+    );
+  }
+
+  /** Sends fd with payload to the Unix socket at path; the listener must run
+   * as expectedUid (-1: any). EPERM means a foreign listener. */
+  sendFd(path: string, fd: number, payload: Uint8Array<ArrayBuffer>, expectedUid: number): void {
+    check(
+      "send_fd",
+      this.#lib.symbols.pm_send_fd(cstr(path), fd, payload, payload.length, expectedUid),
+    );
+  }
+
+  /** Detaches fd from the runtime without touching the connection (see the C
+   * comment); returns how many epoll sets held it. */
+  release(fd: number): number {
+    return check("release", this.#lib.symbols.pm_release(fd));
+  }
+
+  dup(fd: number): number {
+    return check("dup", this.#lib.symbols.pm_dup(fd));
+  }
+
+  close(fd: number): void {
+    check("close", this.#lib.symbols.pm_close(fd));
+  }
+
+  setNonBlocking(fd: number, on: boolean): void {
+    check("set_nonblocking", this.#lib.symbols.pm_set_nonblocking(fd, on ? 1 : 0));
+  }
+
+  unixListen(path: string, backlog = 512): number {
+    return check("unix_listen", this.#lib.symbols.pm_unix_listen(cstr(path), backlog));
+  }
+
+  async accept(fd: number): Promise<number> {
+    return check("accept", await this.#lib.symbols.pm_accept(fd));
+  }
+
+  /** Receives bytes into buf and at most one fd; count 0 = end of stream. */
+  async recvFd(sock: number, buf: Uint8Array<ArrayBuffer>): Promise<{ count: number; fd: number }> {
+    const fdOut = new Int32Array(1);
+    const count = check(
+      "recv_fd",
+      await this.#lib.symbols.pm_recv_fd(sock, buf, buf.length, fdOut),
+    );
+    return { count, fd: fdOut[0]! };
+  }
+
+  peerUid(sock: number): number {
+    return check("peer_uid", this.#lib.symbols.pm_peer_uid(sock));
+  }
+
+  async read(fd: number, buf: Uint8Array<ArrayBuffer>): Promise<number> {
+    return check("read", await this.#lib.symbols.pm_read(fd, buf, buf.length));
+  }
+
+  async write(fd: number, buf: Uint8Array<ArrayBuffer>): Promise<number> {
+    return check("write", await this.#lib.symbols.pm_write(fd, buf, buf.length));
+  }
+
+  waiterCreate(): number {
+    return check("waiter_create", this.#lib.symbols.pm_waiter_create());
+  }
+
+  waiterAdd(ep: number, fd: number): void {
+    check("waiter_add", this.#lib.symbols.pm_waiter_add(ep, fd));
+  }
+
+  waiterDel(ep: number, fd: number): void {
+    check("waiter_del", this.#lib.symbols.pm_waiter_del(ep, fd));
+  }
+
+  /** Waits up to timeoutMs for connections with new bytes or a hangup. */
+  async waiterWait(
+    ep: number,
+    out: Int32Array<ArrayBuffer>,
+    timeoutMs: number,
+  ): Promise<Readiness[]> {
+    const n = check(
+      "waiter_wait",
+      await this.#lib.symbols.pm_waiter_wait(ep, out, out.length / 2, timeoutMs),
+    );
+    const ready: Readiness[] = [];
+    for (let i = 0; i < n; i++) ready.push({ fd: out[2 * i]!, hangup: out[2 * i + 1] !== 0 });
+    return ready;
+  }
+
+  /** True when the library was preloaded, so accept injection works. */
+  interposerActive(): boolean {
+    return this.#lib.symbols.pm_interposer_active() === 1;
+  }
+
+  /** Registers the internal listener on this loopback port; returns its fd. */
+  injectRegister(port: number): number {
+    return check("inject_register", this.#lib.symbols.pm_inject_register(port));
+  }
+
+  /** Queues clientFd to be returned by the listener's next accept; the
+   * listener owns clientFd only if this returns without throwing. */
+  injectPush(listenerFd: number, clientFd: number): void {
+    check("inject_push", this.#lib.symbols.pm_inject_push(listenerFd, clientFd));
+  }
+
+  injectPending(listenerFd: number): number {
+    return check("inject_pending", this.#lib.symbols.pm_inject_pending(listenerFd));
+  }
+}

@@ -1,0 +1,75 @@
+/**
+ * Built-in protocol services that portmux runs itself (for now the demo
+ * echo service), each as a child process listening on its Unix socket in
+ * the data folder.
+ */
+import type { Config } from "./config.ts";
+import type { Logger } from "./log.ts";
+
+export interface BuiltinService {
+  stop(): Promise<void>;
+}
+
+const ECHO_SERVICE = new URL("./demo_echo_service.ts", import.meta.url).pathname;
+const READY_TIMEOUT_MS = 15_000;
+
+export async function startBuiltinServices(config: Config, log: Logger): Promise<BuiltinService[]> {
+  const started: BuiltinService[] = [];
+  for (const service of config.services.values()) {
+    if (service.builtin !== "echo") continue;
+    await Deno.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+    try {
+      started.push(await startChild(service.name, ECHO_SERVICE, service.socket));
+    } catch (e) {
+      for (const s of started) await s.stop();
+      throw e;
+    }
+    log.info("builtin-service", { service: service.name, socket: service.socket });
+  }
+  return started;
+}
+
+async function startChild(name: string, script: string, socket: string): Promise<BuiltinService> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", script, "--socket", socket],
+    // It holds our stdin: when the daemon dies, the child sees EOF and exits.
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+    env: { LD_PRELOAD: "" }, // the interposer is for the daemon alone
+  }).spawn();
+  const stdin = child.stdin.getWriter();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`built-in service "${name}" did not start`)),
+      READY_TIMEOUT_MS,
+    );
+  });
+  try {
+    const first = await Promise.race([reader.read(), timeout]);
+    if (first.value?.trim() !== "ready") {
+      throw new Error(`built-in service "${name}" failed to start`);
+    }
+  } catch (e) {
+    child.kill();
+    await child.status;
+    throw e;
+  } finally {
+    clearTimeout(timer);
+  }
+  // Keep draining its stdout so it never blocks on a full pipe.
+  (async () => {
+    while (!(await reader.read()).done) { /* discard */ }
+  })();
+  return {
+    async stop() {
+      await stdin.close().catch(() => {});
+      try {
+        child.kill("SIGTERM");
+      } catch { /* already gone */ }
+      await child.status;
+    },
+  };
+}

@@ -1,0 +1,217 @@
+/**
+ * The daemon: listeners, and the path of every connection through it:
+ * find its fd, peek until the route is clear, act, and log one line that
+ * says what happened and why.
+ */
+import { Shim, ShimError } from "../ffi/shim.ts";
+import { addressText, displayAddress } from "./address.ts";
+import { decide, type Decision } from "./classify.ts";
+import type { Config } from "./config.ts";
+import { connFd, detach } from "./conn_fd.ts";
+import { handOff } from "./handoff.ts";
+import { HttpsFrontend, type HttpsHandler, loadHandlerModule, statusPageHandler } from "./https.ts";
+import type { Logger } from "./log.ts";
+import { Preread } from "./preread.ts";
+import { selfSignedCertIn } from "./self_signed_cert.ts";
+import { type BuiltinService, startBuiltinServices } from "./builtin_services.ts";
+
+/** What became of a connection, as the log says it. */
+type Outcome = "handed-off" | "https" | "closed" | "failed";
+
+export class Daemon {
+  readonly #config: Config;
+  readonly #log: Logger;
+  readonly #shim: Shim;
+  readonly #preread: Preread;
+  readonly #https: HttpsFrontend | null;
+  readonly #builtins: BuiltinService[];
+  readonly #listeners: Deno.TcpListener[] = [];
+  readonly #inFlight = new Set<Promise<void>>();
+  #stopping = false;
+
+  private constructor(
+    config: Config,
+    log: Logger,
+    shim: Shim,
+    https: HttpsFrontend | null,
+    builtins: BuiltinService[],
+  ) {
+    this.#config = config;
+    this.#log = log;
+    this.#shim = shim;
+    this.#https = https;
+    this.#builtins = builtins;
+    this.#preread = new Preread(shim);
+  }
+
+  /** Starts everything the config names; throws if any part cannot start. */
+  static async start(config: Config, log: Logger): Promise<Daemon> {
+    const shim = new Shim();
+    const https = await startHttps(config, shim, log);
+    const builtins = await startBuiltinServices(config, log);
+    const daemon = new Daemon(config, log, shim, https, builtins);
+    try {
+      for (const { address, port } of config.listen) {
+        const listener = Deno.listen({ hostname: address, port });
+        daemon.#listeners.push(listener);
+        log.info("listening", { address: addressText(displayAddress(listener.addr)) });
+      }
+    } catch (e) {
+      await daemon.stop();
+      throw e;
+    }
+    for (const listener of daemon.#listeners) daemon.#acceptLoop(listener);
+    return daemon;
+  }
+
+  /** The bound addresses (useful when the config asked for port 0). */
+  get addresses(): Deno.NetAddr[] {
+    return this.#listeners.map((l) => l.addr);
+  }
+
+  get httpsMode(): string | null {
+    return this.#https?.mode ?? null;
+  }
+
+  async #acceptLoop(listener: Deno.TcpListener): Promise<void> {
+    while (!this.#stopping) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch (e) {
+        if (this.#stopping || e instanceof Deno.errors.BadResource) return;
+        // EMFILE and friends: keep the listener, say so, breathe, go on.
+        this.#log.error("accept-failed", { error: String(e) });
+        await new Promise((r) => setTimeout(r, 100));
+        continue;
+      }
+      const handling = this.#handle(conn);
+      this.#inFlight.add(handling);
+      handling.finally(() => this.#inFlight.delete(handling));
+    }
+  }
+
+  async #handle(conn: Deno.TcpConn): Promise<void> {
+    const started = performance.now();
+    const client = displayAddress(conn.remoteAddr);
+    const local = displayAddress(conn.localAddr);
+    const fields: Record<string, unknown> = {
+      client: addressText(client),
+      local: addressText(local),
+    };
+    const done = (outcome: Outcome, more: Record<string, unknown> = {}) => {
+      const level = outcome === "failed" ? "error" : "info";
+      this.#log[level]("connection", {
+        ...fields,
+        outcome,
+        ms: Math.round((performance.now() - started) * 100) / 100,
+        ...more,
+      });
+    };
+
+    let fd: number;
+    try {
+      const found = connFd(this.#shim, conn);
+      fd = found.fd;
+      if (found.via === "lookup") fields.fd_lookup = "fallback";
+    } catch (e) {
+      conn.close();
+      return done("failed", { error: `no verified fd for the connection: ${e}` });
+    }
+
+    const { preread: limits, routes, defaultRoute } = this.#config;
+    const result = await this.#preread.read<Decision>(
+      fd,
+      limits.maxBytes,
+      limits.timeoutMs,
+      (bytes, final) => decide(routes, defaultRoute, bytes, final),
+    );
+    fields.peeked = result.bytes.length;
+    if (result.decision === null) {
+      conn.close();
+      return done("failed", { error: `preread: ${result.error?.message ?? result.end}` });
+    }
+    const { route, reason } = result.decision;
+    Object.assign(fields, { route: route.name, action: route.action.kind, reason });
+
+    const action = route.action;
+    try {
+      switch (action.kind) {
+        case "close":
+          conn.close();
+          return done("closed");
+        case "https":
+          if (!this.#https) throw new Error("no HTTPS frontend"); // config forbids it
+          this.#https.take(conn, fd, client);
+          return done("https", { delivery: this.#https.mode });
+        case "handoff": {
+          const owned = detach(this.#shim, conn, fd);
+          try {
+            handOff(this.#shim, owned, action.service, {
+              v: 1,
+              route: route.name,
+              service: action.service.name,
+              client,
+              local,
+              peeked: result.bytes.length,
+            });
+          } catch (e) {
+            this.#shim.close(owned); // the client sees the connection end
+            throw e;
+          }
+          return done("handed-off", { service: action.service.name });
+        }
+      }
+    } catch (e) {
+      const error = e instanceof ShimError ? explainShimError(e, route.action) : String(e);
+      return done("failed", { error });
+    }
+  }
+
+  /** Stops accepting, waits for decisions in flight, stops the parts. */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    for (const l of this.#listeners) {
+      try {
+        l.close();
+      } catch { /* already closed */ }
+    }
+    await Promise.allSettled([...this.#inFlight]);
+    await this.#preread.stop();
+    await this.#https?.stop();
+    for (const b of this.#builtins) await b.stop();
+  }
+}
+
+function explainShimError(e: ShimError, action: Config["routes"][number]["action"]): string {
+  if (action.kind !== "handoff") return e.message;
+  const where = `service "${action.service.name}" at ${action.service.socket}`;
+  switch (e.code) {
+    case "ENOENT":
+    case "ECONNREFUSED":
+      return `${where} is not listening (${e.code}); connection closed`;
+    case "EAGAIN":
+      return `${where} is not accepting (backlog full); connection closed`;
+    case "EPERM":
+      return `${where} runs as another user than expected (uid ${action.service.uid}); ` +
+        `connection closed, nothing sent`;
+    default:
+      return `${where}: ${e.message}; connection closed`;
+  }
+}
+
+async function startHttps(config: Config, shim: Shim, log: Logger): Promise<HttpsFrontend | null> {
+  if (!config.tls) return null;
+  const { cert, key } = config.tls.kind === "files"
+    ? {
+      cert: await Deno.readTextFile(config.tls.cert),
+      key: await Deno.readTextFile(config.tls.key),
+    }
+    : await selfSignedCertIn(config.dataDir);
+  let frontend: HttpsFrontend | null = null;
+  const handler: HttpsHandler = config.https.handler
+    ? await loadHandlerModule(config.https.handler)
+    : statusPageHandler(() => frontend?.mode ?? "inject");
+  frontend = HttpsFrontend.start({ cert, key, handler, shim, log });
+  return frontend;
+}

@@ -1,0 +1,34 @@
+/**
+ * The built-in demo protocol service: receives handed-off connections on a
+ * Unix socket and echoes every byte back to the client. The daemon runs it
+ * as a child process; it exits when its stdin closes (the daemon is gone).
+ *
+ *   deno run -A src/demo_echo_service.ts --socket PATH
+ */
+import net from "node:net";
+import { Shim } from "../ffi/shim.ts";
+import { receiveConnections } from "./service_receiver.ts";
+
+const at = Deno.args.indexOf("--socket");
+const path = at >= 0 ? Deno.args[at + 1] : undefined;
+if (!path) {
+  console.error("usage: demo_echo_service.ts --socket PATH");
+  Deno.exit(2);
+}
+
+// The daemon holds our stdin open: when it goes away, so do we.
+(async () => {
+  for await (const _ of Deno.stdin.readable) { /* nothing is sent */ }
+  Deno.exit(0);
+})();
+
+const shim = new Shim();
+const connections = receiveConnections(shim, path, {
+  onError: (e) => console.error(`echo service: ${e.message}`),
+});
+console.log("ready");
+for await (const { fd } of connections) {
+  const socket = new net.Socket({ fd, readable: true, writable: true });
+  socket.on("error", () => socket.destroy());
+  socket.pipe(socket); // echo; ends our side when the client ends its own
+}

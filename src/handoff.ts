@@ -1,0 +1,48 @@
+/**
+ * Handoff: the client's socket goes to a protocol service over its Unix
+ * socket (SCM_RIGHTS), with one metadata record, then the daemon lets go of
+ * it without a FIN. The wire contract is docs/handoff.md.
+ */
+import type { Shim } from "../ffi/shim.ts";
+import type { Service } from "./config.ts";
+import type { Address } from "./address.ts";
+
+/** The record sent with each fd: one JSON object and a newline. */
+export interface HandoffRecord {
+  /** Contract version. */
+  readonly v: 1;
+  readonly route: string;
+  readonly service: string;
+  readonly client: Address;
+  readonly local: Address;
+  /** Bytes the daemon peeked; they are still unread in the socket. */
+  readonly peeked: number;
+}
+
+export function encodeRecord(record: HandoffRecord): Uint8Array<ArrayBuffer> {
+  return new TextEncoder().encode(JSON.stringify(record) + "\n");
+}
+
+/** Parses one record line; throws on anything that is not a v1 record. */
+export function decodeRecord(line: string): HandoffRecord {
+  const r = JSON.parse(line);
+  const isAddress = (a: unknown) =>
+    typeof a === "object" && a !== null && typeof (a as Address).address === "string" &&
+    Number.isInteger((a as Address).port);
+  if (
+    r?.v !== 1 || typeof r.route !== "string" || typeof r.service !== "string" ||
+    !isAddress(r.client) || !isAddress(r.local) || !Number.isInteger(r.peeked)
+  ) throw new Error(`not a portmux handoff record: ${line.slice(0, 200)}`);
+  return r;
+}
+
+/**
+ * Sends the detached socket fd (see detach()) to the service and closes the
+ * daemon's copy; the service then holds the only reference. Throws
+ * ShimError (service down, foreign listener...) with fd still owned by the
+ * caller, nothing sent.
+ */
+export function handOff(shim: Shim, fd: number, service: Service, record: HandoffRecord): void {
+  shim.sendFd(service.socket, fd, encodeRecord(record), service.uid);
+  shim.close(fd);
+}

@@ -1,0 +1,122 @@
+/**
+ * The wait for a client's first bytes. Bytes are peeked, never consumed, so
+ * whoever gets the connection reads it from its first byte. A peek without
+ * waiting comes first (the bytes are usually there already); otherwise the
+ * connection joins one shared epoll set that one thread waits on, so an idle
+ * client costs no thread (DESIGN.md fact 7), and a timer enforces the
+ * deadline.
+ */
+import type { Shim } from "../ffi/shim.ts";
+
+/** Why the wait ended without more bytes to come (or to look at). */
+export type PrereadFinal = "timeout" | "eof" | "peek-limit";
+export type PrereadEnd = "decided" | "error" | PrereadFinal;
+
+export interface PrereadResult<T> {
+  /** What decide() returned, or null if it never settled. */
+  readonly decision: T | null;
+  readonly end: PrereadEnd;
+  /** The bytes peeked (a view; copy to keep). */
+  readonly bytes: Uint8Array;
+  readonly error?: Error;
+}
+
+/** Called with the bytes so far; returns a decision or null for "more". */
+export type Decide<T> = (bytes: Uint8Array, final: PrereadFinal | null) => T | null;
+
+const POLL_MS = 250; // how long the waiter blocks before checking for stop
+
+export class Preread {
+  readonly #shim: Shim;
+  readonly #ep: number;
+  readonly #waiting = new Map<number, (hangup: boolean) => void>();
+  #stopped = false;
+  readonly #loop: Promise<void>;
+
+  constructor(shim: Shim) {
+    this.#shim = shim;
+    this.#ep = shim.waiterCreate();
+    this.#loop = this.#run();
+  }
+
+  /** Connections waiting for bytes now. */
+  get waiting(): number {
+    return this.#waiting.size;
+  }
+
+  async #run(): Promise<void> {
+    const out = new Int32Array(2 * 256);
+    while (!this.#stopped) {
+      const ready = await this.#shim.waiterWait(this.#ep, out, POLL_MS);
+      for (const { fd, hangup } of ready) this.#waiting.get(fd)?.(hangup);
+    }
+  }
+
+  /**
+   * Peeks fd until decide() settles, the peer closes, maxBytes are there, or
+   * timeoutMs passes; then asks decide() once more with final set.
+   */
+  read<T>(
+    fd: number,
+    maxBytes: number,
+    timeoutMs: number,
+    decide: Decide<T>,
+  ): Promise<PrereadResult<T>> {
+    const buf = new Uint8Array(maxBytes);
+    let bytes: Uint8Array = buf.subarray(0, 0);
+
+    // Returns a result when done, null to keep waiting.
+    const step = (hangup: boolean): PrereadResult<T> | null => {
+      let peeked: Uint8Array | null;
+      try {
+        peeked = this.#shim.peek(fd, buf);
+      } catch (e) {
+        return { decision: null, end: "error", bytes, error: e as Error };
+      }
+      if (peeked !== null && peeked.length > 0) bytes = peeked;
+      const end: PrereadFinal | null = peeked?.length === 0 || hangup
+        ? "eof"
+        : bytes.length >= maxBytes
+        ? "peek-limit"
+        : null;
+      const decision = decide(bytes, end);
+      if (decision !== null) return { decision, end: end ?? "decided", bytes };
+      return end ? { decision: null, end, bytes } : null;
+    };
+
+    const first = step(false);
+    if (first) return Promise.resolve(first);
+
+    return new Promise((resolve) => {
+      const finish = (result: PrereadResult<T>) => {
+        clearTimeout(timer);
+        this.#waiting.delete(fd);
+        try {
+          this.#shim.waiterDel(this.#ep, fd);
+        } catch { /* already gone with the socket */ }
+        resolve(result);
+      };
+      const timer = setTimeout(() => {
+        step(false); // last look at what arrived
+        finish({ decision: decide(bytes, "timeout"), end: "timeout", bytes });
+      }, timeoutMs);
+      this.#waiting.set(fd, (hangup) => {
+        const result = step(hangup);
+        if (result) finish(result);
+      });
+      try {
+        this.#shim.waiterAdd(this.#ep, fd);
+      } catch (e) {
+        finish({ decision: null, end: "error", bytes, error: e as Error });
+      }
+    });
+  }
+
+  /** Stops the waiter thread (after at most POLL_MS). Waiting reads are left
+   * to their deadlines. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    await this.#loop;
+    this.#shim.close(this.#ep);
+  }
+}
