@@ -81,12 +81,14 @@ export class HttpsFrontend {
     }, (req, info) => this.#serve(opts.handler, req, info));
     if (this.#shim.interposerActive()) {
       this.#listenerFd = this.#shim.injectRegister(this.port);
+      this.#log.info("https-ready", { delivery: "inject", internal_port: this.port });
     } else {
       this.#listenerFd = null;
       this.#log.warn("https-bridge-fallback", {
         message: "the accept4 interposer is not preloaded (start with `deno task start`); " +
           "HTTPS connections are bridged through a loopback copy, slower than injection",
       });
+      this.#log.info("https-ready", { delivery: "bridge", internal_port: this.port });
     }
   }
 

@@ -1,0 +1,128 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { startDaemon } from "./helpers/daemon.ts";
+import { startPythonService } from "./helpers/python_service.ts";
+import { enc, readAtLeast, roundTrip, seesEnd, writeAll } from "./helpers/client.ts";
+
+function handoffConfig(socket: string, uid?: number) {
+  return `
+listen:
+  - { address: 127.0.0.1, port: 0 }
+services:
+  py:
+    socket: ${JSON.stringify(socket)}
+${uid === undefined ? "" : `    uid: ${uid}\n`}
+routes:
+  - name: private
+    match: { prefix: PRIV }
+    action: handoff
+    service: py
+default: close
+`;
+}
+
+Deno.test("a Python service gets the handed-off client from its first byte and keeps talking after the daemon let go", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-handoff-" });
+  const service = await startPythonService(join(dir, "py.sock"));
+  const d = await startDaemon({ config: handoffConfig(service.socket), dataDir: dir });
+  try {
+    const client = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+    const first = await roundTrip(client, "PRIV first", "ECHO:PRIV first".length);
+    assert.equal(first, "ECHO:PRIV first"); // the peeked bytes reached the service
+
+    // The daemon has sent the fd and closed its handle by the time it logs.
+    const line = await d.connection(client.localAddr.port);
+    assert.equal(line.outcome, "handed-off");
+    assert.equal(line.route, "private");
+    assert.equal(line.service, "py");
+
+    await service.waitForRecords(1);
+    assert.deepEqual(service.records[0], {
+      v: 1,
+      route: "private",
+      service: "py",
+      client: { address: "127.0.0.1", port: client.localAddr.port },
+      local: { address: "127.0.0.1", port: d.port },
+      peeked: "PRIV first".length,
+    });
+
+    // A FIN from the daemon's close would end this exchange.
+    const until = Date.now() + 1200;
+    for (let i = 0; Date.now() < until; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal(await roundTrip(client, `ping ${i}`, `ECHO:ping ${i}`.length), `ECHO:ping ${i}`);
+    }
+    client.close();
+  } finally {
+    await d.stop();
+    await service.stop();
+  }
+});
+
+Deno.test("handoff to a service that is not running closes the client, says why, and serves the next one", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-handoff-" });
+  const socket = join(dir, "nobody.sock");
+  const d = await startDaemon({ config: handoffConfig(socket), dataDir: dir });
+  try {
+    const client = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+    await client.write(enc.encode("PRIV lost?"));
+    assert.ok(await seesEnd(client), "the client must see the connection end");
+    const line = await d.connection(client.localAddr.port);
+    assert.equal(line.outcome, "failed");
+    assert.match(String(line.error), /service "py" at .*nobody\.sock is not listening \(ENOENT\)/);
+
+    // The service comes up: the next client is handed off normally.
+    const service = await startPythonService(socket);
+    try {
+      const next = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+      assert.equal(await roundTrip(next, "PRIV again", 15), "ECHO:PRIV again");
+      next.close();
+    } finally {
+      await service.stop();
+    }
+  } finally {
+    await d.stop();
+  }
+});
+
+Deno.test("a service running as an unexpected uid gets nothing (SO_PEERCRED check)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-handoff-" });
+  const service = await startPythonService(join(dir, "py.sock"));
+  const otherUid = (Deno.uid() ?? 0) + 4242; // the service runs as us, not as this
+  const d = await startDaemon({ config: handoffConfig(service.socket, otherUid), dataDir: dir });
+  try {
+    const client = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+    await client.write(enc.encode("PRIV secret"));
+    assert.ok(await seesEnd(client));
+    const line = await d.connection(client.localAddr.port);
+    assert.equal(line.outcome, "failed");
+    assert.match(String(line.error), /runs as another user than expected/);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(service.records.length, 0);
+  } finally {
+    await d.stop();
+    await service.stop();
+  }
+});
+
+Deno.test("the built-in echo service echoes a handed-off client byte for byte", async () => {
+  const d = await startDaemon({
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+services: { echo: { builtin: echo } }
+routes: [{ name: private, match: { prefix_hex: "50524956" }, action: handoff, service: echo }]
+`,
+  });
+  try {
+    const client = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+    const payload = "PRIV" + "x".repeat(100_000);
+    const [, echoed] = await Promise.all([
+      writeAll(client, enc.encode(payload)),
+      readAtLeast(client, payload.length),
+    ]);
+    assert.equal(echoed, payload);
+    client.close();
+  } finally {
+    await d.stop();
+  }
+});

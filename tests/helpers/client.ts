@@ -1,0 +1,52 @@
+/** Small raw-socket clients for tests. */
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** Reads until at least n bytes arrived (or the stream ends). */
+export async function readAtLeast(conn: Deno.Conn, n: number, timeoutMs = 5000): Promise<string> {
+  const buf = new Uint8Array(65536);
+  let got = "";
+  const timer = setTimeout(() => conn.close(), timeoutMs);
+  try {
+    while (got.length < n) {
+      const r = await conn.read(buf);
+      if (r === null) break;
+      got += dec.decode(buf.subarray(0, r));
+    }
+  } catch {
+    /* closed by the timer: return what came */
+  } finally {
+    clearTimeout(timer);
+  }
+  return got;
+}
+
+/** Writes all of bytes (a single write may take only part). */
+export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  for (let at = 0; at < bytes.length;) at += await conn.write(bytes.subarray(at));
+}
+
+/** Sends text, returns exactly the expected reply length (or less at EOF). */
+export async function roundTrip(conn: Deno.Conn, text: string, replyLength: number) {
+  await writeAll(conn, enc.encode(text));
+  return await readAtLeast(conn, replyLength);
+}
+
+/** True if the peer ended the connection (EOF or reset) within timeoutMs. */
+export async function seesEnd(conn: Deno.Conn, timeoutMs = 5000): Promise<boolean> {
+  const buf = new Uint8Array(1024);
+  const timer = setTimeout(() => conn.close(), timeoutMs);
+  try {
+    for (;;) {
+      const r = await conn.read(buf);
+      if (r === null) return true;
+    }
+  } catch (e) {
+    return !(e instanceof Deno.errors.BadResource); // reset: ended; closed by us: timed out
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export { dec, enc };

@@ -1,0 +1,171 @@
+/**
+ * Starts the real daemon as its own process for a test and reads its JSON
+ * log: through the launcher (accept injection) or src/main.ts run by hand
+ * (the bridge fallback).
+ */
+import { join } from "node:path";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+export type LogLine = Record<string, unknown> & { event: string; level: string };
+
+export interface DaemonOptions {
+  /** YAML text; omitted: the embedded default. */
+  readonly config?: string;
+  /** true: start through src/launch.ts (preloaded shim); false: main.ts. */
+  readonly inject?: boolean;
+  readonly dataDir?: string;
+  readonly args?: string[];
+}
+
+export class TestDaemon {
+  readonly logs: LogLine[] = [];
+  readonly stderr: string[] = [];
+  #waiters: { pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void }[] = [];
+  readonly #child: Deno.ChildProcess;
+  readonly #done: Promise<void>;
+  pid = 0;
+  port = 0;
+  internalPort = 0;
+
+  constructor(child: Deno.ChildProcess) {
+    this.#child = child;
+    const out = this.#readLines(child.stdout, (line) => {
+      let parsed: LogLine;
+      try {
+        parsed = JSON.parse(line);
+      } catch {
+        return; // the task runner's own banner
+      }
+      this.logs.push(parsed);
+      this.#waiters = this.#waiters.filter((w) => !(w.pred(parsed) && (w.resolve(parsed), true)));
+    });
+    const err = this.#readLines(child.stderr, (line) => this.stderr.push(line));
+    this.#done = Promise.all([out, err]).then(() => {});
+  }
+
+  async #readLines(stream: ReadableStream<Uint8Array>, onLine: (l: string) => void) {
+    let rest = "";
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      const lines = (rest + chunk).split("\n");
+      rest = lines.pop()!;
+      lines.forEach(onLine);
+    }
+    if (rest) onLine(rest);
+  }
+
+  /** The first log line (past or future) that pred accepts. */
+  waitFor(pred: (l: LogLine) => boolean, timeoutMs = 10_000): Promise<LogLine> {
+    const seen = this.logs.find(pred);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(
+          new Error(
+            `no such log line within ${timeoutMs} ms; log:\n${
+              this.logs.map((l) => JSON.stringify(l)).join("\n")
+            }\nstderr:\n${this.stderr.join("\n")}`,
+          ),
+        );
+      }, timeoutMs);
+      this.#waiters.push({
+        pred,
+        resolve: (l) => {
+          clearTimeout(timer);
+          resolve(l);
+        },
+      });
+    });
+  }
+
+  /** The log line for the connection from this client port. */
+  connection(clientPort: number, timeoutMs = 10_000): Promise<LogLine> {
+    return this.waitFor(
+      (l) => l.event === "connection" && String(l.client).endsWith(`:${clientPort}`),
+      timeoutMs,
+    );
+  }
+
+  /** The daemon process's open fds (the daemon, not the launcher). */
+  fdCount(): number {
+    return [...Deno.readDirSync(`/proc/${this.pid}/fd`)].length;
+  }
+
+  /** Waits until the fd count is at most target; returns the last count. */
+  async settleFds(target: number, timeoutMs = 10_000): Promise<number> {
+    const end = Date.now() + timeoutMs;
+    let n = this.fdCount();
+    while (n > target && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 100));
+      n = this.fdCount();
+    }
+    return n;
+  }
+
+  async stop(): Promise<Deno.CommandStatus> {
+    try {
+      this.#child.kill("SIGTERM");
+    } catch { /* gone */ }
+    const status = await this.#child.status;
+    await this.#done;
+    return status;
+  }
+}
+
+/** Starts a daemon and waits until it listens. */
+export async function startDaemon(opts: DaemonOptions = {}): Promise<TestDaemon> {
+  const dataDir = opts.dataDir ?? await Deno.makeTempDir({ prefix: "portmux-test-" });
+  const args = [...(opts.args ?? [])];
+  if (opts.config !== undefined) {
+    const file = join(dataDir, "config.yaml");
+    await Deno.writeTextFile(file, opts.config);
+    args.push("--config", file);
+  }
+  const entry = opts.inject === false ? "src/main.ts" : "src/launch.ts";
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", join(ROOT, entry), ...args],
+    cwd: ROOT,
+    env: { PORTMUX_DATA_DIR: dataDir },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const daemon = new TestDaemon(child);
+  const started = await daemon.waitFor((l) => l.event === "started", 30_000);
+  daemon.pid = started.pid as number;
+  const listening = await daemon.waitFor((l) => l.event === "listening");
+  daemon.port = Number(String(listening.address).split(":").pop());
+  const https = daemon.logs.find((l) => l.event === "https-ready");
+  if (https) daemon.internalPort = https.internal_port as number;
+  return daemon;
+}
+
+/** Runs a command and returns its exit code and output. */
+export async function run(
+  cmd: string,
+  args: string[],
+  stdin?: string,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = new Deno.Command(cmd, {
+    args,
+    stdin: stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode(stdin));
+    await w.close();
+  }
+  const out = await child.output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+/** A free loopback TCP port (bound and released). */
+export function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = l.addr.port;
+  l.close();
+  return port;
+}

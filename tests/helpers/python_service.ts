@@ -1,0 +1,52 @@
+/** Runs tests/services/recv_fds_service.py and reads the records it got. */
+
+const SCRIPT = new URL("../services/recv_fds_service.py", import.meta.url).pathname;
+
+export interface PythonService {
+  readonly socket: string;
+  readonly records: Record<string, unknown>[];
+  /** Waits until n records have arrived. */
+  waitForRecords(n: number, timeoutMs?: number): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function startPythonService(socket: string): Promise<PythonService> {
+  const child = new Deno.Command("python3", {
+    args: ["-u", SCRIPT, socket],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const records: Record<string, unknown>[] = [];
+  let ready!: () => void;
+  const isReady = new Promise<void>((r) => ready = r);
+  const reading = (async () => {
+    let rest = "";
+    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+      const lines = (rest + chunk).split("\n");
+      rest = lines.pop()!;
+      for (const line of lines) {
+        const msg = JSON.parse(line);
+        if (msg.event === "ready") ready();
+        else records.push(msg.record);
+      }
+    }
+  })();
+  await isReady;
+  return {
+    socket,
+    records,
+    async waitForRecords(n, timeoutMs = 10_000) {
+      const end = Date.now() + timeoutMs;
+      while (records.length < n) {
+        if (Date.now() > end) throw new Error(`only ${records.length} of ${n} records arrived`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
+    async stop() {
+      child.kill("SIGKILL");
+      await child.status;
+      await reading;
+    },
+  };
+}
