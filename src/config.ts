@@ -107,7 +107,8 @@ class Reader {
     return node as YamlNode | undefined;
   }
 
-  /** The line of the key (or value) at path, for messages. */
+  /** The line of the key (or value) at path, for messages; for a missing
+   * key, the line of the nearest enclosing node. */
   #line(path: Path): number | null {
     const parent = this.#node(path.slice(0, -1));
     const last = path[path.length - 1];
@@ -117,7 +118,8 @@ class Reader {
       start = (pair?.key as YamlNode | undefined)?.range?.[0];
     }
     start ??= this.#node(path)?.range?.[0];
-    return start === undefined ? null : this.#lines.linePos(start).line;
+    if (start === undefined) return path.length > 1 ? this.#line(path.slice(0, -1)) : null;
+    return this.#lines.linePos(start).line;
   }
 
   fail(path: Path, message: string): never {
@@ -373,14 +375,13 @@ function readMatcher(r: Reader, at: Path): Matcher {
 function readAction(r: Reader, at: Path, services: ReadonlyMap<string, Service>): Action {
   const kind = r.required([...at, "action"], r.string([...at, "action"]));
   const serviceName = r.string([...at, "service"]);
-  if (kind !== "handoff" && serviceName !== undefined) {
-    r.fail([...at, "service"], `only a handoff route names a service`);
-  }
   switch (kind) {
     case "https":
-      return { kind: "https" };
     case "close":
-      return { kind: "close" };
+      if (serviceName !== undefined) {
+        r.fail([...at, "service"], `only a handoff route names a service`);
+      }
+      return { kind };
     case "handoff": {
       const name = r.required([...at, "service"], serviceName);
       const service = services.get(name);

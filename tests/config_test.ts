@@ -1,0 +1,198 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { ConfigError, loadConfigFile, parseConfig } from "../src/config.ts";
+import { run } from "./helpers/daemon.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+const VALID = `listen:
+  - { address: 127.0.0.1, port: 8443 }
+services:
+  svc: { socket: /tmp/svc.sock }
+routes:
+  - { name: p, match: { prefix: PRIV }, action: handoff, service: svc }
+`;
+
+function errorOf(text: string): string {
+  try {
+    parseConfig(text, "test.yaml", "/tmp");
+  } catch (e) {
+    assert.ok(e instanceof ConfigError, `expected a ConfigError, got ${e}`);
+    assert.ok(!e.message.includes("\n"), "one line");
+    return e.message;
+  }
+  assert.fail("the config was accepted");
+}
+
+Deno.test("parseConfig() reads a valid config into typed values with defaults", () => {
+  const c = parseConfig(VALID, "test.yaml", "/tmp");
+  assert.deepEqual(c.listen, [{ address: "127.0.0.1", port: 8443 }]);
+  assert.deepEqual(c.preread, { timeoutMs: 5000, maxBytes: 16384 });
+  assert.equal(c.routes[0]?.action.kind, "handoff");
+  assert.equal(c.services.get("svc")?.uid, Deno.uid());
+  assert.equal(c.defaultRoute.action.kind, "close");
+  assert.equal(c.tls, null);
+});
+
+Deno.test("config/example.yaml documents a config that loads", async () => {
+  const dir = await Deno.makeTempDir();
+  // Its TLS files and handler module are placeholders: give them something to point at.
+  const text = (await Deno.readTextFile(join(ROOT, "config/example.yaml")))
+    .replace("/etc/portmux/cert.pem", join(dir, "c.pem"))
+    .replace("/etc/portmux/key.pem", join(dir, "k.pem"));
+  for (const f of ["c.pem", "k.pem", "app.ts"]) await Deno.writeTextFile(join(dir, f), "");
+  const c = parseConfig(text, "example.yaml", dir);
+  assert.deepEqual(c.routes.map((r) => r.name), ["web", "vpn", "legacy"]);
+  assert.equal(c.services.get("vpn")?.uid, 998);
+  assert.equal(c.services.get("echo")?.builtin, "echo");
+  assert.deepEqual(c.listen.map((l) => l.address), ["0.0.0.0", "::1"]);
+});
+
+Deno.test("the embedded default config loads", async () => {
+  const c = parseConfig(await Deno.readTextFile(join(ROOT, "config/default.yaml")), "default", ".");
+  assert.deepEqual(c.listen, [{ address: "127.0.0.1", port: 8443 }]);
+  assert.deepEqual(c.tls, { kind: "self_signed" });
+});
+
+Deno.test("each config mistake gets one line naming the field and its line", async (t) => {
+  const cases: [string, string, RegExp][] = [
+    [
+      "a typo in a top-level key",
+      VALID + "defualt: close\n",
+      /^test\.yaml:7: defualt: unknown key/,
+    ],
+    [
+      "a typo inside a route",
+      VALID.replace("action: handoff", "acton: handoff"),
+      /^test\.yaml:6: routes\[0\]\.acton: unknown key \(expected one of: name, match, action, service\)/,
+    ],
+    [
+      "a port out of range",
+      VALID.replace("8443", "70000"),
+      /^test\.yaml:2: listen\[0\]\.port: expected a whole number from 0 to 65535, got 70000/,
+    ],
+    [
+      "an address that is a host name",
+      VALID.replace("127.0.0.1", "localhost"),
+      /listen\[0\]\.address: "localhost" is not an IPv4 or IPv6 address/,
+    ],
+    ["no listener", "listen: []\n", /^test\.yaml:1: listen: at least one listener is required/],
+    [
+      "an unknown action",
+      VALID.replace("action: handoff", "action: hndoff"),
+      /routes\[0\]\.action: unknown action "hndoff" \(expected https, handoff or close\)/,
+    ],
+    [
+      "a handoff to an unknown service",
+      VALID.replace("service: svc", "service: nope"),
+      /routes\[0\]\.service: no service named "nope" under services/,
+    ],
+    [
+      "a handoff without a service",
+      VALID.replace(", service: svc", ""),
+      /routes\[0\]\.service: is required/,
+    ],
+    [
+      "an https route without tls",
+      VALID + "  - { name: w, match: { protocol: tls }, action: https }\n",
+      /routes\[1\]\.action: an https route needs a tls section/,
+    ],
+    [
+      "an unknown protocol",
+      VALID + "  - { name: w, match: { protocol: ssh }, action: close }\n",
+      /routes\[1\]\.match\.protocol: unknown protocol "ssh"/,
+    ],
+    [
+      "bad hex",
+      VALID + "  - { name: h, match: { prefix_hex: abc }, action: close }\n",
+      /routes\[1\]\.match\.prefix_hex: expected an even number of hex digits/,
+    ],
+    [
+      "two matchers in one route",
+      VALID + "  - { name: h, match: { prefix: a, prefix_hex: '61' }, action: close }\n",
+      /routes\[1\]\.match: give exactly one of protocol, prefix, prefix_hex/,
+    ],
+    [
+      "a duplicate route name",
+      VALID + "  - { name: p, match: { prefix: X }, action: close }\n",
+      /routes\[1\]\.name: route name "p" is taken/,
+    ],
+    [
+      "a default that names no route",
+      VALID + "default: web\n",
+      /^test\.yaml:7: default: no route named "web" \(expected close or a route's name\)/,
+    ],
+    [
+      "a missing certificate file",
+      VALID + "tls: { cert: /nonexistent/c.pem, key: /nonexistent/k.pem }\n",
+      /tls\.cert: cannot read \/nonexistent\/c\.pem/,
+    ],
+    [
+      "self_signed with files",
+      VALID + "tls: { self_signed: true, cert: a.pem }\n",
+      /tls\.self_signed: cannot be combined with cert and key/,
+    ],
+    [
+      "a bad log level",
+      VALID + "log: { level: loud }\n",
+      /log\.level: expected one of debug, info, warn, error/,
+    ],
+    [
+      "a negative timeout",
+      VALID + "preread: { timeout_ms: -1 }\n",
+      /preread\.timeout_ms: expected a whole number from 1 to 600000, got -1/,
+    ],
+    [
+      "a service without socket",
+      VALID.replace("/tmp/svc.sock }", "/tmp/svc.sock }\n  x: {}"),
+      /^test\.yaml:5: services\.x\.socket: is required/,
+    ],
+    [
+      "an unknown built-in",
+      VALID.replace("svc: { socket: /tmp/svc.sock }", "svc: { builtin: chat }"),
+      /services\.svc\.builtin: unknown built-in service "chat" \(expected: echo\)/,
+    ],
+    ["broken YAML", "listen: [\n", /^test\.yaml:\d+: invalid YAML/],
+    [
+      "a duplicate key",
+      VALID + "listen: []\n",
+      /^test\.yaml:7: invalid YAML: Map keys must be unique/,
+    ],
+    ["an empty file", "", /^test\.yaml: the config is empty/],
+    ["a list at the top", "- a\n", /expected a map/],
+  ];
+  for (const [name, text, expected] of cases) {
+    await t.step(name, () => assert.match(errorOf(text), expected));
+  }
+});
+
+Deno.test("loadConfigFile() names a missing file", () => {
+  assert.throws(
+    () => loadConfigFile("/nonexistent/portmux.yaml"),
+    /^ConfigError: \/nonexistent\/portmux\.yaml: cannot read the config file/,
+  );
+});
+
+Deno.test("the daemon refuses a bad config with exit code 2 and one line on stderr", async () => {
+  const dir = await Deno.makeTempDir();
+  const file = join(dir, "bad.yaml");
+  await Deno.writeTextFile(file, VALID.replace("8443", "http"));
+  const r = await run(Deno.execPath(), ["run", "-A", join(ROOT, "src/main.ts"), "--config", file]);
+  assert.equal(r.code, 2);
+  assert.equal(r.stdout, "");
+  assert.equal(
+    r.stderr,
+    `portmux: config error: ${file}:2: listen[0].port: expected a whole number from 0 to 65535, got "http"\n`,
+  );
+});
+
+Deno.test("the command line refuses unknown arguments and answers --help and --version", async () => {
+  const main = join(ROOT, "src/main.ts");
+  const bad = await run(Deno.execPath(), ["run", "-A", main, "--confg", "x"]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /unknown argument "--confg"/);
+  const help = await run(Deno.execPath(), ["run", "-A", main, "--help"]);
+  assert.equal(help.code, 0);
+  assert.match(help.stdout, /usage: portmux \[--config FILE\]/);
+  const version = await run(Deno.execPath(), ["run", "-A", main, "--version"]);
+  assert.match(version.stdout, /^\d+\.\d+\.\d+\n$/);
+});

@@ -1,0 +1,182 @@
+/**
+ * The C shim and the Deno internals it relies on, in-process. These pin
+ * down DESIGN.md facts 1 and 2: if a Deno upgrade changes them, these fail
+ * first and say which fact broke.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { Shim, ShimError } from "../ffi/shim.ts";
+import { connFd, detach, FD_SYMBOL_DESCRIPTION, internalFd } from "../src/conn_fd.ts";
+import { readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
+
+const shim = new Shim();
+const enc = new TextEncoder();
+
+/** A connected pair on loopback: our client end and the accepted conn. */
+async function pair(): Promise<{ client: Deno.TcpConn; conn: Deno.TcpConn; close(): void }> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const [client, conn] = await Promise.all([
+    Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port }),
+    listener.accept(),
+  ]);
+  listener.close();
+  return {
+    client,
+    conn,
+    close() {
+      for (const c of [client, conn]) {
+        try {
+          c.close();
+        } catch { /* closed by the test */ }
+      }
+    },
+  };
+}
+
+Deno.test("Deno exposes the fd of an accepted TcpConn under the symbol DESIGN.md fact 1 names", async () => {
+  const p = await pair();
+  try {
+    const fd = internalFd(p.conn);
+    assert.ok(
+      fd !== undefined,
+      `Deno ${Deno.version.deno} no longer has an own symbol "${FD_SYMBOL_DESCRIPTION}" on ` +
+        `accepted connections: DESIGN.md fact 1 broke; only the slow fallback lookup is left`,
+    );
+    assert.ok(
+      shim.verifyFd(fd, p.conn.localAddr, p.conn.remoteAddr),
+      `the "${FD_SYMBOL_DESCRIPTION}" value ${fd} is not the connection's socket`,
+    );
+    assert.deepEqual(connFd(shim, p.conn), { fd, via: "symbol" });
+  } finally {
+    p.close();
+  }
+});
+
+Deno.test("the fallback lookup by 4-tuple finds the same fd as the symbol", async () => {
+  const p = await pair();
+  const other = await pair(); // a second connection must not be confused with it
+  try {
+    assert.equal(shim.findFd(p.conn.localAddr, p.conn.remoteAddr), internalFd(p.conn));
+    assert.equal(shim.findFd(other.conn.localAddr, other.conn.remoteAddr), internalFd(other.conn));
+  } finally {
+    p.close();
+    other.close();
+  }
+});
+
+Deno.test("verifyFd refuses another connection's fd and the client side's fd", async () => {
+  const p = await pair();
+  const other = await pair();
+  try {
+    assert.equal(
+      shim.verifyFd(internalFd(other.conn)!, p.conn.localAddr, p.conn.remoteAddr),
+      false,
+    );
+    // The client end has the same addresses, swapped: it must not pass.
+    const clientFd = shim.findFd(p.client.localAddr, p.client.remoteAddr);
+    assert.equal(shim.verifyFd(clientFd, p.conn.localAddr, p.conn.remoteAddr), false);
+    assert.throws(
+      () => shim.findFd({ hostname: "127.0.0.1", port: 1 }, { hostname: "127.0.0.1", port: 2 }),
+      (e) => e instanceof ShimError && e.code === "ENOENT",
+    );
+  } finally {
+    p.close();
+    other.close();
+  }
+});
+
+Deno.test("peek shows the client's bytes without consuming them, and null before any", async () => {
+  const p = await pair();
+  try {
+    const fd = internalFd(p.conn)!;
+    const buf = new Uint8Array(64);
+    assert.equal(shim.peek(fd, buf), null);
+    await writeAll(p.client, enc.encode("PRIV-peeked"));
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(new TextDecoder().decode(shim.peek(fd, buf)!), "PRIV-peeked");
+    assert.equal(new TextDecoder().decode(shim.peek(fd, buf)!), "PRIV-peeked");
+    assert.equal(await readAtLeast(p.conn, 11), "PRIV-peeked"); // still all there
+    p.client.closeWrite();
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(shim.peek(fd, buf)?.length, 0); // end of stream
+  } finally {
+    p.close();
+  }
+});
+
+Deno.test("closing a conn whose fd was dup'ed still sends FIN (DESIGN.md fact 2: why release exists)", async () => {
+  const p = await pair();
+  const fd = internalFd(p.conn)!;
+  const copy = shim.dup(fd);
+  try {
+    p.conn.close(); // no release: the runtime's shutdown(SHUT_WR) reaches the socket
+    assert.ok(await seesEnd(p.client, 2000), "expected the client to see EOF");
+  } finally {
+    shim.close(copy);
+    p.close();
+  }
+});
+
+Deno.test("detach (dup + release + close) leaves the connection alive in the new owner's hands", async () => {
+  const p = await pair();
+  const owned = detach(shim, p.conn, internalFd(p.conn)!);
+  try {
+    shim.setNonBlocking(owned, false);
+    await writeAll(p.client, enc.encode("to the new owner"));
+    const buf = new Uint8Array(64);
+    const n = await shim.read(owned, buf);
+    assert.equal(new TextDecoder().decode(buf.subarray(0, n)), "to the new owner");
+    await shim.write(owned, enc.encode("still here"));
+    assert.equal(await readAtLeast(p.client, 10), "still here");
+  } finally {
+    shim.close(owned);
+  }
+  assert.ok(await seesEnd(p.client), "closing the owned fd ends the connection");
+  p.close();
+});
+
+Deno.test("shim errors are named: missing socket, refused, unreadable library", async () => {
+  const dir = await Deno.makeTempDir();
+  const p = await pair();
+  try {
+    const fd = internalFd(p.conn)!;
+    const record = enc.encode("{}\n");
+    assert.throws(
+      () => shim.sendFd(join(dir, "none.sock"), fd, record, -1),
+      (e) => e instanceof ShimError && e.code === "ENOENT" && e.message === "send_fd: ENOENT",
+    );
+    // A socket file nobody listens on any more.
+    const sock = shim.unixListen(join(dir, "x.sock"));
+    shim.close(sock);
+    assert.throws(
+      () => shim.sendFd(join(dir, "x.sock"), fd, record, -1),
+      (e) => e instanceof ShimError && e.code === "ECONNREFUSED",
+    );
+    assert.throws(() => new Shim(join(dir, "missing.so")), /cannot load the portmux shim/);
+  } finally {
+    p.close();
+  }
+});
+
+Deno.test("an fd sent with sendFd arrives with its record through recvFd", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = join(dir, "svc.sock");
+  const listener = shim.unixListen(path);
+  const p = await pair();
+  try {
+    const accepting = shim.accept(listener);
+    shim.sendFd(path, internalFd(p.conn)!, enc.encode("record\n"), Deno.uid() ?? -1);
+    const channel = await accepting;
+    assert.equal(shim.peerUid(channel), Deno.uid());
+    const buf = new Uint8Array(64);
+    const got = await shim.recvFd(channel, buf);
+    assert.equal(new TextDecoder().decode(buf.subarray(0, got.count)), "record\n");
+    assert.ok(got.fd >= 0);
+    assert.ok(shim.verifyFd(got.fd, p.conn.localAddr, p.conn.remoteAddr));
+    shim.close(got.fd);
+    shim.close(channel);
+  } finally {
+    shim.close(listener);
+    p.close();
+  }
+});
