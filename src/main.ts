@@ -62,11 +62,7 @@ async function main(): Promise<void> {
     console.error(`portmux: cannot start: ${(e as Error).message}`);
     Deno.exit(1);
   }
-  log.info("started", {
-    config: config.source,
-    https: daemon.httpsMode,
-    pid: Deno.pid,
-  });
+  // Before "started": a signal right after start must find its handler.
   const stop = async (signal: string) => {
     log.info("stopping", { signal });
     await daemon.stop();
@@ -74,6 +70,11 @@ async function main(): Promise<void> {
   };
   Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
   Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
+  log.info("started", {
+    config: config.source,
+    https: daemon.httpsMode,
+    pid: Deno.pid,
+  });
 }
 
 await main();
