@@ -1,0 +1,26 @@
+/**
+ * The benchmark's protocol service: one echo, reachable two ways, so that
+ * "direct" and "through portmux" run the same service code:
+ *   - a TCP port (the baseline: clients connect straight to it);
+ *   - a Unix socket that takes connections handed off by portmux.
+ * Both adopt the client socket in node:net and echo every byte.
+ *
+ *   deno run -A bench/echo_service.ts --tcp-port N --socket PATH
+ */
+import net from "node:net";
+import { Shim } from "../ffi/shim.ts";
+import { receiveConnections } from "../src/service_receiver.ts";
+
+const arg = (name: string) => Deno.args[Deno.args.indexOf(name) + 1]!;
+
+function echo(socket: net.Socket): void {
+  socket.setNoDelay(true);
+  socket.on("error", () => socket.destroy());
+  socket.pipe(socket);
+}
+
+const server = net.createServer(echo);
+await new Promise<void>((r) => server.listen(Number(arg("--tcp-port")), "127.0.0.1", r));
+const handedOff = receiveConnections(new Shim(), arg("--socket"));
+console.log("ready");
+for await (const { fd } of handedOff) echo(new net.Socket({ fd, readable: true, writable: true }));
