@@ -126,3 +126,28 @@ routes: [{ name: private, match: { prefix_hex: "50524956" }, action: handoff, se
     await d.stop();
   }
 });
+
+Deno.test("a prefix that arrives split over several segments is waited for, then handed off whole", async () => {
+  const d = await startDaemon({
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+services: { echo: { builtin: echo } }
+routes: [{ name: private, match: { prefix: PRIVATE-PROTO }, action: handoff, service: echo }]
+`,
+  });
+  try {
+    const client = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+    client.setNoDelay(true);
+    for (const piece of ["PRI", "VATE-", "PRO", "TO rest"]) {
+      await writeAll(client, enc.encode(piece));
+      await new Promise((r) => setTimeout(r, 150));
+    }
+    assert.equal(await readAtLeast(client, 18), "PRIVATE-PROTO rest");
+    const line = await d.connection(client.localAddr.port);
+    assert.equal(line.outcome, "handed-off");
+    assert.ok(Number(line.ms) >= 300, `decided after the last piece, not before (${line.ms} ms)`);
+    client.close();
+  } finally {
+    await d.stop();
+  }
+});
