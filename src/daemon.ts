@@ -6,7 +6,7 @@
 import { Shim, ShimError } from "../ffi/shim.ts";
 import { addressText, displayAddress } from "./address.ts";
 import { decide, type Decision } from "./classify.ts";
-import type { Config } from "./config.ts";
+import type { Action, Config } from "./config.ts";
 import { connFd, detach } from "./conn_fd.ts";
 import { handOff } from "./handoff.ts";
 import { HttpsFrontend, type HttpsHandler, loadHandlerModule, statusPageHandler } from "./https.ts";
@@ -48,7 +48,13 @@ export class Daemon {
   static async start(config: Config, log: Logger): Promise<Daemon> {
     const shim = new Shim();
     const https = await startHttps(config, shim, log);
-    const builtins = await startBuiltinServices(config, log);
+    let builtins: BuiltinService[];
+    try {
+      builtins = await startBuiltinServices(config, log);
+    } catch (e) {
+      await https?.stop();
+      throw e;
+    }
     const daemon = new Daemon(config, log, shim, https, builtins);
     try {
       for (const { address, port } of config.listen) {
@@ -183,7 +189,7 @@ export class Daemon {
   }
 }
 
-function explainShimError(e: ShimError, action: Config["routes"][number]["action"]): string {
+function explainShimError(e: ShimError, action: Action): string {
   if (action.kind !== "handoff") return e.message;
   const where = `service "${action.service.name}" at ${action.service.socket}`;
   switch (e.code) {

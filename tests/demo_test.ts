@@ -5,26 +5,10 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { TestDaemon } from "./helpers/daemon.ts";
+import { run, startDaemon } from "./helpers/daemon.ts";
 import { roundTrip } from "./helpers/client.ts";
-import { run } from "./helpers/daemon.ts";
 
-const ROOT = new URL("../", import.meta.url).pathname;
-
-async function startDemo(dataDir: string): Promise<TestDaemon> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["task", "start"],
-    cwd: ROOT,
-    env: { PORTMUX_DATA_DIR: dataDir },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const d = new TestDaemon(child);
-  const started = await d.waitFor((l) => l.event === "started", 30_000);
-  d.pid = started.pid as number;
-  return d;
-}
+const startDemo = (dataDir: string) => startDaemon({ viaTask: true, dataDir });
 
 Deno.test("`deno task start` runs the embedded demo: HTTPS on :8443 and a PRIV echo", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "portmux-demo-" });

@@ -14,6 +14,8 @@ export interface DaemonOptions {
   readonly config?: string;
   /** true: start through src/launch.ts (preloaded shim); false: main.ts. */
   readonly inject?: boolean;
+  /** Start with `deno task start`, exactly as the README says. */
+  readonly viaTask?: boolean;
   readonly dataDir?: string;
   readonly args?: string[];
 }
@@ -122,8 +124,9 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<TestDaemon>
     args.push("--config", file);
   }
   const entry = opts.inject === false ? "src/main.ts" : "src/launch.ts";
+  const command = opts.viaTask ? ["task", "start"] : ["run", "-A", join(ROOT, entry)];
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", join(ROOT, entry), ...args],
+    args: [...command, ...args],
     cwd: ROOT,
     env: { PORTMUX_DATA_DIR: dataDir },
     stdin: "null",
