@@ -147,7 +147,10 @@ export class Daemon {
           conn.close();
           return done("closed");
         case "https":
-          if (!this.#https) throw new Error("no HTTPS frontend"); // config forbids it
+          if (!this.#https) { // the config forbids it; never leave conn open
+            conn.close();
+            throw new Error("no HTTPS frontend");
+          }
           this.#https.take(conn, fd, client);
           return done("https", { delivery: this.#https.mode });
         case "handoff": {

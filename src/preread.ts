@@ -6,7 +6,7 @@
  * client costs no thread (DESIGN.md fact 7), and a timer enforces the
  * deadline.
  */
-import type { Shim } from "../ffi/shim.ts";
+import { type Shim, ShimError } from "../ffi/shim.ts";
 
 /** Why the wait ended without more bytes to come (or to look at). */
 export type PrereadFinal = "timeout" | "eof" | "peek-limit";
@@ -71,7 +71,9 @@ export class Preread {
       try {
         peeked = this.#shim.peek(fd, buf);
       } catch (e) {
-        return { decision: null, end: "error", bytes, error: e as Error };
+        // A client that resets has ended its stream, like one that closes.
+        if (e instanceof ShimError && e.code === "ECONNRESET") peeked = buf.subarray(0, 0);
+        else return { decision: null, end: "error", bytes, error: e as Error };
       }
       if (peeked !== null && peeked.length > 0) bytes = peeked;
       const end: PrereadFinal | null = peeked?.length === 0 || hangup

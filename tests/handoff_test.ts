@@ -151,3 +151,34 @@ routes: [{ name: private, match: { prefix: PRIVATE-PROTO }, action: handoff, ser
     await d.stop();
   }
 });
+
+Deno.test("a client that resets during the preread is closed as ended (eof), not as a failure", async () => {
+  const d = await startDaemon({
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+services: { echo: { builtin: echo } }
+routes: [{ name: private, match: { prefix: PRIVATE-PROTO }, action: handoff, service: echo }]
+`,
+  });
+  try {
+    // python3 sets SO_LINGER 0: close() then sends RST instead of FIN. With
+    // nothing queued, the daemon's peek then fails with ECONNRESET.
+    const script = `
+import socket, struct, time, sys
+s = socket.create_connection(("127.0.0.1", ${d.port}))
+time.sleep(0.2)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+print(s.getsockname()[1]); sys.stdout.flush()
+s.close()
+`;
+    const py = await new Deno.Command("python3", { args: ["-c", script], stdout: "piped" })
+      .output();
+    const port = Number(new TextDecoder().decode(py.stdout).trim());
+    const line = await d.connection(port);
+    assert.equal(line.outcome, "closed");
+    assert.equal(line.reason, "eof");
+    assert.equal(line.peeked, 0);
+  } finally {
+    await d.stop();
+  }
+});
