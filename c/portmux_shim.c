@@ -42,6 +42,22 @@ PM_EXPORT int pm_peek(int fd, uint8_t *buf, int len) {
   return n < 0 ? -errno : (int)n;
 }
 
+/* Reads and discards exactly len bytes that are already buffered (a PROXY
+ * protocol header that was peeked whole). Returns len, or -errno; -EAGAIN
+ * if fewer than len bytes were there (some were consumed then). */
+PM_EXPORT int pm_consume(int fd, int len) {
+  uint8_t buf[4096];
+  int done = 0;
+  while (done < len) {
+    int want = len - done < (int)sizeof buf ? len - done : (int)sizeof buf;
+    ssize_t n = recv(fd, buf, (size_t)want, MSG_DONTWAIT);
+    if (n < 0) return -errno;
+    if (n == 0) return -EAGAIN;
+    done += (int)n;
+  }
+  return done;
+}
+
 /* ---------- fd verification and lookup ---------- */
 
 /* Parses "1.2.3.4" or "::1" (optionally "[::1]") into a sockaddr family+bytes. */

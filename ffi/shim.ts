@@ -7,6 +7,8 @@
 const SYMBOLS = {
   // int pm_peek(int fd, uint8_t *buf, int len)
   pm_peek: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  // int pm_consume(int fd, int len)
+  pm_consume: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_verify_fd(int fd, char *local_host, int local_port, char *peer_host, int peer_port)
   pm_verify_fd: { parameters: ["i32", "buffer", "i32", "buffer", "i32"], result: "i32" },
   // int pm_find_fd(char *local_host, int local_port, char *peer_host, int peer_port)
@@ -151,6 +153,11 @@ export class Shim {
     const n = this.#lib.symbols.pm_peek(fd, buf, buf.length);
     if (n === -11) return null;
     return buf.subarray(0, check("peek", n));
+  }
+
+  /** Reads and discards len bytes that are known to be buffered. */
+  consume(fd: number, len: number): void {
+    check("consume", this.#lib.symbols.pm_consume(fd, len));
   }
 
   /** True if fd is the TCP socket with exactly this local and peer address. */

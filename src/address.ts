@@ -8,8 +8,12 @@ export interface Address {
 /** The address a person expects: a dual-stack listener reports IPv4
  * clients as IPv4-mapped IPv6 ("::ffff:192.0.2.1"); show them as IPv4. */
 export function displayAddress(addr: Deno.NetAddr): Address {
-  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(addr.hostname);
-  return { address: m ? m[1]! : addr.hostname, port: addr.port };
+  return normalizeAddress({ address: addr.hostname, port: addr.port });
+}
+
+export function normalizeAddress(a: Address): Address {
+  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(a.address);
+  return m ? { address: m[1]!, port: a.port } : a;
 }
 
 export function addressText(a: Address): string {

@@ -8,10 +8,28 @@ import { isMap, isPair, isScalar, isSeq, LineCounter, parseDocument } from "yaml
 import type { Node as YamlNode } from "yaml";
 import { isAbsolute, join, resolve } from "node:path";
 import { homedir } from "node:os";
+import { type Cidr, ipBytes, parseCidr } from "./ip.ts";
+import { isProtocolName, PROTOCOL_NAMES, type ProtocolName } from "./detect/registry.ts";
+import { type BytePattern, type ByteRegex, parseBytePattern } from "./detect/private.ts";
+import { type NamePattern, parseNamePattern } from "./name_pattern.ts";
 
-export type Matcher =
-  | { readonly protocol: "tls" }
-  | { readonly prefix: Uint8Array };
+/** What a route asks of a connection; every condition given must hold. */
+export interface RouteMatch {
+  /** A protocol from the detector registry (src/detect/registry.ts). */
+  readonly protocol?: ProtocolName;
+  /** TLS server names (exact or "*.example.com"); any of them. */
+  readonly sni?: readonly NamePattern[];
+  /** TLS ALPN protocols; the client must offer one of them. */
+  readonly alpn?: readonly string[];
+  /** HTTP/1.x Host header names; any of them. */
+  readonly host?: readonly NamePattern[];
+  /** Client addresses (after the PROXY protocol); any of them. */
+  readonly source?: readonly Cidr[];
+  readonly prefix?: Uint8Array;
+  readonly pattern?: BytePattern;
+  readonly regex?: ByteRegex;
+  readonly minLength?: number;
+}
 
 export interface Service {
   readonly name: string;
@@ -23,14 +41,25 @@ export interface Service {
   readonly builtin?: "echo";
 }
 
+export interface Upstream {
+  readonly hostname: string;
+  readonly port: number;
+}
+
 export type Action =
   | { readonly kind: "https" }
   | { readonly kind: "handoff"; readonly service: Service }
+  | {
+    readonly kind: "proxy";
+    readonly upstream: Upstream;
+    /** Send a PROXY protocol v2 header with the client's address first. */
+    readonly proxyProtocol: boolean;
+  }
   | { readonly kind: "close" };
 
 export interface Route {
   readonly name: string;
-  readonly match: Matcher;
+  readonly match: RouteMatch;
   readonly action: Action;
 }
 
@@ -40,6 +69,9 @@ export type DefaultRoute = Route | { readonly name: "default"; readonly action: 
 export interface Listen {
   readonly address: string;
   readonly port: number;
+  /** Clients from these addresses must start with a PROXY protocol header
+   * (v1 or v2), which portmux reads and removes; null: no PROXY protocol. */
+  readonly proxyProtocol: { readonly trusted: readonly Cidr[] } | null;
 }
 
 export type TlsSource =
@@ -57,6 +89,9 @@ export interface Config {
   readonly services: ReadonlyMap<string, Service>;
   readonly routes: readonly Route[];
   readonly defaultRoute: DefaultRoute;
+  /** Taken when nothing at all arrived before the deadline (clients that
+   * wait for the server to speak first, like some SSH clients). */
+  readonly timeoutRoute: DefaultRoute;
   readonly log: { readonly level: LogLevel };
 }
 
@@ -195,11 +230,6 @@ export function defaultDataDir(): string {
   return join(state, "portmux");
 }
 
-function isIpLiteral(s: string): boolean {
-  return /^\d{1,3}(\.\d{1,3}){3}$/.test(s) && s.split(".").every((o) => Number(o) <= 255) ||
-    /^[0-9a-fA-F:.]+$/.test(s) && s.includes(":");
-}
-
 const TOP_KEYS = [
   "listen",
   "data_dir",
@@ -209,6 +239,7 @@ const TOP_KEYS = [
   "services",
   "routes",
   "default",
+  "on_timeout",
   "log",
 ] as const;
 
@@ -226,13 +257,21 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
   const nListen = r.length(["listen"]);
   if (nListen === 0) r.fail(["listen"], "at least one listener is required");
   for (let i = 0; i < nListen; i++) {
-    r.keys(["listen", i], ["address", "port"]);
-    const address = r.required(["listen", i, "address"], r.string(["listen", i, "address"]));
-    if (!isIpLiteral(address)) {
-      r.fail(["listen", i, "address"], `"${address}" is not an IPv4 or IPv6 address`);
+    const at = ["listen", i];
+    r.keys(at, ["address", "port", "proxy_protocol"]);
+    const address = r.required([...at, "address"], r.string([...at, "address"]));
+    if (!ipBytes(address)) {
+      r.fail([...at, "address"], `"${address}" is not an IPv4 or IPv6 address`);
     }
-    const port = r.required(["listen", i, "port"], r.integer(["listen", i, "port"], 0, 65535));
-    listen.push({ address, port });
+    const port = r.required([...at, "port"], r.integer([...at, "port"], 0, 65535));
+    let proxyProtocol: Listen["proxyProtocol"] = null;
+    if (r.value([...at, "proxy_protocol"]) !== undefined) {
+      r.keys([...at, "proxy_protocol"], ["trusted"]);
+      const trusted = readCidrs(r, [...at, "proxy_protocol", "trusted"]);
+      if (!trusted) r.fail([...at, "proxy_protocol", "trusted"], "is required");
+      proxyProtocol = { trusted };
+    }
+    listen.push({ address, port, proxyProtocol });
   }
 
   const dataDirText = r.string(["data_dir"]);
@@ -301,7 +340,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
   const nRoutes = r.length(["routes"]);
   for (let i = 0; i < nRoutes; i++) {
     const at = ["routes", i];
-    r.keys(at, ["name", "match", "action", "service"]);
+    r.keys(at, ["name", "match", "action", "service", "upstream", "proxy_protocol"]);
     const name = r.required([...at, "name"], r.string([...at, "name"]));
     if (name === "close" || routes.some((x) => x.name === name)) {
       r.fail([...at, "name"], `route name "${name}" is ${name === "close" ? "reserved" : "taken"}`);
@@ -314,16 +353,16 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     routes.push({ name, match, action });
   }
 
-  const defaultName = r.string(["default"]) ?? "close";
-  let defaultRoute: DefaultRoute;
-  if (defaultName === "close") defaultRoute = { name: "default", action: { kind: "close" } };
-  else {
-    const named = routes.find((x) => x.name === defaultName);
-    if (!named) {
-      r.fail(["default"], `no route named "${defaultName}" (expected close or a route's name)`);
-    }
-    defaultRoute = named;
-  }
+  const namedRoute = (key: "default" | "on_timeout", fallback: DefaultRoute): DefaultRoute => {
+    const name = r.string([key]);
+    if (name === undefined) return fallback;
+    if (name === "close") return { name: "default", action: { kind: "close" } };
+    const named = routes.find((x) => x.name === name);
+    if (!named) r.fail([key], `no route named "${name}" (expected close or a route's name)`);
+    return named;
+  };
+  const defaultRoute = namedRoute("default", { name: "default", action: { kind: "close" } });
+  const timeoutRoute = namedRoute("on_timeout", defaultRoute);
 
   r.keys(["log"], ["level"]);
   const level = r.string(["log", "level"]) ?? "info";
@@ -341,6 +380,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     services,
     routes,
     defaultRoute,
+    timeoutRoute,
     log: { level: level as LogLevel },
   };
 }
@@ -354,45 +394,151 @@ function serviceMap(r: Reader): Record<string, unknown> {
   return v as Record<string, unknown>;
 }
 
-function readMatcher(r: Reader, at: Path): Matcher {
-  const keys = r.keys(at, ["protocol", "prefix", "prefix_hex"]);
-  if (keys.length !== 1) r.fail(at, "give exactly one of protocol, prefix, prefix_hex");
-  if (keys[0] === "protocol") {
-    const p = r.string([...at, "protocol"]);
-    if (p !== "tls") r.fail([...at, "protocol"], `unknown protocol "${p}" (expected: tls)`);
-    return { protocol: "tls" };
+const MATCH_KEYS = [
+  "protocol",
+  "sni",
+  "alpn",
+  "host",
+  "source",
+  "prefix",
+  "prefix_hex",
+  "pattern",
+  "regex",
+  "min_length",
+] as const;
+
+/** A string or a list of strings, as a list; undefined if absent. */
+function readStrings(r: Reader, at: Path): string[] | undefined {
+  const v = r.value(at);
+  if (v === undefined) return undefined;
+  const list = Array.isArray(v) ? v : [v];
+  if (list.length === 0 || !list.every((x) => typeof x === "string" && x !== "")) {
+    r.fail(at, "expected a non-empty string or a list of them");
   }
-  if (keys[0] === "prefix") {
-    return { prefix: new TextEncoder().encode(r.string([...at, "prefix"])) };
-  }
-  const hex = r.string([...at, "prefix_hex"]) ?? "";
-  if (!/^([0-9a-fA-F]{2})+$/.test(hex)) {
-    r.fail([...at, "prefix_hex"], "expected an even number of hex digits");
-  }
-  return { prefix: Uint8Array.from(hex.match(/../g)!.map((h) => parseInt(h, 16))) };
+  return list;
 }
+
+function readCidrs(r: Reader, at: Path): Cidr[] | undefined {
+  return readStrings(r, at)?.map((text) =>
+    parseCidr(text) ?? r.fail(at, `"${text}" is not an address or CIDR block (e.g. 10.0.0.0/8)`)
+  );
+}
+
+function readNames(r: Reader, at: Path): NamePattern[] | undefined {
+  return readStrings(r, at)?.map((text) =>
+    parseNamePattern(text) ??
+      r.fail(at, `"${text}" is not a host name or a wildcard like *.example.com`)
+  );
+}
+
+function readMatcher(r: Reader, at: Path): RouteMatch {
+  const keys = r.keys(at, MATCH_KEYS);
+  if (keys.length === 0) r.fail(at, `give at least one of ${MATCH_KEYS.join(", ")}`);
+  const m: { -readonly [K in keyof RouteMatch]: RouteMatch[K] } = {};
+  const protocol = r.string([...at, "protocol"]);
+  if (protocol !== undefined) {
+    if (!isProtocolName(protocol)) {
+      r.fail(
+        [...at, "protocol"],
+        `unknown protocol "${protocol}" (expected one of: ${PROTOCOL_NAMES.join(", ")})`,
+      );
+    }
+    m.protocol = protocol;
+  }
+  const needs = (key: string, proto: ProtocolName) => {
+    if (r.value([...at, key]) !== undefined && protocol !== proto) {
+      r.fail([...at, key], `only a route with protocol: ${proto} can match on ${key}`);
+    }
+  };
+  needs("sni", "tls");
+  needs("alpn", "tls");
+  needs("host", "http");
+  const sni = readNames(r, [...at, "sni"]);
+  if (sni) m.sni = sni;
+  const alpn = readStrings(r, [...at, "alpn"]);
+  if (alpn) m.alpn = alpn;
+  const host = readNames(r, [...at, "host"]);
+  if (host) m.host = host;
+  const source = readCidrs(r, [...at, "source"]);
+  if (source) m.source = source;
+
+  if (keys.includes("prefix") && keys.includes("prefix_hex")) {
+    r.fail([...at, "prefix_hex"], "give prefix or prefix_hex, not both");
+  }
+  const prefix = r.string([...at, "prefix"]);
+  if (prefix !== undefined) m.prefix = new TextEncoder().encode(prefix);
+  const hex = r.string([...at, "prefix_hex"]);
+  if (hex !== undefined) {
+    if (!/^([0-9a-fA-F]{2})+$/.test(hex)) {
+      r.fail([...at, "prefix_hex"], "expected an even number of hex digits");
+    }
+    m.prefix = Uint8Array.from(hex.match(/../g)!.map((h) => parseInt(h, 16)));
+  }
+  if (r.value([...at, "pattern"]) !== undefined) {
+    const pat = [...at, "pattern"];
+    r.keys(pat, ["bytes", "offset"]);
+    const text = r.required([...pat, "bytes"], r.string([...pat, "bytes"]));
+    const bytes = parseBytePattern(text);
+    if (!bytes) r.fail([...pat, "bytes"], `expected hex byte pairs or ?? (e.g. "50 52 ?? 56")`);
+    m.pattern = { offset: r.integer([...pat, "offset"], 0, 65535) ?? 0, bytes };
+  }
+  if (r.value([...at, "regex"]) !== undefined) {
+    const rx = [...at, "regex"];
+    r.keys(rx, ["expression", "max_bytes"]);
+    const text = r.required([...rx, "expression"], r.string([...rx, "expression"]));
+    let expression: RegExp;
+    try {
+      expression = new RegExp(text, "s");
+    } catch (e) {
+      r.fail([...rx, "expression"], `not a valid regular expression: ${(e as Error).message}`);
+    }
+    m.regex = { expression, maxBytes: r.integer([...rx, "max_bytes"], 1, 65536) ?? 256 };
+  }
+  const minLength = r.integer([...at, "min_length"], 1, 65536);
+  if (minLength !== undefined) m.minLength = minLength;
+  return m;
+}
+
+const ACTIONS = ["https", "handoff", "proxy", "close"];
 
 function readAction(r: Reader, at: Path, services: ReadonlyMap<string, Service>): Action {
   const kind = r.required([...at, "action"], r.string([...at, "action"]));
-  const serviceName = r.string([...at, "service"]);
+  if (!ACTIONS.includes(kind)) {
+    r.fail([...at, "action"], `unknown action "${kind}" (expected ${ACTIONS.join(", ")})`);
+  }
+  const only = (key: string, action: string) => {
+    if (r.value([...at, key]) !== undefined && kind !== action) {
+      r.fail([...at, key], `only a ${action} route has ${key}`);
+    }
+  };
+  only("service", "handoff");
+  only("upstream", "proxy");
+  only("proxy_protocol", "proxy");
   switch (kind) {
-    case "https":
-    case "close":
-      if (serviceName !== undefined) {
-        r.fail([...at, "service"], `only a handoff route names a service`);
-      }
-      return { kind };
     case "handoff": {
-      const name = r.required([...at, "service"], serviceName);
+      const name = r.required([...at, "service"], r.string([...at, "service"]));
       const service = services.get(name);
       if (!service) r.fail([...at, "service"], `no service named "${name}" under services`);
       return { kind: "handoff", service };
     }
+    case "proxy": {
+      const text = r.required([...at, "upstream"], r.string([...at, "upstream"]));
+      const m = /^(\[[0-9a-fA-F:.]+\]|[^:\s]+):(\d{1,5})$/.exec(text);
+      if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) {
+        r.fail([...at, "upstream"], `expected host:port (e.g. 127.0.0.1:22 or [::1]:22)`);
+      }
+      const pp = r.string([...at, "proxy_protocol"]);
+      if (pp !== undefined && pp !== "v2") {
+        r.fail([...at, "proxy_protocol"], `expected v2 (or leave it out)`);
+      }
+      return {
+        kind: "proxy",
+        upstream: { hostname: m[1]!.replace(/^\[|\]$/g, ""), port: Number(m[2]) },
+        proxyProtocol: pp === "v2",
+      };
+    }
     default:
-      return r.fail(
-        [...at, "action"],
-        `unknown action "${kind}" (expected https, handoff or close)`,
-      );
+      return { kind: kind as "https" | "close" };
   }
 }
 

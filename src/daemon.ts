@@ -4,9 +4,13 @@
  * says what happened and why.
  */
 import { Shim, ShimError } from "../ffi/shim.ts";
-import { addressText, displayAddress } from "./address.ts";
+import { addressText, displayAddress, normalizeAddress } from "./address.ts";
 import { decide, type Decision } from "./classify.ts";
-import type { Action, Config } from "./config.ts";
+import type { Action, Config, Listen } from "./config.ts";
+import { detectProxyHeader } from "./detect/proxy_protocol.ts";
+import { cidrContains } from "./ip.ts";
+import { openUpstream } from "./tcp_proxy.ts";
+import { pipeBoth } from "./pipe.ts";
 import { connFd, detach } from "./conn_fd.ts";
 import { handOff } from "./handoff.ts";
 import { HttpsFrontend, type HttpsHandler, loadHandlerModule, statusPageHandler } from "./https.ts";
@@ -16,7 +20,10 @@ import { selfSignedCertIn } from "./self_signed_cert.ts";
 import { type BuiltinService, startBuiltinServices } from "./builtin_services.ts";
 
 /** What became of a connection, as the log says it. */
-type Outcome = "handed-off" | "https" | "closed" | "failed";
+type Outcome = "handed-off" | "https" | "proxied" | "closed" | "failed";
+
+/** A v1 header is at most 107 bytes; a v2 header is refused past 4 KiB. */
+const PROXY_HEADER_MAX = 4096 + 16;
 
 export class Daemon {
   readonly #config: Config;
@@ -66,7 +73,7 @@ export class Daemon {
       await daemon.stop();
       throw e;
     }
-    for (const listener of daemon.#listeners) daemon.#acceptLoop(listener);
+    daemon.#listeners.forEach((listener, i) => daemon.#acceptLoop(listener, config.listen[i]!));
     return daemon;
   }
 
@@ -79,7 +86,7 @@ export class Daemon {
     return this.#https?.mode ?? null;
   }
 
-  async #acceptLoop(listener: Deno.TcpListener): Promise<void> {
+  async #acceptLoop(listener: Deno.TcpListener, listen: Listen): Promise<void> {
     while (!this.#stopping) {
       let conn: Deno.TcpConn;
       try {
@@ -91,16 +98,16 @@ export class Daemon {
         await new Promise((r) => setTimeout(r, 100));
         continue;
       }
-      const handling = this.#handle(conn);
+      const handling = this.#handle(conn, listen);
       this.#inFlight.add(handling);
       handling.finally(() => this.#inFlight.delete(handling));
     }
   }
 
-  async #handle(conn: Deno.TcpConn): Promise<void> {
+  async #handle(conn: Deno.TcpConn, listen: Listen): Promise<void> {
     const started = performance.now();
-    const client = displayAddress(conn.remoteAddr);
-    const local = displayAddress(conn.localAddr);
+    let client = displayAddress(conn.remoteAddr);
+    let local = displayAddress(conn.localAddr);
     const fields: Record<string, unknown> = {
       client: addressText(client),
       local: addressText(local),
@@ -125,20 +132,58 @@ export class Daemon {
       return done("failed", { error: `no verified fd for the connection: ${e}` });
     }
 
-    const { preread: limits, routes, defaultRoute } = this.#config;
+    const { preread: limits, routes } = this.#config;
+    const remaining = () => Math.max(1, limits.timeoutMs - (performance.now() - started));
+
+    // A trusted load balancer says who the client is: read and remove that.
+    if (listen.proxyProtocol?.trusted.some((c) => cidrContains(c, client.address))) {
+      const header = await this.#preread.read(
+        fd,
+        PROXY_HEADER_MAX,
+        remaining(),
+        (bytes, final) => {
+          const d = detectProxyHeader(bytes);
+          return d.verdict === "more" && !final ? null : d;
+        },
+      );
+      if (header.decision?.verdict !== "match") {
+        conn.close();
+        return done("failed", {
+          error: `no valid PROXY protocol header from trusted ${addressText(client)} (${
+            header.error?.message ?? header.end
+          })`,
+        });
+      }
+      const info = header.decision.info;
+      try {
+        this.#shim.consume(fd, info.length);
+      } catch (e) {
+        conn.close();
+        return done("failed", { error: `reading the PROXY header: ${e}` });
+      }
+      fields.proxied_by = addressText(client);
+      if (info.source && info.destination) {
+        client = normalizeAddress(info.source);
+        local = normalizeAddress(info.destination);
+        Object.assign(fields, { client: addressText(client), local: addressText(local) });
+      }
+    }
+
     const result = await this.#preread.read<Decision>(
       fd,
       limits.maxBytes,
-      limits.timeoutMs,
-      (bytes, final) => decide(routes, defaultRoute, bytes, final),
+      remaining(),
+      (bytes, final) =>
+        decide(routes, this.#config, { bytes, client, maxBytes: limits.maxBytes }, final),
     );
     fields.peeked = result.bytes.length;
+    fields.decide_ms = Math.round((performance.now() - started) * 100) / 100;
     if (result.decision === null) {
       conn.close();
       return done("failed", { error: `preread: ${result.error?.message ?? result.end}` });
     }
-    const { route, reason } = result.decision;
-    Object.assign(fields, { route: route.name, action: route.action.kind, reason });
+    const { route, reason, facts } = result.decision;
+    Object.assign(fields, { route: route.name, action: route.action.kind, reason, ...facts });
 
     const action = route.action;
     try {
@@ -169,6 +214,23 @@ export class Daemon {
             throw e;
           }
           return done("handed-off", { service: action.service.name });
+        }
+        case "proxy": {
+          const target = `${action.upstream.hostname}:${action.upstream.port}`;
+          let upstream: Deno.TcpConn;
+          try {
+            upstream = await openUpstream(
+              action.upstream,
+              action.proxyProtocol ? { client, local } : null,
+            );
+          } catch (e) {
+            conn.close();
+            throw new Error(
+              `upstream ${target} unreachable (${(e as Error).message}); connection closed`,
+            );
+          }
+          pipeBoth(conn, upstream); // runs as long as the two talk
+          return done("proxied", { upstream: target });
         }
       }
     } catch (e) {

@@ -15,6 +15,7 @@ import type { Shim } from "../ffi/shim.ts";
 import { type Address, addressText, displayAddress } from "./address.ts";
 import { detach } from "./conn_fd.ts";
 import type { Logger } from "./log.ts";
+import { pipeBoth } from "./pipe.ts";
 
 /** What a user module exports as default: the Deno convention. */
 export interface HttpsHandler {
@@ -57,12 +58,25 @@ export function statusPageHandler(mode: () => HttpsMode): HttpsHandler {
   };
 }
 
+const MAX_PROXIED = 65536;
+
+function peerKey(a: Deno.NetAddr): string {
+  const shown = displayAddress(a);
+  return `${shown.address}|${shown.port}`;
+}
+
 export class HttpsFrontend {
   readonly #shim: Shim;
   readonly #log: Logger;
   readonly #server: Deno.HttpServer<Deno.NetAddr>;
   readonly #listenerFd: number | null;
   readonly #bridged = new Map<number, Address>();
+  /** Inject mode: the real client of a socket whose peer is not the client
+   * (a load balancer that sent a PROXY header), keyed by that peer. Live
+   * sockets have distinct peers, and a reused peer overwrites its stale
+   * entry before its first request, so entries need no removal: the map
+   * is only bounded. */
+  readonly #proxied = new Map<string, Address>();
   readonly #bridges = new Set<Promise<void>>();
 
   private constructor(opts: HttpsOptions) {
@@ -114,7 +128,7 @@ export class HttpsFrontend {
       }
       remote = { transport: "tcp", hostname: client.address, port: client.port };
     } else {
-      const shown = displayAddress(remote);
+      const shown = this.#proxied.get(peerKey(remote)) ?? displayAddress(remote);
       remote = { transport: "tcp", hostname: shown.address, port: shown.port };
     }
     return handler.fetch(req, { remoteAddr: remote, completed: info.completed });
@@ -129,6 +143,15 @@ export class HttpsFrontend {
       this.#bridges.add(bridge);
       bridge.finally(() => this.#bridges.delete(bridge));
       return;
+    }
+    const peer = displayAddress(conn.remoteAddr);
+    if (peer.address !== client.address || peer.port !== client.port) {
+      const key = peerKey(conn.remoteAddr);
+      this.#proxied.delete(key); // re-insert as the newest
+      this.#proxied.set(key, client);
+      if (this.#proxied.size > MAX_PROXIED) {
+        this.#proxied.delete(this.#proxied.keys().next().value!);
+      }
     }
     const owned = detach(this.#shim, conn, fd);
     try {
@@ -150,14 +173,10 @@ export class HttpsFrontend {
     }
     const key = upstream.localAddr.port;
     this.#bridged.set(key, client);
-    conn.setNoDelay(true);
-    upstream.setNoDelay(true);
     try {
-      await Promise.all([copy(conn, upstream), copy(upstream, conn)]);
+      await pipeBoth(conn, upstream);
     } finally {
       this.#bridged.delete(key);
-      closeQuietly(conn);
-      closeQuietly(upstream);
     }
   }
 
@@ -165,28 +184,5 @@ export class HttpsFrontend {
   async stop(): Promise<void> {
     await this.#server.shutdown();
     await Promise.allSettled([...this.#bridges]);
-  }
-}
-
-function closeQuietly(c: Deno.Conn): void {
-  try {
-    c.close();
-  } catch { /* already closed */ }
-}
-
-/** Copies one direction until end of stream, then half-closes the other
- * side; on an error, closes both so the opposite copy ends too. */
-async function copy(from: Deno.TcpConn, to: Deno.TcpConn): Promise<void> {
-  const buf = new Uint8Array(64 * 1024);
-  try {
-    for (;;) {
-      const n = await from.read(buf);
-      if (n === null) break;
-      for (let at = 0; at < n;) at += await to.write(buf.subarray(at, n));
-    }
-    await to.closeWrite();
-  } catch {
-    closeQuietly(from);
-    closeQuietly(to);
   }
 }

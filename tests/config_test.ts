@@ -25,7 +25,7 @@ function errorOf(text: string): string {
 
 Deno.test("parseConfig() reads a valid config into typed values with defaults", () => {
   const c = parseConfig(VALID, "test.yaml", "/tmp");
-  assert.deepEqual(c.listen, [{ address: "127.0.0.1", port: 8443 }]);
+  assert.deepEqual(c.listen, [{ address: "127.0.0.1", port: 8443, proxyProtocol: null }]);
   assert.deepEqual(c.preread, { timeoutMs: 5000, maxBytes: 16384 });
   assert.equal(c.routes[0]?.action.kind, "handoff");
   assert.equal(c.services.get("svc")?.uid, Deno.uid());
@@ -49,7 +49,7 @@ Deno.test("config/example.yaml documents a config that loads", async () => {
 
 Deno.test("the embedded default config loads", async () => {
   const c = parseConfig(await Deno.readTextFile(join(ROOT, "config/default.yaml")), "default", ".");
-  assert.deepEqual(c.listen, [{ address: "127.0.0.1", port: 8443 }]);
+  assert.deepEqual(c.listen, [{ address: "127.0.0.1", port: 8443, proxyProtocol: null }]);
   assert.deepEqual(c.tls, { kind: "self_signed" });
 });
 
@@ -63,7 +63,7 @@ Deno.test("each config mistake gets one line naming the field and its line", asy
     [
       "a typo inside a route",
       VALID.replace("action: handoff", "acton: handoff"),
-      /^test\.yaml:6: routes\[0\]\.acton: unknown key \(expected one of: name, match, action, service\)/,
+      /^test\.yaml:6: routes\[0\]\.acton: unknown key \(expected one of: name, match, action, service, upstream, proxy_protocol\)/,
     ],
     [
       "a port out of range",
@@ -79,7 +79,7 @@ Deno.test("each config mistake gets one line naming the field and its line", asy
     [
       "an unknown action",
       VALID.replace("action: handoff", "action: hndoff"),
-      /routes\[0\]\.action: unknown action "hndoff" \(expected https, handoff or close\)/,
+      /routes\[0\]\.action: unknown action "hndoff" \(expected https, handoff, proxy, close\)/,
     ],
     [
       "a handoff to an unknown service",
@@ -98,8 +98,8 @@ Deno.test("each config mistake gets one line naming the field and its line", asy
     ],
     [
       "an unknown protocol",
-      VALID + "  - { name: w, match: { protocol: ssh }, action: close }\n",
-      /routes\[1\]\.match\.protocol: unknown protocol "ssh"/,
+      VALID + "  - { name: w, match: { protocol: smtp }, action: close }\n",
+      /routes\[1\]\.match\.protocol: unknown protocol "smtp" \(expected one of: tls, http, http2, ssh\)/,
     ],
     [
       "bad hex",
@@ -107,9 +107,81 @@ Deno.test("each config mistake gets one line naming the field and its line", asy
       /routes\[1\]\.match\.prefix_hex: expected an even number of hex digits/,
     ],
     [
-      "two matchers in one route",
+      "prefix and prefix_hex together",
       VALID + "  - { name: h, match: { prefix: a, prefix_hex: '61' }, action: close }\n",
-      /routes\[1\]\.match: give exactly one of protocol, prefix, prefix_hex/,
+      /routes\[1\]\.match\.prefix_hex: give prefix or prefix_hex, not both/,
+    ],
+    [
+      "an empty match",
+      VALID + "  - { name: h, match: {}, action: close }\n",
+      /routes\[1\]\.match: give at least one of protocol, sni, alpn/,
+    ],
+    [
+      "sni without protocol tls",
+      VALID + "  - { name: h, match: { sni: a.example }, action: close }\n",
+      /routes\[1\]\.match\.sni: only a route with protocol: tls can match on sni/,
+    ],
+    [
+      "host on a tls route",
+      VALID + "  - { name: h, match: { protocol: tls, host: a.example }, action: close }\n",
+      /routes\[1\]\.match\.host: only a route with protocol: http can match on host/,
+    ],
+    [
+      "a bad SNI pattern",
+      VALID +
+      "  - { name: h, match: { protocol: tls, sni: ['ok.example', 'a.*.example'] }, action: close }\n",
+      /routes\[1\]\.match\.sni: "a\.\*\.example" is not a host name or a wildcard like \*\.example\.com/,
+    ],
+    [
+      "a bad CIDR",
+      VALID + "  - { name: h, match: { source: 10.0.0.0/33 }, action: close }\n",
+      /routes\[1\]\.match\.source: "10\.0\.0\.0\/33" is not an address or CIDR block/,
+    ],
+    [
+      "a bad byte pattern",
+      VALID + "  - { name: h, match: { pattern: { bytes: '5G ??' } }, action: close }\n",
+      /routes\[1\]\.match\.pattern\.bytes: expected hex byte pairs or \?\?/,
+    ],
+    [
+      "a bad regular expression",
+      VALID + "  - { name: h, match: { regex: { expression: '(' } }, action: close }\n",
+      /routes\[1\]\.match\.regex\.expression: not a valid regular expression/,
+    ],
+    [
+      "a proxy route without upstream",
+      VALID + "  - { name: h, match: { protocol: ssh }, action: proxy }\n",
+      /routes\[1\]\.upstream: is required/,
+    ],
+    [
+      "an upstream without a port",
+      VALID + "  - { name: h, match: { protocol: ssh }, action: proxy, upstream: localhost }\n",
+      /routes\[1\]\.upstream: expected host:port/,
+    ],
+    [
+      "proxy_protocol v1 to an upstream",
+      VALID +
+      "  - { name: h, match: { protocol: ssh }, action: proxy, upstream: '[::1]:22', proxy_protocol: v1 }\n",
+      /routes\[1\]\.proxy_protocol: expected v2/,
+    ],
+    [
+      "an upstream on a handoff route",
+      VALID.replace("service: svc }", "service: svc, upstream: '1.2.3.4:5' }"),
+      /routes\[0\]\.upstream: only a proxy route has upstream/,
+    ],
+    [
+      "an on_timeout that names no route",
+      VALID + "on_timeout: ssh\n",
+      /^test\.yaml:7: on_timeout: no route named "ssh"/,
+    ],
+    [
+      "a listener's proxy_protocol without trusted sources",
+      VALID.replace("port: 8443 }", "port: 8443, proxy_protocol: {} }"),
+      /listen\[0\]\.proxy_protocol\.trusted: is required/,
+    ],
+    [
+      "a bad trusted source",
+      VALID.replace("port: 8443 }", "port: 8443, proxy_protocol: { trusted: [lb.example] } }"),
+      /listen\[0\]\.proxy_protocol\.trusted: "lb\.example" is not an address or CIDR block/,
     ],
     [
       "a duplicate route name",
