@@ -41,7 +41,16 @@ Deno.test("config/example.yaml documents a config that loads", async () => {
     .replace("/etc/portmux/key.pem", join(dir, "k.pem"));
   for (const f of ["c.pem", "k.pem", "app.ts"]) await Deno.writeTextFile(join(dir, f), "");
   const c = parseConfig(text, "example.yaml", dir);
-  assert.deepEqual(c.routes.map((r) => r.name), ["web", "vpn", "legacy"]);
+  assert.deepEqual(c.routes.map((r) => r.name), [
+    "api",
+    "passthrough",
+    "web",
+    "ssh",
+    "vpn",
+    "legacy",
+  ]);
+  assert.equal(c.timeoutRoute.name, "ssh");
+  assert.equal(c.listen[1]?.proxyProtocol?.trusted.length, 2);
   assert.equal(c.services.get("vpn")?.uid, 998);
   assert.equal(c.services.get("echo")?.builtin, "echo");
   assert.deepEqual(c.listen.map((l) => l.address), ["0.0.0.0", "::1"]);
