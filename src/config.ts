@@ -7,7 +7,6 @@
 import { isMap, isPair, isScalar, isSeq, LineCounter, parseDocument } from "yaml";
 import type { Node as YamlNode } from "yaml";
 import { isAbsolute, join, resolve } from "node:path";
-import { homedir } from "node:os";
 import { type Cidr, ipBytes, parseCidr } from "./ip.ts";
 import { isProtocolName, PROTOCOL_NAMES, type ProtocolName } from "./detect/registry.ts";
 import { type BytePattern, type ByteRegex, parseBytePattern } from "./detect/private.ts";
@@ -222,12 +221,15 @@ class Reader {
   }
 }
 
-/** The default data folder: $PORTMUX_DATA_DIR, else the XDG state folder. */
+/** The default data folder: $PORTMUX_DATA_DIR, else the XDG state folder
+ * ($XDG_STATE_HOME or ~/.local/state), else /var/lib/portmux. */
 export function defaultDataDir(): string {
   const env = Deno.env.get("PORTMUX_DATA_DIR");
   if (env) return resolve(env);
-  const state = Deno.env.get("XDG_STATE_HOME") ?? join(homedir(), ".local", "state");
-  return join(state, "portmux");
+  const xdg = Deno.env.get("XDG_STATE_HOME");
+  if (xdg) return join(xdg, "portmux");
+  const home = Deno.env.get("HOME");
+  return home ? join(home, ".local", "state", "portmux") : "/var/lib/portmux";
 }
 
 const TOP_KEYS = [
