@@ -289,3 +289,32 @@ routes:
     await d.stop();
   }
 });
+
+Deno.test("the proxy action keeps half-close: the client's EOF reaches the upstream, its answer still comes back", async () => {
+  // This upstream answers only after the client's EOF reached it: a proxy
+  // that drops the EOF gets no answer, one that closes on it loses it.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const upstream = (async () => {
+    const conn = await listener.accept();
+    const got = await readAtLeast(conn, Infinity);
+    await writeAll(conn, new TextEncoder().encode(`after EOF: got ${got.length} bytes`));
+    conn.close();
+  })();
+  const d = await startDaemon({
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+routes: [{ name: up, match: { prefix: ECHO }, action: proxy, upstream: "127.0.0.1:${listener.addr.port}" }]
+`,
+  });
+  try {
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+    await writeAll(c, new TextEncoder().encode("ECHO all of this, then EOF"));
+    await c.closeWrite();
+    assert.equal(await readAtLeast(c, Infinity), "after EOF: got 26 bytes");
+    c.close();
+    await upstream;
+  } finally {
+    await d.stop();
+    listener.close();
+  }
+});
