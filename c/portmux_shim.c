@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -58,6 +59,18 @@ PM_EXPORT int pm_consume(int fd, int len) {
   return done;
 }
 
+/* Raises the soft limit of open fds to the hard limit (a daemon that holds
+ * thousands of waiting clients needs them). Returns the new soft limit. */
+PM_EXPORT int pm_raise_nofile(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return -errno;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0) return -errno;
+  }
+  return rl.rlim_cur > 0x7fffffff ? 0x7fffffff : (int)rl.rlim_cur;
+}
+
 /* ---------- fd verification and lookup ---------- */
 
 /* Parses "1.2.3.4" or "::1" (optionally "[::1]") into a sockaddr family+bytes. */
@@ -89,9 +102,11 @@ static int addr_equals(const struct sockaddr_storage *ss, int family,
 }
 
 /* 1 if fd is a TCP socket whose local and peer addresses are exactly the
- * given ones, 0 if it is something else, negative errno on bad input. This is
- * the security check before an fd number learnt from Deno internals is used:
- * a wrong fd would hand another client's connection to a service. */
+ * given ones, 0 if it is something else, negative errno on bad input, and
+ * -ENOTCONN if it has the local address but no peer any more (the client
+ * reset it). This is the security check before an fd number learnt from
+ * Deno internals is used: a wrong fd would hand another client's
+ * connection to a service. */
 PM_EXPORT int pm_verify_fd(int fd, const char *local_host, int local_port,
                            const char *peer_host, int peer_port) {
   int lf, pf;
@@ -103,7 +118,7 @@ PM_EXPORT int pm_verify_fd(int fd, const char *local_host, int local_port,
   if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) return 0;
   if (!addr_equals(&ss, lf, lb, local_port)) return 0;
   sl = sizeof ss;
-  if (getpeername(fd, (struct sockaddr *)&ss, &sl) < 0) return 0;
+  if (getpeername(fd, (struct sockaddr *)&ss, &sl) < 0) return errno == ENOTCONN ? -ENOTCONN : 0;
   if (!addr_equals(&ss, pf, pb, peer_port)) return 0;
   int type = 0;
   socklen_t tl = sizeof type;
@@ -125,7 +140,7 @@ PM_EXPORT int pm_find_fd(const char *local_host, int local_port,
     int fd = atoi(e->d_name);
     if (fd == dfd) continue;
     int r = pm_verify_fd(fd, local_host, local_port, peer_host, peer_port);
-    if (r < 0) { found = r; break; }
+    if (r == -EINVAL) { found = r; break; }
     if (r == 1) { found = fd; break; }
   }
   closedir(d);

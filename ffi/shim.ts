@@ -7,6 +7,8 @@
 const SYMBOLS = {
   // int pm_peek(int fd, uint8_t *buf, int len)
   pm_peek: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  // int pm_raise_nofile(void)
+  pm_raise_nofile: { parameters: [], result: "i32" },
   // int pm_consume(int fd, int len)
   pm_consume: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_verify_fd(int fd, char *local_host, int local_port, char *peer_host, int peer_port)
@@ -155,12 +157,18 @@ export class Shim {
     return buf.subarray(0, check("peek", n));
   }
 
+  /** Raises the open-fd soft limit to the hard limit; returns it. */
+  raiseNofile(): number {
+    return check("raise_nofile", this.#lib.symbols.pm_raise_nofile());
+  }
+
   /** Reads and discards len bytes that are known to be buffered. */
   consume(fd: number, len: number): void {
     check("consume", this.#lib.symbols.pm_consume(fd, len));
   }
 
-  /** True if fd is the TCP socket with exactly this local and peer address. */
+  /** True if fd is the TCP socket with exactly this local and peer
+   * address; ShimError ENOTCONN if it is ours but the client reset it. */
   verifyFd(fd: number, local: Endpoint, peer: Endpoint): boolean {
     return check(
       "verify_fd",

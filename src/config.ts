@@ -65,6 +65,18 @@ export interface Route {
 /** Where a connection goes when no route matches (or nothing arrives). */
 export type DefaultRoute = Route | { readonly name: "default"; readonly action: { kind: "close" } };
 
+/** Bounds on what clients can make the daemon hold. When one is reached
+ * the newest connection (the one that would exceed it) is closed. */
+export interface Limits {
+  /** Connections held at once: waiting in preread, or relayed (proxy,
+   * HTTPS bridge). Handed-off and injected ones belong to others. */
+  readonly maxConnections: number;
+  /** Connections waiting for their first bytes at once. */
+  readonly maxPreread: number;
+  /** Connections held at once per client address. */
+  readonly maxPerSource: number;
+}
+
 export interface Listen {
   readonly address: string;
   readonly port: number;
@@ -83,6 +95,7 @@ export interface Config {
   readonly listen: readonly Listen[];
   readonly dataDir: string;
   readonly preread: { readonly timeoutMs: number; readonly maxBytes: number };
+  readonly limits: Limits;
   readonly tls: TlsSource | null;
   readonly https: { readonly handler: string | null };
   readonly services: ReadonlyMap<string, Service>;
@@ -236,6 +249,7 @@ const TOP_KEYS = [
   "listen",
   "data_dir",
   "preread",
+  "limits",
   "tls",
   "https",
   "services",
@@ -283,6 +297,13 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
   const preread = {
     timeoutMs: r.integer(["preread", "timeout_ms"], 1, 600_000) ?? 5000,
     maxBytes: r.integer(["preread", "max_bytes"], 16, 65536) ?? 16384,
+  };
+
+  r.keys(["limits"], ["max_connections", "max_preread", "max_per_source"]);
+  const limits: Limits = {
+    maxConnections: r.integer(["limits", "max_connections"], 1, 10_000_000) ?? 50_000,
+    maxPreread: r.integer(["limits", "max_preread"], 1, 10_000_000) ?? 20_000,
+    maxPerSource: r.integer(["limits", "max_per_source"], 1, 10_000_000) ?? 1000,
   };
 
   let tls: TlsSource | null = null;
@@ -377,6 +398,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     listen,
     dataDir,
     preread,
+    limits,
     tls,
     https: { handler },
     services,

@@ -25,7 +25,8 @@ export interface ConnFd {
   readonly via: "symbol" | "lookup";
 }
 
-/** The verified fd of conn. Throws ShimError(ENOENT) if none matches. */
+/** The verified fd of conn. Throws ShimError: ENOTCONN when the client
+ * reset the connection already, ENOENT if no fd matches. */
 export function connFd(shim: Shim, conn: Deno.TcpConn): ConnFd {
   const local = conn.localAddr;
   const peer = conn.remoteAddr;

@@ -11,6 +11,8 @@ import { detectProxyHeader } from "./detect/proxy_protocol.ts";
 import { cidrContains } from "./ip.ts";
 import { openUpstream } from "./tcp_proxy.ts";
 import { pipeBoth } from "./pipe.ts";
+import { Admission, type Lease, type LimitName } from "./admission.ts";
+import { Counters, ThrottledLog } from "./counters.ts";
 import { connFd, detach } from "./conn_fd.ts";
 import { handOff } from "./handoff.ts";
 import { HttpsFrontend, type HttpsHandler, loadHandlerModule, statusPageHandler } from "./https.ts";
@@ -21,6 +23,8 @@ import { type BuiltinService, startBuiltinServices } from "./builtin_services.ts
 
 /** What became of a connection, as the log says it. */
 type Outcome = "handed-off" | "https" | "proxied" | "closed" | "failed";
+
+const ACCEPT_RETRY_MS = 100;
 
 /** A v1 header is at most 107 bytes; a v2 header is refused past 4 KiB. */
 const PROXY_HEADER_MAX = 4096 + 16;
@@ -34,6 +38,9 @@ export class Daemon {
   readonly #builtins: BuiltinService[];
   readonly #listeners: Deno.TcpListener[] = [];
   readonly #inFlight = new Set<Promise<void>>();
+  readonly #admission: Admission;
+  readonly counters = new Counters();
+  readonly #throttled: ThrottledLog;
   #stopping = false;
 
   private constructor(
@@ -48,12 +55,16 @@ export class Daemon {
     this.#shim = shim;
     this.#https = https;
     this.#builtins = builtins;
-    this.#preread = new Preread(shim);
+    this.#preread = new Preread(shim, Math.max(config.preread.maxBytes, PROXY_HEADER_MAX));
+    this.#admission = new Admission(config.limits);
+    this.#throttled = new ThrottledLog(log);
   }
 
   /** Starts everything the config names; throws if any part cannot start. */
   static async start(config: Config, log: Logger): Promise<Daemon> {
     const shim = new Shim();
+    // Every waiting client is an fd: use what the hard limit allows.
+    log.info("fd-limit", { open_files: shim.raiseNofile() });
     const https = await startHttps(config, shim, log);
     let builtins: BuiltinService[];
     try {
@@ -87,24 +98,65 @@ export class Daemon {
   }
 
   async #acceptLoop(listener: Deno.TcpListener, listen: Listen): Promise<void> {
+    let failures = 0; // accept errors in the current burst
     while (!this.#stopping) {
       let conn: Deno.TcpConn;
       try {
         conn = await listener.accept();
       } catch (e) {
         if (this.#stopping || e instanceof Deno.errors.BadResource) return;
-        // EMFILE and friends: keep the listener, say so, breathe, go on.
-        this.#log.error("accept-failed", { error: String(e) });
-        await new Promise((r) => setTimeout(r, 100));
+        if (clientWentAway(e)) { // reset before the accept was done: its own loss
+          this.counters.inc("accept_client_gone");
+          continue;
+        }
+        // EMFILE and friends: keep the listener, say so once per burst, and
+        // retry after a pause (the client waits in the kernel's backlog).
+        this.counters.inc("accept_failures");
+        if (failures++ === 0) this.#log.error("accept-failed", { error: String(e) });
+        await new Promise((r) => setTimeout(r, ACCEPT_RETRY_MS));
         continue;
       }
-      const handling = this.#handle(conn, listen);
+      if (failures > 0) {
+        this.#log.info("accept-recovered", { failures });
+        failures = 0;
+      }
+      const peer = displayAddress(conn.remoteAddr).address;
+      const trusted = listen.proxyProtocol?.trusted.some((c) => cidrContains(c, peer)) ?? false;
+      const lease = this.#admission.admit(peer, this.#preread.waiting, trusted);
+      if (typeof lease === "string") {
+        this.#refuse(conn, lease, peer);
+        continue;
+      }
+      const handling = this.#handle(conn, listen, lease);
       this.#inFlight.add(handling);
       handling.finally(() => this.#inFlight.delete(handling));
     }
   }
 
-  async #handle(conn: Deno.TcpConn, listen: Listen): Promise<void> {
+  /** Closes a connection that would break a limit: the newest one, never an
+   * established session. Logged once per second per limit, always counted. */
+  #refuse(conn: Deno.Conn, limit: LimitName, source: string): void {
+    try {
+      conn.close();
+    } catch { /* gone */ }
+    const total = this.counters.inc(`limit_${limit}`);
+    this.#throttled.warn(limit, "limit", { limit, source, total });
+  }
+
+  /** Serves one connection; its lease is released when the daemon lets go
+   * of it: at once, or when a relay it started ends. */
+  async #handle(conn: Deno.TcpConn, listen: Listen, lease: Lease): Promise<void> {
+    let relay: Promise<void> | undefined;
+    try {
+      relay = (await this.#serve(conn, listen, lease)) ?? undefined;
+    } finally {
+      if (relay) relay.finally(() => lease.release());
+      else lease.release();
+    }
+  }
+
+  /** The path of one connection; returns the relay it leaves running. */
+  async #serve(conn: Deno.TcpConn, listen: Listen, lease: Lease): Promise<Promise<void> | void> {
     const started = performance.now();
     let client = displayAddress(conn.remoteAddr);
     let local = displayAddress(conn.localAddr);
@@ -129,6 +181,9 @@ export class Daemon {
       if (found.via === "lookup") fields.fd_lookup = "fallback";
     } catch (e) {
       conn.close();
+      if (e instanceof ShimError && e.code === "ENOTCONN") { // reset by the client already
+        return done("closed", { reason: "eof", peeked: 0 });
+      }
       return done("failed", { error: `no verified fd for the connection: ${e}` });
     }
 
@@ -167,6 +222,11 @@ export class Daemon {
         local = normalizeAddress(info.destination);
         Object.assign(fields, { client: addressText(client), local: addressText(local) });
       }
+      const refusal = lease.moveTo(client.address);
+      if (refusal) {
+        this.#refuse(conn, refusal, client.address);
+        return done("closed", { reason: refusal });
+      }
     }
 
     const result = await this.#preread.read<Decision>(
@@ -176,7 +236,7 @@ export class Daemon {
       (bytes, final) =>
         decide(routes, this.#config, { bytes, client, maxBytes: limits.maxBytes }, final),
     );
-    fields.peeked = result.bytes.length;
+    fields.peeked = result.peeked;
     fields.decide_ms = Math.round((performance.now() - started) * 100) / 100;
     if (result.decision === null) {
       conn.close();
@@ -207,7 +267,7 @@ export class Daemon {
               service: action.service.name,
               client,
               local,
-              peeked: result.bytes.length,
+              peeked: result.peeked,
             });
           } catch (e) {
             this.#shim.close(owned); // the client sees the connection end
@@ -229,8 +289,8 @@ export class Daemon {
               `upstream ${target} unreachable (${(e as Error).message}); connection closed`,
             );
           }
-          pipeBoth(conn, upstream); // runs as long as the two talk
-          return done("proxied", { upstream: target });
+          done("proxied", { upstream: target });
+          return pipeBoth(conn, upstream); // as long as the two talk
         }
       }
     } catch (e) {
@@ -251,7 +311,15 @@ export class Daemon {
     await this.#preread.stop();
     await this.#https?.stop();
     for (const b of this.#builtins) await b.stop();
+    this.#log.info("stats", this.counters.snapshot());
   }
+}
+
+/** Accept errors that concern only the client being accepted: it reset
+ * before the runtime could read its address. */
+function clientWentAway(e: unknown): boolean {
+  return e instanceof Deno.errors.NotConnected || e instanceof Deno.errors.ConnectionReset ||
+    e instanceof Deno.errors.ConnectionAborted;
 }
 
 function explainShimError(e: ShimError, action: Action): string {

@@ -5,6 +5,11 @@
  * connection joins one shared epoll set that one thread waits on, so an idle
  * client costs no thread (DESIGN.md fact 7), and a timer enforces the
  * deadline.
+ *
+ * An idle client costs little memory: all connections peek into one shared
+ * scratch buffer (a peek and the decision on it run synchronously, so no
+ * other connection can overwrite it in between), and each keeps only how
+ * many bytes it has shown.
  */
 import { type Shim, ShimError } from "../ffi/shim.ts";
 
@@ -16,12 +21,13 @@ export interface PrereadResult<T> {
   /** What decide() returned, or null if it never settled. */
   readonly decision: T | null;
   readonly end: PrereadEnd;
-  /** The bytes peeked (a view; copy to keep). */
-  readonly bytes: Uint8Array;
+  /** How many bytes had arrived (and were looked at). */
+  readonly peeked: number;
   readonly error?: Error;
 }
 
-/** Called with the bytes so far; returns a decision or null for "more". */
+/** Called with the bytes so far (valid only during the call); returns a
+ * decision, or null for "more". */
 export type Decide<T> = (bytes: Uint8Array, final: PrereadFinal | null) => T | null;
 
 const POLL_MS = 250; // how long the waiter blocks before checking for stop
@@ -29,13 +35,16 @@ const POLL_MS = 250; // how long the waiter blocks before checking for stop
 export class Preread {
   readonly #shim: Shim;
   readonly #ep: number;
+  readonly #scratch: Uint8Array<ArrayBuffer>;
   readonly #waiting = new Map<number, (hangup: boolean) => void>();
   #stopped = false;
   readonly #loop: Promise<void>;
 
-  constructor(shim: Shim) {
+  /** maxBytes: the most any read() will ask for. */
+  constructor(shim: Shim, maxBytes: number) {
     this.#shim = shim;
     this.#ep = shim.waiterCreate();
+    this.#scratch = new Uint8Array(maxBytes);
     this.#loop = this.#run();
   }
 
@@ -62,31 +71,31 @@ export class Preread {
     timeoutMs: number,
     decide: Decide<T>,
   ): Promise<PrereadResult<T>> {
-    const buf = new Uint8Array(maxBytes);
-    let bytes: Uint8Array = buf.subarray(0, 0);
+    const buf = this.#scratch.subarray(0, maxBytes);
+    let peeked = 0;
 
-    // Returns a result when done, null to keep waiting.
-    const step = (hangup: boolean): PrereadResult<T> | null => {
-      let peeked: Uint8Array | null;
+    // Peeks afresh and decides; returns a result when done, null to wait.
+    // With forced set (the deadline), it decides with whatever is there.
+    const step = (hangup: boolean, forced: PrereadFinal | null): PrereadResult<T> | null => {
+      let bytes: Uint8Array | null;
       try {
-        peeked = this.#shim.peek(fd, buf);
+        bytes = this.#shim.peek(fd, buf);
       } catch (e) {
         // A client that resets has ended its stream, like one that closes.
-        if (e instanceof ShimError && e.code === "ECONNRESET") peeked = buf.subarray(0, 0);
-        else return { decision: null, end: "error", bytes, error: e as Error };
+        if (e instanceof ShimError && e.code === "ECONNRESET") bytes = buf.subarray(0, 0);
+        else return { decision: null, end: "error", peeked, error: e as Error };
       }
-      if (peeked !== null && peeked.length > 0) bytes = peeked;
-      const end: PrereadFinal | null = peeked?.length === 0 || hangup
-        ? "eof"
-        : bytes.length >= maxBytes
-        ? "peek-limit"
-        : null;
+      const eof = bytes?.length === 0 || hangup;
+      bytes ??= buf.subarray(0, 0); // nothing yet
+      if (bytes.length > 0) peeked = bytes.length;
+      const end: PrereadFinal | null = forced ??
+        (eof ? "eof" : bytes.length >= maxBytes ? "peek-limit" : null);
       const decision = decide(bytes, end);
-      if (decision !== null) return { decision, end: end ?? "decided", bytes };
-      return end ? { decision: null, end, bytes } : null;
+      if (decision !== null) return { decision, end: end ?? "decided", peeked };
+      return end ? { decision: null, end, peeked } : null;
     };
 
-    const first = step(false);
+    const first = step(false, null);
     if (first) return Promise.resolve(first);
 
     return new Promise((resolve) => {
@@ -98,18 +107,15 @@ export class Preread {
         } catch { /* already gone with the socket */ }
         resolve(result);
       };
-      const timer = setTimeout(() => {
-        step(false); // last look at what arrived
-        finish({ decision: decide(bytes, "timeout"), end: "timeout", bytes });
-      }, timeoutMs);
+      const timer = setTimeout(() => finish(step(false, "timeout")!), timeoutMs);
       this.#waiting.set(fd, (hangup) => {
-        const result = step(hangup);
+        const result = step(hangup, null);
         if (result) finish(result);
       });
       try {
         this.#shim.waiterAdd(this.#ep, fd);
       } catch (e) {
-        finish({ decision: null, end: "error", bytes, error: e as Error });
+        finish({ decision: null, end: "error", peeked, error: e as Error });
       }
     });
   }
