@@ -14,6 +14,7 @@
 import { join } from "node:path";
 import { readAtLeast, writeAll } from "../tests/helpers/client.ts";
 import { freePort, run } from "../tests/helpers/daemon.ts";
+import { machineLine, writeSection } from "./results.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const SECONDS = Number(Deno.env.get("BENCH_SECONDS") ?? 2);
@@ -263,20 +264,12 @@ const table = [
   ),
 ].join("\n");
 
-const cpu = (await Deno.readTextFile("/proc/cpuinfo")).match(/model name\s*:\s*(.*)/)?.[1] ?? "?";
 const wrk = (await run("wrk", ["--version"]).catch(() => null))?.stdout.split("\n")[0] ??
   "not installed (fetch loop)";
 const header = [
-  `Run: ${new Date().toISOString()}, ${navigator.hardwareConcurrency} cores (${cpu}), ` +
-  `kernel ${Deno.osRelease()}, Deno ${Deno.version.deno}, wrk: ${wrk.trim()}`,
+  `${machineLine()}, wrk: ${wrk.trim()}`,
   `Settings: ${ROUNDS} alternating rounds of ${SECONDS}s per side, median kept; ` +
   `${CONCURRENCY} concurrent clients; bulk ${BULK_BYTES / 2 ** 20} MiB each way.`,
 ].join("\n");
 console.log(`${header}\n\n${table}`);
-
-const resultsFile = join(ROOT, "bench/RESULTS.md");
-const old = await Deno.readTextFile(resultsFile).catch(() => "");
-const marker = "<!-- deno task bench writes below this line -->";
-const intro = old.includes(marker) ? old.slice(0, old.indexOf(marker)) : "# Benchmark results\n\n";
-await Deno.writeTextFile(resultsFile, `${intro}${marker}\n\n${header}\n\n${table}\n`);
-console.error(`written to ${resultsFile}`);
+await writeSection("through-daemon", `${header}\n\n${table}`);

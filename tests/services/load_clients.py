@@ -45,14 +45,19 @@ def hold(port, silent, drip):
     sel = selectors.DefaultSelector()
     opened = {}
     drips = []
+    refused = 0
     for i in range(silent + drip):
-        s = connect(port)
+        try:
+            s = connect(port)
+        except OSError:  # the server stopped accepting: count it, go on
+            refused += 1
+            continue
         s.setblocking(False)
         opened[s] = time.monotonic()
         sel.register(s, selectors.EVENT_READ)
         if i >= silent:
             drips.append([s, 0])
-    out(event="held", silent=silent, drip=drip)
+    out(event="held", silent=silent, drip=drip, refused=refused)
     closed, longest = 0, 0.0
     next_drip = time.monotonic()
     end = time.monotonic() + 60

@@ -1,0 +1,26 @@
+/** Writes one bench's section of bench/RESULTS.md, leaving the others. */
+
+const FILE = new URL("./RESULTS.md", import.meta.url);
+
+/** Replaces the text between <!-- begin NAME --> and <!-- end NAME -->
+ * (appending the section if it is not there yet). */
+export async function writeSection(name: string, text: string): Promise<void> {
+  const begin = `<!-- begin ${name} -->`;
+  const end = `<!-- end ${name} -->`;
+  const old = await Deno.readTextFile(FILE).catch(() => "# Benchmark results\n");
+  const section = `${begin}\n\n${text.trim()}\n\n${end}`;
+  const i = old.indexOf(begin);
+  const j = old.indexOf(end);
+  const next = i >= 0 && j > i
+    ? old.slice(0, i) + section + old.slice(j + end.length)
+    : `${old.trimEnd()}\n\n${section}\n`;
+  await Deno.writeTextFile(FILE, next);
+  console.error(`written to ${FILE.pathname} (${name})`);
+}
+
+/** A line saying when and on what a figure was measured. */
+export function machineLine(): string {
+  const cpu = Deno.readTextFileSync("/proc/cpuinfo").match(/model name\s*:\s*(.*)/)?.[1] ?? "?";
+  return `Run: ${new Date().toISOString()}, ${navigator.hardwareConcurrency} cores (${cpu}), ` +
+    `kernel ${Deno.osRelease()}, Deno ${Deno.version.deno}`;
+}
