@@ -77,8 +77,11 @@ async function partA(): Promise<string> {
 listen: [{ address: 127.0.0.1, port: 0 }]
 preread: { timeout_ms: 120000 }
 limits: { max_per_source: 100000, max_preread: 100000, max_connections: 100000 }
+tls: { self_signed: true }
 services: { echo: { builtin: echo } }
-routes: [{ name: private, match: { prefix: PRIV }, action: handoff, service: echo }]
+routes:
+  - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }
+  - { name: web, match: { protocol: tls }, action: https }
 `,
   });
   try {
@@ -96,6 +99,10 @@ routes: [{ name: private, match: { prefix: PRIV }, action: handoff, service: ech
     mark = d.logs.length;
     const busyClient = await handoffTimes(d.port, 500);
     const busyDecide = decideTimes(d, mark);
+    const https = await legitimateClients(
+      d.port,
+      await Deno.readTextFile(join(dir, "self-signed-cert.pem")),
+    );
     await idle.release();
 
     const perConn = ((rssHeld - rssBefore) * 2 ** 20) / IDLE;
@@ -116,6 +123,9 @@ routes: [{ name: private, match: { prefix: PRIV }, action: handoff, service: ech
       "| --- | --- | --- | --- |",
       row("daemon: accept to decision (decide_ms)", median(quietDecide), median(busyDecide)),
       row("client: connect to first echo byte", median(quietClient), median(busyClient)),
+      "",
+      `HTTPS beside the ${IDLE} idle clients: ${https.ok}/100 legitimate clients served ` +
+      `(10 at a time, median ${https.median.toFixed(1)} ms).`,
     ].join("\n");
   } finally {
     await d.stop();
