@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -149,43 +150,70 @@ PM_EXPORT int pm_find_fd(const char *local_host, int local_port,
 
 /* ---------- sending and receiving fds (SCM_RIGHTS) ---------- */
 
-/* Connects (non-blocking) to the service's Unix stream socket, checks with
- * SO_PEERCRED that the listener runs as expected_uid (skip with -1), and
- * sends payload with fd attached. The payload must be at least one byte:
- * a zero-length sendmsg carries no fd (DESIGN.md fact 6).
- * Returns 0, -EPERM for a foreign listener, or the failing call's -errno. */
-PM_EXPORT int pm_send_fd(const char *path, int fd, const uint8_t *payload,
-                         int len, int expected_uid) {
-  if (len < 1) return -EINVAL;
+/* Opens a channel to a service: a non-blocking connection to its Unix
+ * stream socket, kept open for many handoffs. Before any client fd travels
+ * on it, SO_PEERCRED must show the expected uid, gid and pid (-1: any).
+ * Returns the channel fd; -EPERM for a foreign listener (closed), -EAGAIN
+ * when its backlog is full, or the failing call's -errno. */
+PM_EXPORT int pm_channel_open(const char *path, int uid, int gid, int pid) {
   struct sockaddr_un sa = {.sun_family = AF_UNIX};
   if (strlen(path) >= sizeof sa.sun_path) return -ENAMETOOLONG;
   strcpy(sa.sun_path, path);
   int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (s < 0) return -errno;
-  int rc = 0;
-  if (connect(s, (struct sockaddr *)&sa, sizeof sa) < 0) { rc = -errno; goto out; }
-  if (expected_uid >= 0) {
-    struct ucred cred;
-    socklen_t cl = sizeof cred;
-    if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) { rc = -errno; goto out; }
-    if ((int)cred.uid != expected_uid) { rc = -EPERM; goto out; }
+  if (connect(s, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    int r = -errno;
+    close(s);
+    return r;
   }
+  struct ucred cred;
+  socklen_t cl = sizeof cred;
+  if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
+    int r = -errno;
+    close(s);
+    return r;
+  }
+  if ((uid >= 0 && (int)cred.uid != uid) || (gid >= 0 && (int)cred.gid != gid) ||
+      (pid >= 0 && (int)cred.pid != pid)) {
+    close(s);
+    return -EPERM;
+  }
+  return s;
+}
+
+/* The credentials of a channel's peer: out[0..2] = pid, uid, gid. */
+PM_EXPORT int pm_peer_cred(int sock, int32_t *out) {
+  struct ucred cred;
+  socklen_t cl = sizeof cred;
+  if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) return -errno;
+  out[0] = (int32_t)cred.pid;
+  out[1] = (int32_t)cred.uid;
+  out[2] = (int32_t)cred.gid;
+  return 0;
+}
+
+/* Sends payload on a channel without waiting, with fd attached to its
+ * first byte (fd < 0: bytes only, to finish a record). SCM_RIGHTS needs at
+ * least one byte (DESIGN.md fact 6). Returns the bytes sent (the fd went
+ * with them if > 0), -EAGAIN if the channel is full (nothing sent), or
+ * -errno (-EPIPE: the service closed the channel). */
+PM_EXPORT int pm_channel_send(int chan, int fd, const uint8_t *payload, int len) {
+  if (len < 1) return -EINVAL;
   struct iovec iov = {.iov_base = (void *)payload, .iov_len = (size_t)len};
   union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } ctl;
   memset(&ctl, 0, sizeof ctl);
-  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
-                       .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
-  struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  ssize_t n = sendmsg(s, &msg, MSG_NOSIGNAL);
-  if (n < 0) rc = -errno;
-  else if (n != len) rc = -EMSGSIZE; /* never half-sent: the record is tiny */
-out:
-  close(s);
-  return rc;
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+  if (fd >= 0) {
+    msg.msg_control = ctl.buf;
+    msg.msg_controllen = sizeof ctl.buf;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  }
+  ssize_t n = sendmsg(chan, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  return n < 0 ? -errno : (int)n;
 }
 
 /* Listens on a Unix stream socket at path (replacing a stale socket file),
@@ -214,32 +242,39 @@ PM_EXPORT int pm_accept(int fd) {
   return c < 0 ? -errno : c;
 }
 
-/* Blocking receive of bytes and at most one fd per call into *fd_out (-1 if
- * none came). Returns the byte count (0 at end of stream) or -errno;
- * -EPROTO if the control data was truncated (the extra fds were closed). */
-PM_EXPORT int pm_recv_fd(int sock, uint8_t *buf, int len, int32_t *fd_out) {
-  *fd_out = -1;
+/* Receives what is there on a channel without waiting: bytes into buf and
+ * up to max_fds fds into fds. info[0] = fds received, info[1] = 1 if
+ * control data was truncated (fds were lost: too small a buffer, or the
+ * process out of fds; the kernel closed them). Returns the byte count, 0
+ * at end of stream, -EAGAIN when nothing is there. */
+PM_EXPORT int pm_channel_recv(int sock, uint8_t *buf, int len, int32_t *fds, int max_fds,
+                              int32_t *info) {
+  info[0] = 0;
+  info[1] = 0;
+  if (max_fds > 64) max_fds = 64;
   struct iovec iov = {.iov_base = buf, .iov_len = (size_t)len};
-  union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } ctl;
-  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
-                       .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
-  ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+  union { struct cmsghdr h; char buf[CMSG_SPACE(64 * sizeof(int))]; } ctl;
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+                       .msg_controllen = CMSG_SPACE((size_t)max_fds * sizeof(int))};
+  ssize_t n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
   if (n < 0) return -errno;
   for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
-        c->cmsg_len >= CMSG_LEN(sizeof(int)))
-      memcpy(fd_out, CMSG_DATA(c), sizeof(int));
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    for (int i = 0; i < k && info[0] < max_fds; i++)
+      memcpy(&fds[info[0]++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
   }
-  if (msg.msg_flags & MSG_CTRUNC) return -EPROTO;
+  if (msg.msg_flags & MSG_CTRUNC) info[1] = 1;
   return (int)n;
 }
 
-/* The uid of the process on the other end of a Unix socket. */
-PM_EXPORT int pm_peer_uid(int sock) {
-  struct ucred cred;
-  socklen_t cl = sizeof cred;
-  if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) return -errno;
-  return (int)cred.uid;
+/* Blocks until fd is readable (or has hung up) or timeout_ms passes.
+ * Returns 1 if readable, 0 on timeout. Call it as a nonblocking symbol. */
+PM_EXPORT int pm_wait_readable(int fd, int timeout_ms) {
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  int n = poll(&p, 1, timeout_ms);
+  if (n < 0) return errno == EINTR ? 0 : -errno;
+  return n > 0;
 }
 
 /* Sets or clears O_NONBLOCK (it lives on the shared file description, so a
@@ -309,18 +344,25 @@ static int delete_from_epolls(int fd) {
  *     which a service (or the injected listener) now owns (DESIGN.md fact 2).
  * Returns how many epoll sets held it. */
 PM_EXPORT int pm_release(int fd) {
+  /* One placeholder serves every release: dup3 copies it and leaves it
+   * open, so a release needs no new fd and cannot fail for want of one
+   * (it runs after a send that cannot be taken back). */
+  static int placeholder = -1;
   pthread_mutex_lock(&epoll_lock);
+  if (placeholder < 0) placeholder = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (placeholder < 0) {
+    int r = -errno;
+    pthread_mutex_unlock(&epoll_lock);
+    return r;
+  }
   if (epoll_count < 0) rescan_epolls();
   int removed = delete_from_epolls(fd);
   if (removed == 0) { /* a set we have not seen yet (or a stale cache) */
     rescan_epolls();
     removed = delete_from_epolls(fd);
   }
+  int r = dup3(placeholder, fd, O_CLOEXEC) < 0 ? -errno : removed;
   pthread_mutex_unlock(&epoll_lock);
-  int ph = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (ph < 0) return -errno;
-  int r = dup3(ph, fd, O_CLOEXEC) < 0 ? -errno : removed;
-  close(ph);
   return r;
 }
 

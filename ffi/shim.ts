@@ -15,8 +15,19 @@ const SYMBOLS = {
   pm_verify_fd: { parameters: ["i32", "buffer", "i32", "buffer", "i32"], result: "i32" },
   // int pm_find_fd(char *local_host, int local_port, char *peer_host, int peer_port)
   pm_find_fd: { parameters: ["buffer", "i32", "buffer", "i32"], result: "i32" },
-  // int pm_send_fd(char *path, int fd, uint8_t *payload, int len, int expected_uid)
-  pm_send_fd: { parameters: ["buffer", "i32", "buffer", "i32", "i32"], result: "i32" },
+  // int pm_channel_open(char *path, int uid, int gid, int pid)
+  pm_channel_open: { parameters: ["buffer", "i32", "i32", "i32"], result: "i32" },
+  // int pm_channel_send(int chan, int fd, uint8_t *payload, int len)
+  pm_channel_send: { parameters: ["i32", "i32", "buffer", "i32"], result: "i32" },
+  // int pm_channel_recv(int sock, uint8_t *buf, int len, int32_t *fds, int max_fds, int32_t *info)
+  pm_channel_recv: {
+    parameters: ["i32", "buffer", "i32", "buffer", "i32", "buffer"],
+    result: "i32",
+  },
+  // int pm_wait_readable(int fd, int timeout_ms): blocks
+  pm_wait_readable: { parameters: ["i32", "i32"], result: "i32", nonblocking: true },
+  // int pm_peer_cred(int sock, int32_t *out)
+  pm_peer_cred: { parameters: ["i32", "buffer"], result: "i32" },
   // int pm_release(int fd)
   pm_release: { parameters: ["i32"], result: "i32" },
   // int pm_dup(int fd)
@@ -29,10 +40,6 @@ const SYMBOLS = {
   pm_unix_listen: { parameters: ["buffer", "i32"], result: "i32" },
   // int pm_accept(int fd): blocks
   pm_accept: { parameters: ["i32"], result: "i32", nonblocking: true },
-  // int pm_recv_fd(int sock, uint8_t *buf, int len, int32_t *fd_out): blocks
-  pm_recv_fd: { parameters: ["i32", "buffer", "i32", "buffer"], result: "i32", nonblocking: true },
-  // int pm_peer_uid(int sock)
-  pm_peer_uid: { parameters: ["i32"], result: "i32" },
   // int pm_read(int fd, uint8_t *buf, int len): blocks
   pm_read: { parameters: ["i32", "buffer", "i32"], result: "i32", nonblocking: true },
   // int pm_write(int fd, uint8_t *buf, int len): blocks
@@ -195,13 +202,46 @@ export class Shim {
     );
   }
 
-  /** Sends fd with payload to the Unix socket at path; the listener must run
-   * as expectedUid (-1: any). EPERM means a foreign listener. */
-  sendFd(path: string, fd: number, payload: Uint8Array<ArrayBuffer>, expectedUid: number): void {
-    check(
-      "send_fd",
-      this.#lib.symbols.pm_send_fd(cstr(path), fd, payload, payload.length, expectedUid),
+  /** Opens a channel to the service listening at path, whose process must
+   * have this uid, gid and pid (-1: any). EPERM: a foreign listener. */
+  channelOpen(path: string, peer: { uid: number; gid: number; pid: number }): number {
+    return check(
+      "channel_open",
+      this.#lib.symbols.pm_channel_open(cstr(path), peer.uid, peer.gid, peer.pid),
     );
+  }
+
+  /** Sends payload with fd attached (fd -1: bytes only) without waiting;
+   * returns the bytes sent, 0 if the channel is full (nothing sent). */
+  channelSend(chan: number, fd: number, payload: Uint8Array<ArrayBuffer>): number {
+    const n = this.#lib.symbols.pm_channel_send(chan, fd, payload, payload.length);
+    return n === -11 ? 0 : check("channel_send", n);
+  }
+
+  /** Receives what is there without waiting; null if nothing is. count 0
+   * means end of stream; truncated means fds were lost (MSG_CTRUNC). */
+  channelRecv(
+    sock: number,
+    buf: Uint8Array<ArrayBuffer>,
+    fds: Int32Array<ArrayBuffer>,
+  ): { count: number; fds: number[]; truncated: boolean } | null {
+    const info = new Int32Array(2);
+    const n = this.#lib.symbols.pm_channel_recv(sock, buf, buf.length, fds, fds.length, info);
+    if (n === -11) return null;
+    check("channel_recv", n);
+    return { count: n, fds: [...fds.subarray(0, info[0]!)], truncated: info[1] === 1 };
+  }
+
+  /** Resolves true when fd is readable, false after timeoutMs. */
+  async waitReadable(fd: number, timeoutMs: number): Promise<boolean> {
+    return check("wait_readable", await this.#lib.symbols.pm_wait_readable(fd, timeoutMs)) === 1;
+  }
+
+  /** pid, uid and gid of the process at the other end of a Unix socket. */
+  peerCred(sock: number): { pid: number; uid: number; gid: number } {
+    const out = new Int32Array(3);
+    check("peer_cred", this.#lib.symbols.pm_peer_cred(sock, out));
+    return { pid: out[0]!, uid: out[1]!, gid: out[2]! };
   }
 
   /** Detaches fd from the runtime without touching the connection (see the C
@@ -228,20 +268,6 @@ export class Shim {
 
   async accept(fd: number): Promise<number> {
     return check("accept", await this.#lib.symbols.pm_accept(fd));
-  }
-
-  /** Receives bytes into buf and at most one fd; count 0 = end of stream. */
-  async recvFd(sock: number, buf: Uint8Array<ArrayBuffer>): Promise<{ count: number; fd: number }> {
-    const fdOut = new Int32Array(1);
-    const count = check(
-      "recv_fd",
-      await this.#lib.symbols.pm_recv_fd(sock, buf, buf.length, fdOut),
-    );
-    return { count, fd: fdOut[0]! };
-  }
-
-  peerUid(sock: number): number {
-    return check("peer_uid", this.#lib.symbols.pm_peer_uid(sock));
   }
 
   async read(fd: number, buf: Uint8Array<ArrayBuffer>): Promise<number> {

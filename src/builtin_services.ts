@@ -19,12 +19,12 @@ export async function startBuiltinServices(config: Config, log: Logger): Promise
     if (service.builtin !== "echo") continue;
     await Deno.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
     try {
-      started.push(await startChild(service.name, ECHO_SERVICE, service.socket));
+      started.push(await startChild(service.name, ECHO_SERVICE, service.sockets[0]!));
     } catch (e) {
       for (const s of started) await s.stop();
       throw e;
     }
-    log.info("builtin-service", { service: service.name, socket: service.socket });
+    log.info("builtin-service", { service: service.name, socket: service.sockets[0] });
   }
   return started;
 }

@@ -32,10 +32,14 @@ export interface RouteMatch {
 
 export interface Service {
   readonly name: string;
-  /** The Unix socket the service listens on. */
-  readonly socket: string;
+  /** The Unix sockets of its instances (handoffs are spread over them). */
+  readonly sockets: readonly string[];
   /** The uid the service must run as (SO_PEERCRED); -1 accepts any. */
   readonly uid: number;
+  /** The gid it must run as; -1 accepts any. */
+  readonly gid: number;
+  /** A file holding the pid the service must have; null: any pid. */
+  readonly pidFile: string | null;
   /** Set when portmux runs a built-in service itself ("echo"). */
   readonly builtin?: "echo";
 }
@@ -47,7 +51,14 @@ export interface Upstream {
 
 export type Action =
   | { readonly kind: "https" }
-  | { readonly kind: "handoff"; readonly service: Service }
+  | {
+    readonly kind: "handoff";
+    readonly service: Service;
+    /** How long a connection may wait for the service to take it. */
+    readonly waitMs: number;
+    /** The route taken when it does not: "close" or a route's name. */
+    readonly fallback: string;
+  }
   | {
     readonly kind: "proxy";
     readonly upstream: Upstream;
@@ -62,8 +73,12 @@ export interface Route {
   readonly action: Action;
 }
 
-/** Where a connection goes when no route matches (or nothing arrives). */
-export type DefaultRoute = Route | { readonly name: "default"; readonly action: { kind: "close" } };
+/** Where a connection goes when no route matches (or nothing arrives):
+ * a route, or just closing ("default" when it is the default, "close"
+ * when a handoff falls back to it). */
+export type DefaultRoute =
+  | Route
+  | { readonly name: "default" | "close"; readonly action: { kind: "close" } };
 
 /** Bounds on what clients can make the daemon hold. When one is reached
  * the newest connection (the one that would exceed it) is closed. */
@@ -344,26 +359,49 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
   const services = new Map<string, Service>();
   for (const name of Object.keys(serviceMap(r))) {
     const at = ["services", name];
-    r.keys(at, ["socket", "uid", "builtin"]);
+    r.keys(at, ["socket", "uid", "gid", "pid_file", "builtin"]);
     const builtin = r.string([...at, "builtin"]);
     if (builtin !== undefined && builtin !== "echo") {
       r.fail([...at, "builtin"], `unknown built-in service "${builtin}" (expected: echo)`);
     }
-    const socketText = r.string([...at, "socket"]);
-    if (!socketText && !builtin) r.fail([...at, "socket"], "is required");
-    const socket = socketText ? path(socketText) : join(dataDir, `${name}.sock`);
-    if (new TextEncoder().encode(socket).length > 107) {
-      r.fail([...at, "socket"], `path is longer than a Unix socket path may be (107 bytes)`);
+    const listed = readStrings(r, [...at, "socket"]);
+    if (!listed && !builtin) r.fail([...at, "socket"], "is required");
+    if (listed && builtin) {
+      r.fail([...at, "socket"], "a built-in service's socket is made by portmux");
+    }
+    const sockets = listed?.map(path) ?? [join(dataDir, `${name}.sock`)];
+    for (const socket of sockets) {
+      if (new TextEncoder().encode(socket).length > 107) {
+        r.fail([...at, "socket"], `${socket} is longer than a Unix socket path may be (107 bytes)`);
+      }
     }
     const uid = r.integer([...at, "uid"], -1, 2 ** 31 - 1) ?? Deno.uid() ?? -1;
-    services.set(name, { name, socket, uid, ...(builtin ? { builtin: "echo" as const } : {}) });
+    const gid = r.integer([...at, "gid"], -1, 2 ** 31 - 1) ?? -1;
+    const pidFileText = r.string([...at, "pid_file"]);
+    services.set(name, {
+      name,
+      sockets,
+      uid,
+      gid,
+      pidFile: pidFileText ? path(pidFileText) : null,
+      ...(builtin ? { builtin: "echo" as const } : {}),
+    });
   }
 
   const routes: Route[] = [];
   const nRoutes = r.length(["routes"]);
   for (let i = 0; i < nRoutes; i++) {
     const at = ["routes", i];
-    r.keys(at, ["name", "match", "action", "service", "upstream", "proxy_protocol"]);
+    r.keys(at, [
+      "name",
+      "match",
+      "action",
+      "service",
+      "wait_ms",
+      "fallback",
+      "upstream",
+      "proxy_protocol",
+    ]);
     const name = r.required([...at, "name"], r.string([...at, "name"]));
     if (name === "close" || routes.some((x) => x.name === name)) {
       r.fail([...at, "name"], `route name "${name}" is ${name === "close" ? "reserved" : "taken"}`);
@@ -375,6 +413,27 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     }
     routes.push({ name, match, action });
   }
+
+  // A fallback names close or a route, and following fallbacks must end.
+  routes.forEach((route, i) => {
+    const seen = new Set<string>();
+    for (let at: Route | undefined = route; at?.action.kind === "handoff";) {
+      const next: string = at.action.fallback;
+      if (next === "close") break;
+      const found: Route | undefined = routes.find((x) => x.name === next);
+      if (!found) {
+        r.fail(
+          ["routes", i, "fallback"],
+          `no route named "${next}" (expected close or a route's name)`,
+        );
+      }
+      if (seen.has(next) || next === route.name) {
+        r.fail(["routes", i, "fallback"], `fallbacks go round in a circle through "${next}"`);
+      }
+      seen.add(next);
+      at = found;
+    }
+  });
 
   const namedRoute = (key: "default" | "on_timeout", fallback: DefaultRoute): DefaultRoute => {
     const name = r.string([key]);
@@ -536,6 +595,8 @@ function readAction(r: Reader, at: Path, services: ReadonlyMap<string, Service>)
     }
   };
   only("service", "handoff");
+  only("wait_ms", "handoff");
+  only("fallback", "handoff");
   only("upstream", "proxy");
   only("proxy_protocol", "proxy");
   switch (kind) {
@@ -543,7 +604,12 @@ function readAction(r: Reader, at: Path, services: ReadonlyMap<string, Service>)
       const name = r.required([...at, "service"], r.string([...at, "service"]));
       const service = services.get(name);
       if (!service) r.fail([...at, "service"], `no service named "${name}" under services`);
-      return { kind: "handoff", service };
+      return {
+        kind: "handoff",
+        service,
+        waitMs: r.integer([...at, "wait_ms"], 0, 600_000) ?? 1000,
+        fallback: r.string([...at, "fallback"]) ?? "close",
+      };
     }
     case "proxy": {
       const text = r.required([...at, "upstream"], r.string([...at, "upstream"]));

@@ -6,15 +6,17 @@
 import { Shim, ShimError } from "../ffi/shim.ts";
 import { addressText, displayAddress, normalizeAddress } from "./address.ts";
 import { decide, type Decision } from "./classify.ts";
-import type { Action, Config, Listen } from "./config.ts";
+import type { Config, DefaultRoute, Listen, Route } from "./config.ts";
+import type { Address } from "./address.ts";
 import { detectProxyHeader } from "./detect/proxy_protocol.ts";
 import { cidrContains } from "./ip.ts";
 import { openUpstream } from "./tcp_proxy.ts";
 import { pipeBoth } from "./pipe.ts";
 import { Admission, type Lease, type LimitName } from "./admission.ts";
 import { Counters, ThrottledLog } from "./counters.ts";
-import { connFd, detach } from "./conn_fd.ts";
-import { handOff } from "./handoff.ts";
+import { connFd } from "./conn_fd.ts";
+import { encodeRecord } from "./handoff.ts";
+import { ServiceChannels } from "./service_channels.ts";
 import { HttpsFrontend, type HttpsHandler, loadHandlerModule, statusPageHandler } from "./https.ts";
 import type { Logger } from "./log.ts";
 import { Preread } from "./preread.ts";
@@ -25,6 +27,17 @@ import { type BuiltinService, startBuiltinServices } from "./builtin_services.ts
 type Outcome = "handed-off" | "https" | "proxied" | "closed" | "failed";
 
 const ACCEPT_RETRY_MS = 100;
+
+/** A classified connection, as the actions get it. */
+interface Connection {
+  readonly conn: Deno.TcpConn;
+  readonly fd: number;
+  readonly client: Address;
+  readonly local: Address;
+  readonly peeked: number;
+  /** Logs the connection's one line. */
+  readonly done: (outcome: Outcome, more?: Record<string, unknown>) => void;
+}
 
 /** A v1 header is at most 107 bytes; a v2 header is refused past 4 KiB. */
 const PROXY_HEADER_MAX = 4096 + 16;
@@ -41,6 +54,7 @@ export class Daemon {
   readonly #admission: Admission;
   readonly counters = new Counters();
   readonly #throttled: ThrottledLog;
+  readonly #channels = new Map<string, ServiceChannels>();
   #stopping = false;
 
   private constructor(
@@ -58,6 +72,12 @@ export class Daemon {
     this.#preread = new Preread(shim, Math.max(config.preread.maxBytes, PROXY_HEADER_MAX));
     this.#admission = new Admission(config.limits);
     this.#throttled = new ThrottledLog(log);
+    for (const service of config.services.values()) {
+      this.#channels.set(
+        service.name,
+        new ServiceChannels(service, shim, log, this.#throttled, this.counters),
+      );
+    }
   }
 
   /** Starts everything the config names; throws if any part cannot start. */
@@ -165,7 +185,7 @@ export class Daemon {
       local: addressText(local),
     };
     const done = (outcome: Outcome, more: Record<string, unknown> = {}) => {
-      const level = outcome === "failed" ? "error" : "info";
+      const level = outcome === "failed" ? "error" : more.handoff_error ? "warn" : "info";
       this.#log[level]("connection", {
         ...fields,
         outcome,
@@ -245,6 +265,12 @@ export class Daemon {
     const { route, reason, facts } = result.decision;
     Object.assign(fields, { route: route.name, action: route.action.kind, reason, ...facts });
 
+    return await this.#act(route, { conn, fd, client, local, peeked: result.peeked, done });
+  }
+
+  /** Carries out a route's action; returns the relay it leaves running. */
+  async #act(route: Route | DefaultRoute, c: Connection): Promise<Promise<void> | void> {
+    const { conn, fd, client, local, done } = c;
     const action = route.action;
     try {
       switch (action.kind) {
@@ -259,21 +285,42 @@ export class Daemon {
           this.#https.take(conn, fd, client);
           return done("https", { delivery: this.#https.mode });
         case "handoff": {
-          const owned = detach(this.#shim, conn, fd);
-          try {
-            handOff(this.#shim, owned, action.service, {
-              v: 1,
-              route: route.name,
+          const record = encodeRecord({
+            v: 1,
+            route: route.name,
+            service: action.service.name,
+            client,
+            local,
+            peeked: c.peeked,
+          });
+          const sent = await this.#channels.get(action.service.name)!.send(
+            fd,
+            record,
+            action.waitMs,
+          );
+          const waited = { waited_ms: Math.round(sent.waitedMs * 100) / 100 };
+          if (sent.sent) {
+            // The service has the socket now. Let go of ours without a FIN
+            // (DESIGN.md fact 2): release, then close.
+            this.#shim.release(fd);
+            conn.close();
+            return done("handed-off", {
               service: action.service.name,
-              client,
-              local,
-              peeked: result.peeked,
+              socket: sent.socket,
+              ...waited,
             });
-          } catch (e) {
-            this.#shim.close(owned); // the client sees the connection end
-            throw e;
           }
-          return done("handed-off", { service: action.service.name });
+          this.counters.inc(`handoff_fallbacks_${action.service.name}`);
+          const fallback = this.#routeNamed(action.fallback);
+          const note = {
+            ...waited,
+            fallback: fallback.name,
+            handoff_error: `service "${action.service.name}" did not take it: ${sent.reason}`,
+          };
+          return await this.#act(fallback, {
+            ...c,
+            done: (outcome, more = {}) => done(outcome, { ...note, ...more }),
+          });
         }
         case "proxy": {
           const target = `${action.upstream.hostname}:${action.upstream.port}`;
@@ -294,9 +341,13 @@ export class Daemon {
         }
       }
     } catch (e) {
-      const error = e instanceof ShimError ? explainShimError(e, route.action) : String(e);
-      return done("failed", { error });
+      return done("failed", { error: String(e) });
     }
+  }
+
+  #routeNamed(name: string): Route | DefaultRoute {
+    return this.#config.routes.find((r) => r.name === name) ??
+      { name: "close", action: { kind: "close" } };
   }
 
   /** Stops accepting, waits for decisions in flight, stops the parts. */
@@ -311,6 +362,7 @@ export class Daemon {
     await this.#preread.stop();
     await this.#https?.stop();
     for (const b of this.#builtins) await b.stop();
+    for (const c of this.#channels.values()) c.close();
     this.#log.info("stats", this.counters.snapshot());
   }
 }
@@ -320,23 +372,6 @@ export class Daemon {
 function clientWentAway(e: unknown): boolean {
   return e instanceof Deno.errors.NotConnected || e instanceof Deno.errors.ConnectionReset ||
     e instanceof Deno.errors.ConnectionAborted;
-}
-
-function explainShimError(e: ShimError, action: Action): string {
-  if (action.kind !== "handoff") return e.message;
-  const where = `service "${action.service.name}" at ${action.service.socket}`;
-  switch (e.code) {
-    case "ENOENT":
-    case "ECONNREFUSED":
-      return `${where} is not listening (${e.code}); connection closed`;
-    case "EAGAIN":
-      return `${where} is not accepting (backlog full); connection closed`;
-    case "EPERM":
-      return `${where} runs as another user than expected (uid ${action.service.uid}); ` +
-        `connection closed, nothing sent`;
-    default:
-      return `${where}: ${e.message}; connection closed`;
-  }
 }
 
 async function startHttps(config: Config, shim: Shim, log: Logger): Promise<HttpsFrontend | null> {

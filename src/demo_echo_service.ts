@@ -1,11 +1,11 @@
 /**
- * The built-in demo protocol service: receives handed-off connections on a
- * Unix socket and echoes every byte back to the client. The daemon runs it
- * as a child process; it exits when its stdin closes (the daemon is gone).
+ * The built-in demo protocol service, and the example of a Deno service on
+ * src/service_receiver.ts: receives handed-off connections on a Unix
+ * socket and echoes every byte back to the client. The daemon runs it as a
+ * child process; it exits when its stdin closes (the daemon is gone).
  *
  *   deno run -A src/demo_echo_service.ts --socket PATH
  */
-import net from "node:net";
 import { Shim } from "../ffi/shim.ts";
 import { receiveConnections } from "./service_receiver.ts";
 
@@ -22,13 +22,12 @@ if (!path) {
   Deno.exit(0);
 })();
 
-const shim = new Shim();
-const connections = receiveConnections(shim, path, {
-  onError: (e) => console.error(`echo service: ${e.message}`),
+const connections = receiveConnections(new Shim(), path, {
+  onProblem: (message) => console.error(`echo service: ${message}`),
 });
 console.log("ready");
-for await (const { fd } of connections) {
-  const socket = new net.Socket({ fd, readable: true, writable: true });
+for await (const connection of connections) {
+  const socket = connection.adopt();
   socket.on("error", () => socket.destroy());
   socket.pipe(socket); // echo; ends our side when the client ends its own
 }

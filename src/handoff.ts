@@ -1,10 +1,7 @@
 /**
- * Handoff: the client's socket goes to a protocol service over its Unix
- * socket (SCM_RIGHTS), with one metadata record, then the daemon lets go of
- * it without a FIN. The wire contract is docs/handoff.md.
+ * The handoff record: the metadata that travels with each client socket
+ * (docs/handoff.md). Sending is src/service_channels.ts.
  */
-import type { Shim } from "../ffi/shim.ts";
-import type { Service } from "./config.ts";
 import type { Address } from "./address.ts";
 
 /** The record sent with each fd: one JSON object and a newline. */
@@ -34,15 +31,4 @@ export function decodeRecord(line: string): HandoffRecord {
     !isAddress(r.client) || !isAddress(r.local) || !Number.isInteger(r.peeked)
   ) throw new Error(`not a portmux handoff record: ${line.slice(0, 200)}`);
   return r;
-}
-
-/**
- * Sends the detached socket fd (see detach()) to the service and closes the
- * daemon's copy; the service then holds the only reference. Throws
- * ShimError (service down, foreign listener...) with fd still owned by the
- * caller, nothing sent.
- */
-export function handOff(shim: Shim, fd: number, service: Service, record: HandoffRecord): void {
-  shim.sendFd(service.socket, fd, encodeRecord(record), service.uid);
-  shim.close(fd);
 }

@@ -1,25 +1,42 @@
 /**
- * The receiving end of a handoff, for protocol services written in Deno:
- * listens on the Unix socket and yields each client socket fd with its
- * metadata record (docs/handoff.md). Records are newline-terminated JSON;
- * the i-th fd received on a channel belongs to the i-th record, however the
- * stream splits or merges them.
+ * The receiving end of handoffs, for protocol services written in Deno:
+ * listens on the Unix socket, takes each client socket with its record
+ * (docs/handoff.md), and yields connections that ordinary Deno/Node code
+ * can read and write.
+ *
+ *   import { receiveConnections } from "portmux/src/service_receiver.ts";
+ *   for await (const c of receiveConnections(new Shim(), "/run/my.sock")) {
+ *     const socket = c.adopt(); // a node:net Socket on the client's connection
+ *     console.log("client", c.record.client);
+ *   }
+ *
+ * Per channel: one wait for readability (a thread-pool hop), then every
+ * record that is there is taken without waiting. Records and fds are
+ * paired by RecordAssembler, which survives split, merged and truncated
+ * control data.
  */
-import { Shim } from "../ffi/shim.ts";
-import { decodeRecord, type HandoffRecord } from "./handoff.ts";
+import net from "node:net";
+import type { Shim } from "../ffi/shim.ts";
+import type { HandoffRecord } from "./handoff.ts";
+import { RecordAssembler } from "./handoff_records.ts";
 
 export interface ReceivedConnection {
-  /** The client's TCP socket; the receiver owns it. Its O_NONBLOCK flag is
-   * whatever the daemon's was (DESIGN.md fact 5): set the mode you need. */
+  /** The client's TCP socket; the receiver owns it. It is non-blocking
+   * (O_NONBLOCK is shared with the sender's copy, DESIGN.md fact 5). */
   readonly fd: number;
   readonly record: HandoffRecord;
+  /** The fd as a node:net Socket (reads start at the client's first byte). */
+  adopt(): net.Socket;
 }
 
 export interface ReceiverOptions {
   /** Only accept channels from a process of this uid (default: our own). */
   readonly senderUid?: number;
-  readonly onError?: (e: Error) => void;
+  /** Told about each record or channel that could not be used. */
+  readonly onProblem?: (message: string) => void;
 }
+
+const WAIT_MS = 1000;
 
 /** Listens at path now (throws ShimError if it cannot) and returns the
  * connections as they arrive. */
@@ -30,23 +47,25 @@ export function receiveConnections(
 ): AsyncIterable<ReceivedConnection> {
   const listener = shim.unixListen(path);
   const senderUid = opts.senderUid ?? Deno.uid() ?? -1;
+  const problem = opts.onProblem ?? (() => {});
   const queue: ReceivedConnection[] = [];
   let wake: (() => void) | null = null;
-  const push = (c: ReceivedConnection) => {
-    queue.push(c);
+  const deliver = (fd: number, record: HandoffRecord) => {
+    queue.push({ fd, record, adopt: () => new net.Socket({ fd, readable: true, writable: true }) });
     wake?.();
   };
-  const accepting = (async () => {
+  (async () => {
     for (;;) {
       const channel = await shim.accept(listener);
-      if (senderUid >= 0 && shim.peerUid(channel) !== senderUid) {
+      const peer = shim.peerCred(channel);
+      if (senderUid >= 0 && peer.uid !== senderUid) {
+        problem(`refused a channel from uid ${peer.uid} (pid ${peer.pid})`);
         shim.close(channel); // only the daemon's user may hand us sockets
         continue;
       }
-      readChannel(shim, channel, push).catch((e) => opts.onError?.(e));
+      readChannel(shim, channel, deliver, problem).catch((e) => problem(String(e)));
     }
-  })();
-  accepting.catch((e) => opts.onError?.(e));
+  })().catch((e) => problem(`accepting channels stopped: ${e}`));
   return {
     async *[Symbol.asyncIterator]() {
       for (;;) {
@@ -62,29 +81,30 @@ export function receiveConnections(
 async function readChannel(
   shim: Shim,
   channel: number,
-  push: (c: ReceivedConnection) => void,
+  deliver: (fd: number, record: HandoffRecord) => void,
+  problem: (message: string) => void,
 ): Promise<void> {
   const buf = new Uint8Array(64 * 1024);
-  const decoder = new TextDecoder();
-  const fds: number[] = [];
-  let text = "";
+  const fds = new Int32Array(16);
+  const records = new RecordAssembler();
   try {
     for (;;) {
-      const { count, fd } = await shim.recvFd(channel, buf);
-      if (fd >= 0) fds.push(fd);
-      if (count === 0) break;
-      text += decoder.decode(buf.subarray(0, count), { stream: true });
-      let nl: number;
-      while ((nl = text.indexOf("\n")) >= 0) {
-        const line = text.slice(0, nl);
-        text = text.slice(nl + 1);
-        const fdOfRecord = fds.shift();
-        if (fdOfRecord === undefined) throw new Error("a handoff record came without its fd");
-        push({ fd: fdOfRecord, record: decodeRecord(line) });
+      const got = shim.channelRecv(channel, buf, fds);
+      if (got === null) {
+        await shim.waitReadable(channel, WAIT_MS);
+        continue;
+      }
+      if (got.count === 0) break; // the daemon closed the channel
+      for (const r of records.push(buf.subarray(0, got.count), got.fds, got.truncated)) {
+        if (r.fd !== null) deliver(r.fd, r.record);
+        else {
+          if (r.discard !== undefined) shim.close(r.discard);
+          problem(`handoff dropped: ${r.problem}`);
+        }
       }
     }
   } finally {
-    for (const fd of fds) shim.close(fd); // fds without a record: never leak them
+    for (const fd of records.leftoverFds()) shim.close(fd); // never leak an fd
     shim.close(channel);
   }
 }

@@ -72,7 +72,7 @@ Deno.test("each config mistake gets one line naming the field and its line", asy
     [
       "a typo inside a route",
       VALID.replace("action: handoff", "acton: handoff"),
-      /^test\.yaml:6: routes\[0\]\.acton: unknown key \(expected one of: name, match, action, service, upstream, proxy_protocol\)/,
+      /^test\.yaml:6: routes\[0\]\.acton: unknown key \(expected one of: name, match, action, service, wait_ms, fallback, upstream, proxy_protocol\)/,
     ],
     [
       "a port out of range",

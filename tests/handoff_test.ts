@@ -17,6 +17,7 @@ routes:
     match: { prefix: PRIV }
     action: handoff
     service: py
+    wait_ms: 300
 default: close
 `;
 }
@@ -68,8 +69,14 @@ Deno.test("handoff to a service that is not running closes the client, says why,
     await client.write(enc.encode("PRIV lost?"));
     assert.ok(await seesEnd(client), "the client must see the connection end");
     const line = await d.connection(client.localAddr.port);
-    assert.equal(line.outcome, "failed");
-    assert.match(String(line.error), /service "py" at .*nobody\.sock is not listening \(ENOENT\)/);
+    assert.equal(line.outcome, "closed");
+    assert.equal(line.level, "warn");
+    assert.equal(line.fallback, "close");
+    assert.ok(Number(line.waited_ms) >= 300, `waited ${line.waited_ms} ms for the service`);
+    assert.match(
+      String(line.handoff_error),
+      /service "py" did not take it: .*nobody\.sock: not listening \(ENOENT\)/,
+    );
 
     // The service comes up: the next client is handed off normally.
     const service = await startPythonService(socket);
@@ -95,8 +102,11 @@ Deno.test("a service running as an unexpected uid gets nothing (SO_PEERCRED chec
     await client.write(enc.encode("PRIV secret"));
     assert.ok(await seesEnd(client));
     const line = await d.connection(client.localAddr.port);
-    assert.equal(line.outcome, "failed");
-    assert.match(String(line.error), /runs as another user than expected/);
+    assert.equal(line.outcome, "closed");
+    assert.match(
+      String(line.handoff_error),
+      /refused: the listener is not uid \d+ \(SO_PEERCRED\); nothing sent/,
+    );
     await new Promise((r) => setTimeout(r, 200));
     assert.equal(service.records.length, 0);
   } finally {

@@ -135,48 +135,66 @@ Deno.test("detach (dup + release + close) leaves the connection alive in the new
   p.close();
 });
 
-Deno.test("shim errors are named: missing socket, refused, unreadable library", async () => {
+Deno.test("shim errors are named: missing socket, refused, foreign listener, unreadable library", async () => {
   const dir = await Deno.makeTempDir();
-  const p = await pair();
-  try {
-    const fd = internalFd(p.conn)!;
-    const record = enc.encode("{}\n");
-    assert.throws(
-      () => shim.sendFd(join(dir, "none.sock"), fd, record, -1),
-      (e) => e instanceof ShimError && e.code === "ENOENT" && e.message === "send_fd: ENOENT",
-    );
-    // A socket file nobody listens on any more.
-    const sock = shim.unixListen(join(dir, "x.sock"));
-    shim.close(sock);
-    assert.throws(
-      () => shim.sendFd(join(dir, "x.sock"), fd, record, -1),
-      (e) => e instanceof ShimError && e.code === "ECONNREFUSED",
-    );
-    assert.throws(() => new Shim(join(dir, "missing.so")), /cannot load the portmux shim/);
-  } finally {
-    p.close();
-  }
+  const anyone = { uid: -1, gid: -1, pid: -1 };
+  assert.throws(
+    () => shim.channelOpen(join(dir, "none.sock"), anyone),
+    (e) => e instanceof ShimError && e.code === "ENOENT" && e.message === "channel_open: ENOENT",
+  );
+  // A socket file nobody listens on any more.
+  shim.close(shim.unixListen(join(dir, "x.sock")));
+  assert.throws(
+    () => shim.channelOpen(join(dir, "x.sock"), anyone),
+    (e) => e instanceof ShimError && e.code === "ECONNREFUSED",
+  );
+  // A listener of another uid than the one expected gets no channel.
+  const listener = shim.unixListen(join(dir, "y.sock"));
+  assert.throws(
+    () => shim.channelOpen(join(dir, "y.sock"), { ...anyone, uid: (Deno.uid() ?? 0) + 1 }),
+    (e) => e instanceof ShimError && e.code === "EPERM",
+  );
+  shim.close(listener);
+  assert.throws(() => new Shim(join(dir, "missing.so")), /cannot load the portmux shim/);
 });
 
-Deno.test("an fd sent with sendFd arrives with its record through recvFd", async () => {
+Deno.test("fds sent on a channel arrive with their records, in order, through channelRecv", async () => {
   const dir = await Deno.makeTempDir();
   const path = join(dir, "svc.sock");
   const listener = shim.unixListen(path);
-  const p = await pair();
+  const pairs = [await pair(), await pair(), await pair()];
   try {
     const accepting = shim.accept(listener);
-    shim.sendFd(path, internalFd(p.conn)!, enc.encode("record\n"), Deno.uid() ?? -1);
+    const me = { uid: Deno.uid() ?? -1, gid: Deno.gid() ?? -1, pid: -1 };
+    const chan = shim.channelOpen(path, me);
     const channel = await accepting;
-    assert.equal(shim.peerUid(channel), Deno.uid());
+    assert.equal(shim.peerCred(channel).uid, Deno.uid());
+    assert.equal(shim.peerCred(channel).pid, Deno.pid);
+    for (const [i, p] of pairs.entries()) {
+      const record = enc.encode(`record ${i}\n`);
+      assert.equal(shim.channelSend(chan, internalFd(p.conn)!, record), record.length);
+    }
     const buf = new Uint8Array(64);
-    const got = await shim.recvFd(channel, buf);
-    assert.equal(new TextDecoder().decode(buf.subarray(0, got.count)), "record\n");
-    assert.ok(got.fd >= 0);
-    assert.ok(shim.verifyFd(got.fd, p.conn.localAddr, p.conn.remoteAddr));
-    shim.close(got.fd);
+    const fds = new Int32Array(8);
+    const received: [string, number[]][] = [];
+    while (received.length < 3) {
+      if (!(await shim.waitReadable(channel, 1000))) break;
+      const got = shim.channelRecv(channel, buf, fds);
+      if (got) received.push([new TextDecoder().decode(buf.subarray(0, got.count)), got.fds]);
+    }
+    // One recvmsg never returns two records' fds: each comes with its record.
+    assert.deepEqual(received.map(([text]) => text), ["record 0\n", "record 1\n", "record 2\n"]);
+    for (const [i, [, got]] of received.entries()) {
+      assert.equal(got.length, 1);
+      assert.ok(shim.verifyFd(got[0]!, pairs[i]!.conn.localAddr, pairs[i]!.conn.remoteAddr));
+      shim.close(got[0]!);
+    }
+    assert.equal(shim.channelRecv(channel, buf, fds), null); // nothing more: no wait
+    shim.close(chan);
+    assert.equal(shim.channelRecv(channel, buf, fds)?.count, 0); // end of stream
     shim.close(channel);
   } finally {
     shim.close(listener);
-    p.close();
+    pairs.forEach((p) => p.close());
   }
 });
