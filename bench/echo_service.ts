@@ -21,6 +21,8 @@ function echo(socket: net.Socket): void {
 
 const server = net.createServer(echo);
 await new Promise<void>((r) => server.listen(Number(arg("--tcp-port")), "127.0.0.1", r));
-const handedOff = receiveConnections(new Shim(), arg("--socket"));
+const handedOff = receiveConnections(new Shim(), arg("--socket"), {
+  onProblem: (message) => console.error(message),
+});
 console.log("ready");
-for await (const { fd } of handedOff) echo(new net.Socket({ fd, readable: true, writable: true }));
+for await (const connection of handedOff) echo(connection.adopt());

@@ -71,7 +71,7 @@ function all(verdicts: Verdict[]): Verdict {
 }
 
 /** Whether the connection satisfies m, and what was learnt on the way. */
-export function matchRoute(m: RouteMatch, d: Detections, facts: Facts): Verdict {
+function matchRoute(m: RouteMatch, d: Detections, facts: Facts): Verdict {
   const { bytes, client } = d.input;
   const v: Verdict[] = [];
   if (m.source && !m.source.some((c) => cidrContains(c, client.address))) return "no";
@@ -129,6 +129,7 @@ export function decide(
   const detections = new Detections(input);
   const facts: Facts = {};
   for (const route of routes) {
+    if (!route.match) continue; // only reached as a fallback or default
     const v = matchRoute(route.match, detections, facts);
     if (v === "match") return { route, reason: "matched", facts };
     if (v === "more" && !final) return null;

@@ -69,7 +69,9 @@ export type Action =
 
 export interface Route {
   readonly name: string;
-  readonly match: RouteMatch;
+  /** null: never matched directly; only a fallback, default or on_timeout
+   * names it. */
+  readonly match: RouteMatch | null;
   readonly action: Action;
 }
 
@@ -406,7 +408,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     if (name === "close" || routes.some((x) => x.name === name)) {
       r.fail([...at, "name"], `route name "${name}" is ${name === "close" ? "reserved" : "taken"}`);
     }
-    const match = readMatcher(r, [...at, "match"]);
+    const match = r.value([...at, "match"]) === undefined ? null : readMatcher(r, [...at, "match"]);
     const action = readAction(r, at, services);
     if (action.kind === "https" && !tls) {
       r.fail([...at, "action"], "an https route needs a tls section");

@@ -8,44 +8,9 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { type LogLine, startDaemon, TestDaemon } from "./helpers/daemon.ts";
 import { enc, roundTrip, seesEnd, writeAll } from "./helpers/client.ts";
+import { loadClients } from "./helpers/load_clients.ts";
 
-const LOAD = new URL("./services/load_clients.py", import.meta.url).pathname;
 const connections = (d: TestDaemon) => d.logs.filter((l) => l.event === "connection");
-
-/** Runs load_clients.py; returns its JSON lines as they come, and a stop. */
-function loadClients(...args: (string | number)[]) {
-  const child = new Deno.Command("python3", {
-    args: [LOAD, ...args.map(String)],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const lines: Record<string, unknown>[] = [];
-  const reading = (async () => {
-    let rest = "";
-    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
-      const parts = (rest + chunk).split("\n");
-      rest = parts.pop()!;
-      for (const p of parts) lines.push(JSON.parse(p));
-    }
-  })();
-  return {
-    lines,
-    async waitFor(event: string, timeoutMs = 60_000) {
-      const end = Date.now() + timeoutMs;
-      for (;;) {
-        const found = lines.find((l) => l.event === event);
-        if (found) return found;
-        if (Date.now() > end) throw new Error(`load_clients.py: no ${event} in ${timeoutMs} ms`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    },
-    async done() {
-      await child.status;
-      await reading;
-    },
-  };
-}
 
 function rssBytes(pid: number): number {
   const status = Deno.readTextFileSync(`/proc/${pid}/status`);

@@ -157,3 +157,14 @@ Deno.test("decide() checks the source address, IPv4 and IPv6, mapped or not", ()
   assert.equal(route(r, "X", { from: "11.0.0.1" })?.route.name, "anyone");
   assert.equal(route(r, "X", { from: "2001:db9::1" })?.route.name, "anyone");
 });
+
+Deno.test("decide() never matches a route without match; it is there to be named", () => {
+  const r = routes(`
+  - { name: backup, action: close }
+  - { name: priv, match: { prefix: PRIV }, action: close }
+default: backup
+`);
+  assert.equal(route(r, "PRIV")?.route.name, "priv");
+  assert.equal(route(r, "other")?.route.name, "backup");
+  assert.equal(route(r, "other")?.reason, "no-match");
+});

@@ -10,9 +10,12 @@ export interface PythonService {
   stop(): Promise<void>;
 }
 
-export async function startPythonService(socket: string): Promise<PythonService> {
+export async function startPythonService(
+  socket: string,
+  ...flags: string[]
+): Promise<PythonService> {
   const child = new Deno.Command("python3", {
-    args: ["-u", SCRIPT, socket],
+    args: ["-u", SCRIPT, socket, ...flags],
     stdin: "null",
     stdout: "piped",
     stderr: "inherit",

@@ -9,6 +9,11 @@
       every one (or 60 s passed): how many it closed, and the longest a
       connection was held.
 
+  load_clients.py echo PORT COUNT CONCURRENCY [REPLY_PREFIX [TIMEOUT_S]]
+      COUNT connections, CONCURRENCY at a time, each sending "PRIV" and a
+      unique payload and checking the reply byte for byte. Prints
+      {"event":"echoed","ok":...,"bad":...,"errors":...}.
+
   load_clients.py churn PORT COUNT CONCURRENCY SEED
       Opens COUNT connections, CONCURRENCY at a time, each sending a random
       part of a hello or a PRIV prefix (or nothing) and then resetting (RST),
@@ -122,9 +127,57 @@ def churn(port, count, concurrency, seed):
     out(event="churned", count=done)
 
 
+def echo(port, count, concurrency, reply_prefix, timeout):
+    """count connections, concurrency at a time, each sending PRIV and a
+    unique payload and checking that the reply is reply_prefix + payload,
+    byte for byte."""
+    import threading
+    lock = threading.Lock()
+    state = {"next": 0, "ok": 0, "bad": 0, "errors": 0, "first_error": ""}
+    prefix = reply_prefix.encode()
+
+    def worker():
+        while True:
+            with lock:
+                i = state["next"]
+                if i >= count:
+                    return
+                state["next"] += 1
+            payload = b"PRIV %08d " % i + random.randbytes(40).hex().encode() + b"\n"
+            want = prefix + payload
+            try:
+                s = connect(port)
+                s.settimeout(timeout)
+                s.sendall(payload)
+                got = b""
+                while len(got) < len(want):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    got += chunk
+                s.close()
+                with lock:
+                    state["ok" if got == want else "bad"] += 1
+            except OSError as e:
+                with lock:
+                    state["errors"] += 1
+                    state["first_error"] = state["first_error"] or repr(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out(event="echoed", count=count, ok=state["ok"], bad=state["bad"], errors=state["errors"],
+        first_error=state["first_error"])
+
+
 if __name__ == "__main__":
     mode, port = sys.argv[1], int(sys.argv[2])
     if mode == "hold":
         hold(port, int(sys.argv[3]), int(sys.argv[4]))
     elif mode == "churn":
         churn(port, int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    elif mode == "echo":
+        echo(port, int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] if len(sys.argv) > 5 else "",
+             float(sys.argv[6]) if len(sys.argv) > 6 else 20.0)

@@ -4,7 +4,7 @@ handed-off connections with socket.recv_fds (docs/handoff.md) and answers
 every chunk a client sends with b"ECHO:" + chunk. Each record received is
 printed as one JSON line, so a test can check it.
 
-    python3 recv_fds_service.py SOCKET_PATH
+    python3 recv_fds_service.py SOCKET_PATH [--deaf] [--listen-as-uid UID]
 """
 import json
 import os
@@ -12,11 +12,20 @@ import socket
 import sys
 import threading
 
-path = sys.argv[1]
+args = sys.argv[1:]
+path = args[0]
+deaf = "--deaf" in args  # accepts channels but never reads them
+as_uid = int(args[args.index("--listen-as-uid") + 1]) if "--listen-as-uid" in args else None
 if os.path.exists(path):
     os.unlink(path)
 server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 server.bind(path)
+if as_uid is not None:
+    # Bound as root, listening as another user: SO_PEERCRED reports the
+    # credentials of listen()'s caller, like a foreign process on the path.
+    os.chmod(path, 0o666)
+    os.setgid(as_uid)
+    os.setuid(as_uid)
 server.listen(128)
 print(json.dumps({"event": "ready"}), flush=True)
 
@@ -51,6 +60,10 @@ def serve_channel(channel):
         os.close(fd)
 
 
+channels = []
 while True:
     channel, _ = server.accept()
+    if deaf:
+        channels.append(channel)  # held open, never read
+        continue
     threading.Thread(target=serve_channel, args=(channel,), daemon=True).start()
