@@ -47,10 +47,14 @@ Deno.test("config/example.yaml documents a config that loads", async () => {
     "web",
     "ssh",
     "vpn",
+    "vpn-relay",
     "legacy",
   ]);
+  assert.deepEqual(c.services.get("vpn")?.sockets, ["/run/vpn/a.sock", "/run/vpn/b.sock"]);
+  assert.equal(c.services.get("vpn")?.pidFile, "/run/vpn/vpn.pid");
   assert.equal(c.timeoutRoute.name, "ssh");
   assert.equal(c.listen[1]?.proxyProtocol?.trusted.length, 2);
+  assert.deepEqual(c.limits, { maxConnections: 50000, maxPreread: 20000, maxPerSource: 1000 });
   assert.equal(c.services.get("vpn")?.uid, 998);
   assert.equal(c.services.get("echo")?.builtin, "echo");
   assert.deepEqual(c.listen.map((l) => l.address), ["0.0.0.0", "::1"]);
@@ -176,6 +180,22 @@ Deno.test("each config mistake gets one line naming the field and its line", asy
       "an upstream on a handoff route",
       VALID.replace("service: svc }", "service: svc, upstream: '1.2.3.4:5' }"),
       /routes\[0\]\.upstream: only a proxy route has upstream/,
+    ],
+    [
+      "a fallback that names no route",
+      VALID.replace("service: svc }", "service: svc, fallback: spare }"),
+      /routes\[0\]\.fallback: no route named "spare"/,
+    ],
+    [
+      "fallbacks in a circle",
+      VALID.replace("service: svc }", "service: svc, fallback: q }") +
+      "  - { name: q, action: handoff, service: svc, fallback: p }\n",
+      /routes\[0\]\.fallback: fallbacks go round in a circle through "p"/,
+    ],
+    [
+      "wait_ms on a close route",
+      VALID + "  - { name: c, match: { prefix: X }, action: close, wait_ms: 5 }\n",
+      /routes\[1\]\.wait_ms: only a handoff route has wait_ms/,
     ],
     [
       "an on_timeout that names no route",
