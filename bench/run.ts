@@ -92,6 +92,21 @@ async function connectionLoad(port: number) {
   };
 }
 
+/** Connections one at a time (no queueing): connect-to-first-echo times. */
+async function sequentialLatency(port: number): Promise<number> {
+  const payload = new TextEncoder().encode("PRIV ping");
+  const times: number[] = [];
+  for (let i = 0; i < 1000; i++) {
+    const t0 = performance.now();
+    const c = await Deno.connect({ hostname: "127.0.0.1", port });
+    await writeAll(c, payload);
+    await readAtLeast(c, payload.length);
+    times.push(performance.now() - t0);
+    c.close();
+  }
+  return median(times);
+}
+
 /** One connection: write BULK_BYTES, read the echo of them back; MB/s. */
 async function bulkLoad(port: number, prefix: string): Promise<number> {
   const c = await Deno.connect({ hostname: "127.0.0.1", port });
@@ -217,6 +232,21 @@ try {
     metric: "handoff: connect-to-first-echo p99",
     direct: median(cd.map((r) => r.p99)),
     portmux: median(cp.map((r) => r.p99)),
+    unit: "ms",
+    lowerIsBetter: true,
+  });
+
+  const [sd, sp] = await alternate(
+    () => sequentialLatency(echoPort),
+    () => sequentialLatency(portmuxPort),
+  );
+  const added = (median(sp) - median(sd)) * 1000;
+  rows.push({
+    metric: `handoff: connect-to-first-echo median, one at a time (portmux adds ${
+      added.toFixed(0)
+    } µs)`,
+    direct: median(sd),
+    portmux: median(sp),
     unit: "ms",
     lowerIsBetter: true,
   });
