@@ -40,7 +40,9 @@ export function untrustedSocketFolder(socket: string): string | null {
   if (st.uid !== me && st.uid !== 0) {
     return `its folder ${dir} belongs to uid ${st.uid}, neither portmux's user nor root`;
   }
-  if (mode & 0o002) return `its folder ${dir} can be written by anyone (mode ${mode.toString(8)})`;
+  if (mode & 0o002) {
+    return `its folder ${dir} can be written by anyone (mode ${(mode & 0o777).toString(8)})`;
+  }
   if (mode & 0o020 && st.gid !== Deno.gid()) {
     return `its folder ${dir} can be written by group ${st.gid} (mode ${
       (mode & 0o777).toString(8)

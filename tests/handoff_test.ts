@@ -137,13 +137,15 @@ routes: [{ name: private, match: { prefix_hex: "50524956" }, action: handoff, se
   }
 });
 
-Deno.test("a prefix that arrives split over several segments is waited for, then handed off whole", async () => {
-  const d = await startDaemon({
-    config: `
+const PRIVATE_PROTO_TO_ECHO = `
 listen: [{ address: 127.0.0.1, port: 0 }]
 services: { echo: { builtin: echo } }
 routes: [{ name: private, match: { prefix: PRIVATE-PROTO }, action: handoff, service: echo }]
-`,
+`;
+
+Deno.test("a prefix that arrives split over several segments is waited for, then handed off whole", async () => {
+  const d = await startDaemon({
+    config: PRIVATE_PROTO_TO_ECHO,
   });
   try {
     const client = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
@@ -164,11 +166,7 @@ routes: [{ name: private, match: { prefix: PRIVATE-PROTO }, action: handoff, ser
 
 Deno.test("a client that resets during the preread is closed as ended (eof), not as a failure", async () => {
   const d = await startDaemon({
-    config: `
-listen: [{ address: 127.0.0.1, port: 0 }]
-services: { echo: { builtin: echo } }
-routes: [{ name: private, match: { prefix: PRIVATE-PROTO }, action: handoff, service: echo }]
-`,
+    config: PRIVATE_PROTO_TO_ECHO,
   });
   try {
     // python3 sets SO_LINGER 0: close() then sends RST instead of FIN. With
