@@ -329,16 +329,25 @@ static void rescan_epolls(void) {
   closedir(d);
 }
 
+/* Removes fd from the process's epoll sets: from the one that held the
+ * last fd first (the runtime's, nearly always), and stops at the first
+ * that held it (the preread waiter removes its own registration first). */
 static int delete_from_epolls(int fd) {
-  int removed = 0;
-  for (int i = 0; i < epoll_count; i++)
-    if (epoll_ctl(epoll_fds[i], EPOLL_CTL_DEL, fd, NULL) == 0) removed++;
-  return removed;
+  static int last = 0;
+  for (int k = 0; k < epoll_count; k++) {
+    int i = (last + k) % epoll_count;
+    if (epoll_ctl(epoll_fds[i], EPOLL_CTL_DEL, fd, NULL) == 0) {
+      last = i;
+      return 1;
+    }
+  }
+  return 0;
 }
 
 /* Makes fd safe to close from the runtime without touching the connection:
- * (1) remove it from every epoll set of the process, so no epoll item is left
- *     pointing at runtime memory that is about to be freed;
+ * (1) remove it from the process's epoll set that holds it (the runtime's:
+ *     the preread waiter removes its own registration first), so no epoll
+ *     item is left pointing at runtime memory that is about to be freed;
  * (2) dup2 an unconnected socket onto the fd number, so the runtime's
  *     shutdown(SHUT_WR) + close() hit the placeholder, not the connection,
  *     which a service (or the injected listener) now owns (DESIGN.md fact 2).

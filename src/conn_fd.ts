@@ -10,12 +10,17 @@ import type { Shim } from "../ffi/shim.ts";
 
 export const FD_SYMBOL_DESCRIPTION = "Deno.internal.fd";
 
+let fdSymbol: symbol | undefined; // the runtime's, found once
+
 /** The value of the runtime's fd symbol, or undefined if Deno has none. */
 export function internalFd(conn: Deno.Conn): number | undefined {
-  const sym = Object.getOwnPropertySymbols(conn).find((s) =>
-    s.description === FD_SYMBOL_DESCRIPTION
-  );
-  const fd = sym ? (conn as unknown as Record<symbol, unknown>)[sym] : undefined;
+  const own = conn as unknown as Record<symbol, unknown>;
+  if (fdSymbol === undefined || !(fdSymbol in own)) {
+    fdSymbol = Object.getOwnPropertySymbols(conn).find((s) =>
+      s.description === FD_SYMBOL_DESCRIPTION
+    );
+  }
+  const fd = fdSymbol ? own[fdSymbol] : undefined;
   return typeof fd === "number" ? fd : undefined;
 }
 

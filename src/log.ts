@@ -1,25 +1,56 @@
 /**
  * Logging: one JSON object per line on stdout, so that every decision can
  * be read back by a machine (the tests do) and by grep.
+ *
+ * Info and debug lines are written in batches, once per turn of the event
+ * loop (a write per connection costs as much as a good part of handling
+ * it); warnings and errors go out at once, and everything is flushed
+ * before the process exits.
  */
 import { LOG_LEVELS, type LogLevel } from "./config.ts";
 
 export type Fields = Record<string, unknown>;
 
+const encoder = new TextEncoder();
+const FLUSH_AT = 64 * 1024; // characters held before writing anyway
+
 export class Logger {
   #min: number;
+  #pending: string[] = [];
+  #pendingChars = 0;
+  #scheduled = false;
+
   constructor(level: LogLevel = "info") {
     this.#min = LOG_LEVELS.indexOf(level);
+    globalThis.addEventListener("unload", () => this.flush());
   }
 
   set level(level: LogLevel) {
     this.#min = LOG_LEVELS.indexOf(level);
   }
 
+  /** Writes every line held back. */
+  flush(): void {
+    this.#scheduled = false;
+    if (this.#pending.length === 0) return;
+    const text = this.#pending.join("");
+    this.#pending = [];
+    this.#pendingChars = 0;
+    const bytes = encoder.encode(text);
+    for (let at = 0; at < bytes.length;) at += Deno.stdout.writeSync(bytes.subarray(at));
+  }
+
   #write(level: LogLevel, event: string, fields: Fields): void {
-    if (LOG_LEVELS.indexOf(level) < this.#min) return;
-    const line = JSON.stringify({ time: new Date().toISOString(), level, event, ...fields });
-    console.log(line);
+    const rank = LOG_LEVELS.indexOf(level);
+    if (rank < this.#min) return;
+    const line = JSON.stringify({ time: new Date().toISOString(), level, event, ...fields }) + "\n";
+    this.#pending.push(line);
+    this.#pendingChars += line.length;
+    if (rank >= LOG_LEVELS.indexOf("warn") || this.#pendingChars >= FLUSH_AT) this.flush();
+    else if (!this.#scheduled) {
+      this.#scheduled = true;
+      setTimeout(() => this.flush(), 0);
+    }
   }
 
   debug(event: string, fields: Fields = {}): void {

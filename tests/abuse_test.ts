@@ -71,6 +71,7 @@ Deno.test("slowloris: with 2,000 silent and 200 slow-drip clients hanging on, 10
     await serveWellBehaved(d, dir, 100);
     // The attackers are all still waiting: served clients got through beside them.
     assert.equal(attackers.lines.find((l) => l.event === "ended"), undefined);
+    await d.waitFor(() => connections(d).length >= 202); // lines are written in batches
     assert.equal(connections(d).filter((l) => l.outcome === "https").length, 101);
     assert.equal(connections(d).filter((l) => l.outcome === "handed-off").length, 101);
 
@@ -79,6 +80,7 @@ Deno.test("slowloris: with 2,000 silent and 200 slow-drip clients hanging on, 10
     await attackers.done();
     assert.equal(ended.closed_by_server, 2200);
     assert.ok(Number(ended.longest_s) < 8 + 3, `held ${ended.longest_s} s`);
+    await d.waitFor(() => connections(d).filter((l) => l.reason === "timeout").length >= 2200);
     const timeouts = connections(d).filter((l) => l.reason === "timeout");
     assert.equal(timeouts.length, 2200);
     assert.equal(await d.settleFds(baseline), baseline);

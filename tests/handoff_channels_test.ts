@@ -169,6 +169,7 @@ Deno.test("several instances: handoffs are spread over them, and a dead one is s
     await a.stop();
     for (let i = 40; i < 60; i++) await one(i); // none lost to the dead instance
     assert.equal(b.records.length, 40);
+    await logged(d, 60); // lines are written in batches
     const bySocket = lines(d).reduce(
       (m, l) => m.set(String(l.socket), (m.get(String(l.socket)) ?? 0) + 1),
       new Map(),
