@@ -28,6 +28,12 @@ type Outcome = "handed-off" | "https" | "proxied" | "closed" | "failed";
 
 const ACCEPT_RETRY_MS = 100;
 
+/** Bytes copied between a client and an upstream until both are done.
+ * (Wrapped: an async function returning the bare promise would wait for it.) */
+interface Relay {
+  readonly ended: Promise<void>;
+}
+
 /** A classified connection, as the actions get it. */
 interface Connection {
   readonly conn: Deno.TcpConn;
@@ -164,19 +170,20 @@ export class Daemon {
   }
 
   /** Serves one connection; its lease is released when the daemon lets go
-   * of it: at once, or when a relay it started ends. */
+   * of it: at once, or when a relay it started ends. The returned promise
+   * ends with the decision, not with the relay (stop waits for decisions). */
   async #handle(conn: Deno.TcpConn, listen: Listen, lease: Lease): Promise<void> {
-    let relay: Promise<void> | undefined;
+    let relay: Relay | void = undefined;
     try {
-      relay = (await this.#serve(conn, listen, lease)) ?? undefined;
+      relay = await this.#serve(conn, listen, lease);
     } finally {
-      if (relay) relay.finally(() => lease.release());
+      if (relay) relay.ended.finally(() => lease.release());
       else lease.release();
     }
   }
 
   /** The path of one connection; returns the relay it leaves running. */
-  async #serve(conn: Deno.TcpConn, listen: Listen, lease: Lease): Promise<Promise<void> | void> {
+  async #serve(conn: Deno.TcpConn, listen: Listen, lease: Lease): Promise<Relay | void> {
     const started = performance.now();
     let client = displayAddress(conn.remoteAddr);
     let local = displayAddress(conn.localAddr);
@@ -269,7 +276,7 @@ export class Daemon {
   }
 
   /** Carries out a route's action; returns the relay it leaves running. */
-  async #act(route: Route | DefaultRoute, c: Connection): Promise<Promise<void> | void> {
+  async #act(route: Route | DefaultRoute, c: Connection): Promise<Relay | void> {
     const { conn, fd, client, local, done } = c;
     const action = route.action;
     try {
@@ -337,7 +344,7 @@ export class Daemon {
             );
           }
           done("proxied", { upstream: target });
-          return pipeBoth(conn, upstream); // as long as the two talk
+          return { ended: pipeBoth(conn, upstream) }; // as long as the two talk
         }
       }
     } catch (e) {

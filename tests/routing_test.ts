@@ -318,3 +318,28 @@ routes: [{ name: up, match: { prefix: ECHO }, action: proxy, upstream: "127.0.0.
     listener.close();
   }
 });
+
+Deno.test("stopping the daemon does not wait for a proxied connection that stays open", async () => {
+  const upstream = startHttpUpstream("held");
+  const d = await startDaemon({
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+routes: [{ name: up, match: { protocol: http }, action: proxy, upstream: "127.0.0.1:${upstream.port}" }]
+`,
+  });
+  const c = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+  try {
+    // A keep-alive HTTP/1.1 connection: it stays open after its answer.
+    await writeAll(c, new TextEncoder().encode("GET /x HTTP/1.1\r\nHost: a\r\n\r\n"));
+    assert.match(await readAtLeast(c, 10), /^HTTP\/1\.1 200/);
+    await d.connection(c.localAddr.port);
+    const t0 = performance.now();
+    const status = await d.stop();
+    assert.equal(status.code, 0);
+    assert.ok(performance.now() - t0 < 5000, `stop took ${(performance.now() - t0).toFixed(0)} ms`);
+  } finally {
+    c.close();
+    await d.stop();
+    await upstream.stop();
+  }
+});
