@@ -644,3 +644,122 @@ export function loadConfigFile(file: string): Config {
   }
   return parseConfig(text, file, resolve(file, ".."));
 }
+
+/**
+ * The settings operators change per host, from the environment (see
+ * src/cli.ts): PORTMUX_LISTEN and PORTMUX_LOG_LEVEL. Throws ConfigError
+ * naming the variable.
+ */
+export function applyEnvironment(
+  config: Config,
+  env: (name: string) => string | undefined,
+): Config {
+  let { listen, log } = config;
+  const listenText = env("PORTMUX_LISTEN");
+  if (listenText !== undefined) {
+    const proxyProtocol = config.listen[0]?.proxyProtocol ?? null;
+    listen = listenText.split(",").map((item) => {
+      const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(item.trim());
+      const address = m?.[1] ?? m?.[2];
+      if (!m || !address || !ipBytes(address) || Number(m[3]) > 65535) {
+        throw new ConfigError(
+          `PORTMUX_LISTEN: "${item}" is not ADDRESS:PORT (IPv6 in brackets, e.g. [::]:443)`,
+        );
+      }
+      return { address, port: Number(m[3]), proxyProtocol };
+    });
+  }
+  const level = env("PORTMUX_LOG_LEVEL");
+  if (level !== undefined) {
+    if (!(LOG_LEVELS as readonly string[]).includes(level)) {
+      throw new ConfigError(`PORTMUX_LOG_LEVEL: expected one of ${LOG_LEVELS.join(", ")}`);
+    }
+    log = { level: level as LogLevel };
+  }
+  return { ...config, listen, log };
+}
+
+/** The config as portmux reads it, as plain data (for `portmux check`). */
+export function describeConfig(c: Config): Record<string, unknown> {
+  const text = (b: Uint8Array) =>
+    [...b].every((x) => x >= 0x20 && x < 0x7f)
+      ? { prefix: new TextDecoder().decode(b) }
+      : { prefix_hex: [...b].map((x) => x.toString(16).padStart(2, "0")).join("") };
+  const names = (ps: readonly NamePattern[]) =>
+    ps.map((p) => "exact" in p ? p.exact : `*${p.suffix}`);
+  const match = (m: RouteMatch) => ({
+    ...(m.protocol ? { protocol: m.protocol } : {}),
+    ...(m.sni ? { sni: names(m.sni) } : {}),
+    ...(m.alpn ? { alpn: m.alpn } : {}),
+    ...(m.host ? { host: names(m.host) } : {}),
+    ...(m.source ? { source: m.source.map((s) => s.text) } : {}),
+    ...(m.prefix ? text(m.prefix) : {}),
+    ...(m.pattern
+      ? {
+        pattern: {
+          offset: m.pattern.offset,
+          bytes: m.pattern.bytes.map((b) => b === null ? "??" : b.toString(16).padStart(2, "0"))
+            .join(" "),
+        },
+      }
+      : {}),
+    ...(m.regex
+      ? { regex: { expression: m.regex.expression.source, max_bytes: m.regex.maxBytes } }
+      : {}),
+    ...(m.minLength !== undefined ? { min_length: m.minLength } : {}),
+  });
+  const action = (a: Action) => {
+    switch (a.kind) {
+      case "handoff":
+        return { action: a.kind, service: a.service.name, wait_ms: a.waitMs, fallback: a.fallback };
+      case "proxy":
+        return {
+          action: a.kind,
+          upstream: `${
+            a.upstream.hostname.includes(":") ? `[${a.upstream.hostname}]` : a.upstream.hostname
+          }:${a.upstream.port}`,
+          proxy_protocol: a.proxyProtocol ? "v2" : "none",
+        };
+      default:
+        return { action: a.kind };
+    }
+  };
+  return {
+    listen: c.listen.map((l) => ({
+      address: l.address,
+      port: l.port,
+      ...(l.proxyProtocol
+        ? { proxy_protocol: { trusted: l.proxyProtocol.trusted.map((t) => t.text) } }
+        : {}),
+    })),
+    data_dir: c.dataDir,
+    preread: { timeout_ms: c.preread.timeoutMs, max_bytes: c.preread.maxBytes },
+    limits: {
+      max_connections: c.limits.maxConnections,
+      max_preread: c.limits.maxPreread,
+      max_per_source: c.limits.maxPerSource,
+    },
+    tls: c.tls === null
+      ? null
+      : c.tls.kind === "files"
+      ? { cert: c.tls.cert, key: c.tls.key }
+      : { self_signed: true },
+    https: { handler: c.https.handler },
+    services: Object.fromEntries(
+      [...c.services.values()].map((s) => [
+        s.name,
+        s.builtin
+          ? { builtin: s.builtin, socket: s.sockets }
+          : { socket: s.sockets, uid: s.uid, gid: s.gid, pid_file: s.pidFile },
+      ]),
+    ),
+    routes: c.routes.map((r) => ({
+      name: r.name,
+      ...(r.match ? { match: match(r.match) } : {}),
+      ...action(r.action),
+    })),
+    default: c.defaultRoute.name === "default" ? "close" : c.defaultRoute.name,
+    on_timeout: c.timeoutRoute.name === "default" ? "close" : c.timeoutRoute.name,
+    log: { level: c.log.level },
+  };
+}

@@ -1,59 +1,64 @@
 /**
- * The daemon's entry point:
+ * The daemon's entry point (commands: src/cli.ts):
  *
- *   deno run -A src/main.ts [--config FILE]
+ *   deno run -A src/main.ts [run|check] [--config FILE]
  *
  * `deno task start` runs it through src/launch.ts, which preloads the shim
  * so HTTPS uses accept injection; run by hand, HTTPS falls back to a bridge.
  */
-import { ConfigError, loadConfigFile, parseConfig } from "./config.ts";
+import { stringify } from "yaml";
+import {
+  applyEnvironment,
+  type Config,
+  ConfigError,
+  describeConfig,
+  loadConfigFile,
+  parseConfig,
+} from "./config.ts";
+import { parseCommand, USAGE } from "./cli.ts";
 import { Daemon } from "./daemon.ts";
 import { Logger } from "./log.ts";
 import denoJson from "../deno.json" with { type: "json" };
 
-const USAGE = `portmux ${denoJson.version}: serves several protocols on one TCP port
-
-usage: portmux [--config FILE]
-
-  --config FILE   the YAML config (default: the embedded demo, config/default.yaml)
-  --help          this text
-  --version       the version
-`;
-
 const DEFAULT_CONFIG = new URL("../config/default.yaml", import.meta.url);
+const env = (name: string) => Deno.env.get(name);
 
-function parseArgs(args: string[]): { config: string | null } {
-  let config: string | null = null;
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
-    if (a === "--help" || a === "-h") {
-      console.log(USAGE);
-      Deno.exit(0);
-    } else if (a === "--version") {
-      console.log(denoJson.version);
-      Deno.exit(0);
-    } else if (a === "--config" && args[i + 1] !== undefined) config = args[++i]!;
-    else if (a.startsWith("--config=")) config = a.slice("--config=".length);
-    else {
-      console.error(`portmux: unknown argument "${a}"\n\n${USAGE}`);
-      Deno.exit(2);
-    }
-  }
-  return { config };
-}
-
-async function main(): Promise<void> {
-  const args = parseArgs(Deno.args);
-  let config;
+/** The config the command names, environment applied; exits 2 with one
+ * line on a mistake. */
+async function readConfig(file: string | null): Promise<Config> {
   try {
-    config = args.config
-      ? loadConfigFile(args.config)
+    const parsed = file
+      ? loadConfigFile(file)
       : parseConfig(await Deno.readTextFile(DEFAULT_CONFIG), "embedded default config", ".");
+    return applyEnvironment(parsed, env);
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e;
     console.error(`portmux: config error: ${e.message}`);
     Deno.exit(2);
   }
+}
+
+async function main(): Promise<void> {
+  const command = parseCommand(Deno.args, env);
+  switch (command.kind) {
+    case "help":
+      console.log(
+        `portmux ${denoJson.version}: serves several protocols on one TCP port\n\n${USAGE}`,
+      );
+      return Deno.exit(0);
+    case "version":
+      console.log(denoJson.version);
+      return Deno.exit(0);
+    case "error":
+      console.error(`portmux: ${command.message}\n\n${USAGE}`);
+      return Deno.exit(2);
+    case "check": {
+      const config = await readConfig(command.config);
+      console.log(`# ${config.source}: valid\n${stringify(describeConfig(config))}`);
+      return Deno.exit(0);
+    }
+  }
+  const config = await readConfig(command.config);
   const log = new Logger(config.log.level);
   let daemon: Daemon;
   try {

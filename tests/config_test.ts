@@ -1,7 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ConfigError, loadConfigFile, parseConfig } from "../src/config.ts";
-import { run } from "./helpers/daemon.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const VALID = `listen:
@@ -271,29 +270,4 @@ Deno.test("loadConfigFile() names a missing file", () => {
     () => loadConfigFile("/nonexistent/portmux.yaml"),
     /^ConfigError: \/nonexistent\/portmux\.yaml: cannot read the config file/,
   );
-});
-
-Deno.test("the daemon refuses a bad config with exit code 2 and one line on stderr", async () => {
-  const dir = await Deno.makeTempDir();
-  const file = join(dir, "bad.yaml");
-  await Deno.writeTextFile(file, VALID.replace("8443", "http"));
-  const r = await run(Deno.execPath(), ["run", "-A", join(ROOT, "src/main.ts"), "--config", file]);
-  assert.equal(r.code, 2);
-  assert.equal(r.stdout, "");
-  assert.equal(
-    r.stderr,
-    `portmux: config error: ${file}:2: listen[0].port: expected a whole number from 0 to 65535, got "http"\n`,
-  );
-});
-
-Deno.test("the command line refuses unknown arguments and answers --help and --version", async () => {
-  const main = join(ROOT, "src/main.ts");
-  const bad = await run(Deno.execPath(), ["run", "-A", main, "--confg", "x"]);
-  assert.equal(bad.code, 2);
-  assert.match(bad.stderr, /unknown argument "--confg"/);
-  const help = await run(Deno.execPath(), ["run", "-A", main, "--help"]);
-  assert.equal(help.code, 0);
-  assert.match(help.stdout, /usage: portmux \[--config FILE\]/);
-  const version = await run(Deno.execPath(), ["run", "-A", main, "--version"]);
-  assert.match(version.stdout, /^\d+\.\d+\.\d+\n$/);
 });
