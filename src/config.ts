@@ -113,6 +113,8 @@ export interface Config {
   readonly dataDir: string;
   readonly preread: { readonly timeoutMs: number; readonly maxBytes: number };
   readonly limits: Limits;
+  /** How long a stop lets HTTPS requests and relays finish. */
+  readonly drainTimeoutMs: number;
   readonly tls: TlsSource | null;
   readonly https: { readonly handler: string | null };
   readonly services: ReadonlyMap<string, Service>;
@@ -267,6 +269,7 @@ const TOP_KEYS = [
   "data_dir",
   "preread",
   "limits",
+  "drain_timeout_ms",
   "tls",
   "https",
   "services",
@@ -322,6 +325,8 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     maxPreread: r.integer(["limits", "max_preread"], 1, 10_000_000) ?? 20_000,
     maxPerSource: r.integer(["limits", "max_per_source"], 1, 10_000_000) ?? 1000,
   };
+
+  const drainTimeoutMs = r.integer(["drain_timeout_ms"], 0, 600_000) ?? 10_000;
 
   let tls: TlsSource | null = null;
   if (r.value(["tls"]) !== undefined) {
@@ -460,6 +465,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     dataDir,
     preread,
     limits,
+    drainTimeoutMs,
     tls,
     https: { handler },
     services,
@@ -734,6 +740,7 @@ export function describeConfig(c: Config): Record<string, unknown> {
     })),
     data_dir: c.dataDir,
     preread: { timeout_ms: c.preread.timeoutMs, max_bytes: c.preread.maxBytes },
+    drain_timeout_ms: c.drainTimeoutMs,
     limits: {
       max_connections: c.limits.maxConnections,
       max_preread: c.limits.maxPreread,

@@ -57,11 +57,13 @@ export class Daemon {
   readonly #builtins: BuiltinService[];
   readonly #listeners: Deno.TcpListener[] = [];
   readonly #inFlight = new Set<Promise<void>>();
+  readonly #relays = new Set<Promise<void>>();
   readonly #admission: Admission;
   readonly counters = new Counters();
   readonly #throttled: ThrottledLog;
   readonly #channels = new Map<string, ServiceChannels>();
   #stopping = false;
+  #stopped: Promise<void> | null = null;
 
   private constructor(
     config: Config,
@@ -177,8 +179,14 @@ export class Daemon {
     try {
       relay = await this.#serve(conn, listen, lease);
     } finally {
-      if (relay) relay.ended.finally(() => lease.release());
-      else lease.release();
+      if (relay) {
+        const ended = relay.ended;
+        this.#relays.add(ended);
+        ended.finally(() => {
+          this.#relays.delete(ended);
+          lease.release();
+        });
+      } else lease.release();
     }
   }
 
@@ -357,9 +365,20 @@ export class Daemon {
       { name: "close", action: { kind: "close" } };
   }
 
-  /** Stops accepting, waits for decisions in flight, stops the parts. */
+  /**
+   * Stops gracefully: stops accepting; lets every connection in preread get
+   * its decision (at the latest at its deadline, so a silent client cannot
+   * hold the stop longer); lets HTTPS requests and relays finish for up to
+   * drain_timeout_ms; then stops the parts.
+   */
   async stop(): Promise<void> {
+    if (this.#stopped) return this.#stopped;
     this.#stopping = true;
+    this.#stopped = this.#stop();
+    return this.#stopped;
+  }
+
+  async #stop(): Promise<void> {
     for (const l of this.#listeners) {
       try {
         l.close();
@@ -367,7 +386,18 @@ export class Daemon {
     }
     await Promise.allSettled([...this.#inFlight]);
     await this.#preread.stop();
-    await this.#https?.stop();
+    const drained = Promise.allSettled([this.#https?.stop(), ...this.#relays]);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timedOut = new Promise<"timeout">((r) =>
+      timer = setTimeout(() => r("timeout"), this.#config.drainTimeoutMs)
+    );
+    if ((await Promise.race([drained, timedOut])) === "timeout") {
+      this.#log.warn("drain-timeout", {
+        drain_timeout_ms: this.#config.drainTimeoutMs,
+        relays_open: this.#relays.size,
+      });
+    }
+    clearTimeout(timer);
     for (const b of this.#builtins) await b.stop();
     for (const c of this.#channels.values()) c.close();
     this.#log.info("stats", this.counters.snapshot());

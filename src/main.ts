@@ -68,8 +68,15 @@ async function main(): Promise<void> {
     Deno.exit(1);
   }
   // Before "started": a signal right after start must find its handler.
+  // The first signal stops gracefully; a second one stops at once.
+  let stopping = false;
   const stop = async (signal: string) => {
-    log.info("stopping", { signal });
+    if (stopping) {
+      log.warn("stopping-now", { signal });
+      Deno.exit(1);
+    }
+    stopping = true;
+    log.info("stopping", { signal, drain_timeout_ms: config.drainTimeoutMs });
     await daemon.stop();
     Deno.exit(0);
   };
