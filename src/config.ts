@@ -115,6 +115,8 @@ export interface Config {
   readonly limits: Limits;
   /** How long a stop lets HTTPS requests and relays finish. */
   readonly drainTimeoutMs: number;
+  /** Where /metrics and /healthz are served (plain HTTP); null: nowhere. */
+  readonly admin: { readonly address: string; readonly port: number } | null;
   readonly tls: TlsSource | null;
   readonly https: { readonly handler: string | null };
   readonly services: ReadonlyMap<string, Service>;
@@ -270,6 +272,7 @@ const TOP_KEYS = [
   "preread",
   "limits",
   "drain_timeout_ms",
+  "admin",
   "tls",
   "https",
   "services",
@@ -327,6 +330,19 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
   };
 
   const drainTimeoutMs = r.integer(["drain_timeout_ms"], 0, 600_000) ?? 10_000;
+
+  let admin: Config["admin"] = null;
+  if (r.value(["admin"]) !== undefined) {
+    r.keys(["admin"], ["address", "port"]);
+    const address = r.string(["admin", "address"]) ?? "127.0.0.1";
+    if (!ipBytes(address)) {
+      r.fail(["admin", "address"], `"${address}" is not an IPv4 or IPv6 address`);
+    }
+    admin = {
+      address,
+      port: r.required(["admin", "port"], r.integer(["admin", "port"], 0, 65535)),
+    };
+  }
 
   let tls: TlsSource | null = null;
   if (r.value(["tls"]) !== undefined) {
@@ -466,6 +482,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     preread,
     limits,
     drainTimeoutMs,
+    admin,
     tls,
     https: { handler },
     services,
@@ -741,6 +758,7 @@ export function describeConfig(c: Config): Record<string, unknown> {
     data_dir: c.dataDir,
     preread: { timeout_ms: c.preread.timeoutMs, max_bytes: c.preread.maxBytes },
     drain_timeout_ms: c.drainTimeoutMs,
+    admin: c.admin,
     limits: {
       max_connections: c.limits.maxConnections,
       max_preread: c.limits.maxPreread,

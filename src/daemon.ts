@@ -13,7 +13,8 @@ import { cidrContains } from "./ip.ts";
 import { openUpstream } from "./tcp_proxy.ts";
 import { pipeBoth } from "./pipe.ts";
 import { Admission, type Lease, type LimitName } from "./admission.ts";
-import { Counters, ThrottledLog } from "./counters.ts";
+import { ThrottledLog } from "./throttled_log.ts";
+import { Metrics } from "./metrics.ts";
 import { connFd } from "./conn_fd.ts";
 import { encodeRecord } from "./handoff.ts";
 import { ServiceChannels } from "./service_channels.ts";
@@ -59,11 +60,12 @@ export class Daemon {
   readonly #inFlight = new Set<Promise<void>>();
   readonly #relays = new Set<Promise<void>>();
   readonly #admission: Admission;
-  readonly counters = new Counters();
+  readonly metrics: Metrics;
   readonly #throttled: ThrottledLog;
   readonly #channels = new Map<string, ServiceChannels>();
   #stopping = false;
   #stopped: Promise<void> | null = null;
+  #admin: Deno.HttpServer | null = null;
 
   private constructor(
     config: Config,
@@ -71,7 +73,9 @@ export class Daemon {
     shim: Shim,
     https: HttpsFrontend | null,
     builtins: BuiltinService[],
+    metrics: Metrics,
   ) {
+    this.metrics = metrics;
     this.#config = config;
     this.#log = log;
     this.#shim = shim;
@@ -80,12 +84,64 @@ export class Daemon {
     this.#preread = new Preread(shim, Math.max(config.preread.maxBytes, PROXY_HEADER_MAX));
     this.#admission = new Admission(config.limits);
     this.#throttled = new ThrottledLog(log);
+    this.#declareMetrics();
     for (const service of config.services.values()) {
       this.#channels.set(
         service.name,
-        new ServiceChannels(service, shim, log, this.#throttled, this.counters),
+        new ServiceChannels(service, shim, log, this.#throttled, this.metrics),
       );
     }
+  }
+
+  /** The admin listener: /metrics (Prometheus text) and /healthz. */
+  #startAdmin(at: { address: string; port: number }): void {
+    this.#admin = Deno.serve({
+      hostname: at.address,
+      port: at.port,
+      onListen: (addr) =>
+        this.#log.info("admin", { address: addressText(displayAddress(addr as Deno.NetAddr)) }),
+    }, (req) => {
+      const path = new URL(req.url).pathname;
+      if (path === "/metrics") {
+        return new Response(this.metrics.render(), {
+          headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+        });
+      }
+      if (path === "/healthz") {
+        return new Response(this.#stopping ? "stopping\n" : "ok\n", {
+          status: this.#stopping ? 503 : 200,
+        });
+      }
+      return new Response("not found: try /metrics or /healthz\n", { status: 404 });
+    });
+  }
+
+  #declareMetrics(): void {
+    const m = this.metrics;
+    m.counter("portmux_connections_total", "Connections by route and outcome.");
+    m.counter("portmux_limit_hits_total", "Connections closed because a limit was reached.");
+    m.counter("portmux_accept_failures_total", "Accept errors other than a client gone.");
+    m.counter("portmux_accept_client_gone_total", "Clients that reset before accept finished.");
+    m.counter("portmux_handoff_fallbacks_total", "Handoffs no instance took, by service.");
+    m.counter("portmux_handoff_waits_total", "Times a handoff waited for an instance.");
+    m.counter("portmux_handoff_instance_down_total", "Times an instance was found down.");
+    m.counter("portmux_handoff_channel_full_total", "Times a channel was full.");
+    m.counter("portmux_https_requests_total", "HTTPS requests answered, by status code.");
+    m.gauge(
+      "portmux_preread_waiting",
+      "Connections waiting for their first bytes.",
+      () => this.#preread.waiting,
+    );
+    m.gauge(
+      "portmux_connections_held",
+      "Connections held (preread and relays).",
+      () => this.#admission.total,
+    );
+    m.gauge(
+      "portmux_open_fds",
+      "Open file descriptors of the daemon.",
+      () => [...Deno.readDirSync("/proc/self/fd")].length,
+    );
   }
 
   /** Starts everything the config names; throws if any part cannot start. */
@@ -93,7 +149,8 @@ export class Daemon {
     const shim = new Shim();
     // Every waiting client is an fd: use what the hard limit allows.
     log.info("fd-limit", { open_files: shim.raiseNofile() });
-    const https = await startHttps(config, shim, log);
+    const metrics = new Metrics();
+    const https = await startHttps(config, shim, log, metrics);
     let builtins: BuiltinService[];
     try {
       builtins = await startBuiltinServices(config, log);
@@ -101,7 +158,7 @@ export class Daemon {
       await https?.stop();
       throw e;
     }
-    const daemon = new Daemon(config, log, shim, https, builtins);
+    const daemon = new Daemon(config, log, shim, https, builtins, metrics);
     try {
       for (const { address, port } of config.listen) {
         const listener = Deno.listen({ hostname: address, port });
@@ -113,6 +170,7 @@ export class Daemon {
       throw e;
     }
     daemon.#listeners.forEach((listener, i) => daemon.#acceptLoop(listener, config.listen[i]!));
+    if (config.admin) daemon.#startAdmin(config.admin);
     return daemon;
   }
 
@@ -134,12 +192,12 @@ export class Daemon {
       } catch (e) {
         if (this.#stopping || e instanceof Deno.errors.BadResource) return;
         if (clientWentAway(e)) { // reset before the accept was done: its own loss
-          this.counters.inc("accept_client_gone");
+          this.metrics.inc("portmux_accept_client_gone_total");
           continue;
         }
         // EMFILE and friends: keep the listener, say so once per burst, and
         // retry after a pause (the client waits in the kernel's backlog).
-        this.counters.inc("accept_failures");
+        this.metrics.inc("portmux_accept_failures_total");
         if (failures++ === 0) this.#log.error("accept-failed", { error: String(e) });
         await new Promise((r) => setTimeout(r, ACCEPT_RETRY_MS));
         continue;
@@ -167,7 +225,7 @@ export class Daemon {
     try {
       conn.close();
     } catch { /* gone */ }
-    const total = this.counters.inc(`limit_${limit}`);
+    const total = this.metrics.inc("portmux_limit_hits_total", { limit });
     this.#throttled.warn(limit, "limit", { limit, source, total });
   }
 
@@ -200,6 +258,10 @@ export class Daemon {
       local: addressText(local),
     };
     const done = (outcome: Outcome, more: Record<string, unknown> = {}) => {
+      this.metrics.inc("portmux_connections_total", {
+        route: String(fields.route ?? "none"),
+        outcome,
+      });
       const level = outcome === "failed" ? "error" : more.handoff_error ? "warn" : "info";
       this.#log[level]("connection", {
         ...fields,
@@ -272,7 +334,9 @@ export class Daemon {
         decide(routes, this.#config, { bytes, client, maxBytes: limits.maxBytes }, final),
     );
     fields.peeked = result.peeked;
-    fields.decide_ms = Math.round((performance.now() - started) * 100) / 100;
+    const decided = performance.now() - started;
+    fields.decide_ms = Math.round(decided * 100) / 100;
+    this.metrics.observeDecide(decided / 1000);
     if (result.decision === null) {
       conn.close();
       return done("failed", { error: `preread: ${result.error?.message ?? result.end}` });
@@ -325,7 +389,7 @@ export class Daemon {
               ...waited,
             });
           }
-          this.counters.inc(`handoff_fallbacks_${action.service.name}`);
+          this.metrics.inc("portmux_handoff_fallbacks_total", { service: action.service.name });
           const fallback = this.#routeNamed(action.fallback);
           const note = {
             ...waited,
@@ -400,7 +464,8 @@ export class Daemon {
     clearTimeout(timer);
     for (const b of this.#builtins) await b.stop();
     for (const c of this.#channels.values()) c.close();
-    this.#log.info("stats", this.counters.snapshot());
+    await this.#admin?.shutdown();
+    this.#log.info("stats", this.metrics.snapshot());
   }
 }
 
@@ -411,7 +476,12 @@ function clientWentAway(e: unknown): boolean {
     e instanceof Deno.errors.ConnectionAborted;
 }
 
-async function startHttps(config: Config, shim: Shim, log: Logger): Promise<HttpsFrontend | null> {
+async function startHttps(
+  config: Config,
+  shim: Shim,
+  log: Logger,
+  metrics: Metrics,
+): Promise<HttpsFrontend | null> {
   if (!config.tls) return null;
   const { cert, key } = config.tls.kind === "files"
     ? {
@@ -423,6 +493,6 @@ async function startHttps(config: Config, shim: Shim, log: Logger): Promise<Http
   const handler: HttpsHandler = config.https.handler
     ? await loadHandlerModule(config.https.handler)
     : statusPageHandler(() => frontend?.mode ?? "inject");
-  frontend = HttpsFrontend.start({ cert, key, handler, shim, log });
+  frontend = HttpsFrontend.start({ cert, key, handler, shim, log, metrics });
   return frontend;
 }

@@ -15,6 +15,7 @@ import type { Shim } from "../ffi/shim.ts";
 import { type Address, addressText, displayAddress } from "./address.ts";
 import { detach } from "./conn_fd.ts";
 import type { Logger } from "./log.ts";
+import type { Metrics } from "./metrics.ts";
 import { pipeBoth } from "./pipe.ts";
 
 /** What a user module exports as default: the Deno convention. */
@@ -30,6 +31,8 @@ export interface HttpsOptions {
   readonly handler: HttpsHandler;
   readonly shim: Shim;
   readonly log: Logger;
+  /** Counts answered requests by status. */
+  readonly metrics: Metrics;
 }
 
 /** Loads a user module and checks that it exports default { fetch }. */
@@ -90,9 +93,14 @@ export class HttpsFrontend {
       onListen: () => {},
       onError: (e) => {
         this.#log.error("https-handler-error", { error: String(e) });
+        opts.metrics.inc("portmux_https_requests_total", { code: "500" });
         return new Response("internal error\n", { status: 500 });
       },
-    }, (req, info) => this.#serve(opts.handler, req, info));
+    }, async (req, info) => {
+      const response = await this.#serve(opts.handler, req, info);
+      opts.metrics.inc("portmux_https_requests_total", { code: String(response.status) });
+      return response;
+    });
     if (this.#shim.interposerActive()) {
       this.#listenerFd = this.#shim.injectRegister(this.port);
       this.#log.info("https-ready", { delivery: "inject", internal_port: this.port });

@@ -14,7 +14,8 @@
  */
 import { type Shim, ShimError } from "../ffi/shim.ts";
 import type { Service } from "./config.ts";
-import type { Counters, ThrottledLog } from "./counters.ts";
+import type { ThrottledLog } from "./throttled_log.ts";
+import type { Metrics } from "./metrics.ts";
 import type { Logger } from "./log.ts";
 import { dirname } from "node:path";
 
@@ -71,7 +72,7 @@ export class ServiceChannels {
     readonly shim: Shim,
     readonly log: Logger,
     readonly throttled: ThrottledLog,
-    readonly counters: Counters,
+    readonly metrics: Metrics,
   ) {
     this.#instances = service.sockets.map((s) => new Instance(s));
   }
@@ -99,7 +100,7 @@ export class ServiceChannels {
         const reason = this.#instances.map((i) => `${i.socket}: ${i.lastError}`).join("; ");
         return { sent: false, reason, waitedMs: now - started };
       }
-      this.counters.inc(`handoff_waits_${this.service.name}`);
+      this.metrics.inc("portmux_handoff_waits_total", { service: this.service.name });
       const wake = Math.min(
         deadline,
         now + RETRY_FULL_MS,
@@ -132,7 +133,7 @@ export class ServiceChannels {
     }
     if (sent === 0) {
       inst.lastError = "channel full (the service is not reading)";
-      this.counters.inc(`handoff_channel_full_${this.service.name}`);
+      this.metrics.inc("portmux_handoff_channel_full_total", { service: this.service.name });
       return false;
     }
     if (sent < record.length) { // the fd went with the first byte: finish the record later
@@ -209,7 +210,10 @@ export class ServiceChannels {
       ? 0
       : Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_FIRST_MS, inst.backoffMs * 2));
     inst.downUntil = performance.now() + inst.backoffMs;
-    this.counters.inc(`handoff_instance_down_${this.service.name}`);
+    this.metrics.inc("portmux_handoff_instance_down_total", {
+      service: this.service.name,
+      socket: inst.socket,
+    });
     this.throttled.warn(`service-down ${inst.socket}`, "service-down", {
       service: this.service.name,
       socket: inst.socket,

@@ -137,7 +137,7 @@ Deno.test("churn: 20,000 connections reset, closed or half-closed at random poin
     // gone before the runtime finished accepting it.
     assert.equal((await d.stop()).code, 0);
     const stats = d.logs.find((l) => l.event === "stats")!;
-    const gone = Number(stats.accept_client_gone ?? 0);
+    const gone = Number(stats.portmux_accept_client_gone_total ?? 0);
     assert.equal(connections(d).length + gone, 60_000, `${gone} gone during accept`);
   } finally {
     await d.stop();
@@ -202,7 +202,7 @@ Deno.test("limits close the newest connection, say so once per burst, and count 
         const status = await d.stop();
         assert.equal(status.code, 0);
         const stats = d.logs.find((l) => l.event === "stats")!;
-        assert.equal(stats[`limit_${limit}`], 3);
+        assert.equal(stats[`portmux_limit_hits_total{limit="${limit}"}`], 3);
       } finally {
         await d.stop();
       }

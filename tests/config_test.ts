@@ -55,6 +55,7 @@ Deno.test("config/example.yaml documents a config that loads", async () => {
   assert.equal(c.listen[1]?.proxyProtocol?.trusted.length, 2);
   assert.deepEqual(c.limits, { maxConnections: 50000, maxPreread: 20000, maxPerSource: 1000 });
   assert.equal(c.drainTimeoutMs, 10000);
+  assert.deepEqual(c.admin, { address: "127.0.0.1", port: 9090 });
   assert.equal(c.services.get("vpn")?.uid, 998);
   assert.equal(c.services.get("echo")?.builtin, "echo");
   assert.deepEqual(c.listen.map((l) => l.address), ["0.0.0.0", "::1"]);

@@ -1,27 +1,8 @@
 /**
- * Named event counters (limits hit, accept failures, outcomes), and a log
- * that says a repeated event once per interval instead of once per
+ * A log that says a repeated event once per interval instead of once per
  * occurrence, so an attack cannot flood the log.
  */
 import type { Fields, Logger } from "./log.ts";
-
-export class Counters {
-  readonly #counts = new Map<string, number>();
-
-  inc(name: string, by = 1): number {
-    const n = (this.#counts.get(name) ?? 0) + by;
-    this.#counts.set(name, n);
-    return n;
-  }
-
-  get(name: string): number {
-    return this.#counts.get(name) ?? 0;
-  }
-
-  snapshot(): Record<string, number> {
-    return Object.fromEntries([...this.#counts].sort(([a], [b]) => a.localeCompare(b)));
-  }
-}
 
 /** Logs an event the first time, then at most once per interval with how
  * many were not logged in between. */

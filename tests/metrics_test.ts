@@ -1,0 +1,81 @@
+/** The admin listener: Prometheus metrics that count what really happened. */
+import assert from "node:assert/strict";
+import { startDaemon } from "./helpers/daemon.ts";
+import { roundTrip, seesEnd, writeAll } from "./helpers/client.ts";
+import { run } from "./helpers/daemon.ts";
+
+/** The value of one series in a Prometheus text exposition. */
+function series(text: string, name: string): number | undefined {
+  const line = text.split("\n").find((l) => l.startsWith(name + " "));
+  return line === undefined ? undefined : Number(line.slice(name.length + 1));
+}
+
+Deno.test("/metrics counts connections by route and outcome, decisions, HTTPS statuses, limits and gauges", async () => {
+  const d = await startDaemon({
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+admin: { port: 0 }
+limits: { max_per_source: 3 }
+tls: { self_signed: true }
+services: { echo: { builtin: echo } }
+routes:
+  - { name: web, match: { protocol: tls }, action: https }
+  - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }
+`,
+  });
+  try {
+    const admin = String((await d.waitFor((l) => l.event === "admin")).address);
+    assert.match(admin, /^127\.0\.0\.1:\d+$/); // loopback unless told otherwise
+    for (let i = 0; i < 2; i++) {
+      const r = await run("curl", [
+        "-sk",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        `https://127.0.0.1:${d.port}/`,
+      ]);
+      assert.equal(r.stdout, "200");
+    }
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+    assert.equal(await roundTrip(c, "PRIV x", 6), "PRIV x");
+    c.close();
+    const junk = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+    await writeAll(junk, new TextEncoder().encode("junk"));
+    assert.ok(await seesEnd(junk));
+    junk.close();
+    // Three silent clients fill max_per_source: the fourth is refused.
+    const held = await Promise.all(
+      [1, 2, 3].map(() => Deno.connect({ hostname: "127.0.0.1", port: d.port })),
+    );
+    await new Promise((r) => setTimeout(r, 200));
+    const refused = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+    assert.ok(await seesEnd(refused));
+    refused.close();
+
+    const res = await fetch(`http://${admin}/metrics`);
+    assert.equal(res.headers.get("content-type"), "text/plain; version=0.0.4; charset=utf-8");
+    const text = await res.text();
+    assert.equal(series(text, 'portmux_connections_total{route="web",outcome="https"}'), 2);
+    assert.equal(
+      series(text, 'portmux_connections_total{route="private",outcome="handed-off"}'),
+      1,
+    );
+    assert.equal(series(text, 'portmux_connections_total{route="default",outcome="closed"}'), 1);
+    assert.equal(series(text, 'portmux_https_requests_total{code="200"}'), 2);
+    assert.equal(series(text, 'portmux_limit_hits_total{limit="max_per_source"}'), 1);
+    assert.equal(series(text, "portmux_decide_seconds_count"), 4);
+    assert.equal(series(text, 'portmux_decide_seconds_bucket{le="+Inf"}'), 4);
+    assert.equal(series(text, "portmux_preread_waiting"), 3); // the held silent ones
+    assert.equal(series(text, "portmux_connections_held"), 3);
+    assert.ok(series(text, "portmux_open_fds")! > 10);
+    assert.equal(series(text, "portmux_handoff_fallbacks_total"), 0); // declared, none yet
+    assert.match(text, /# TYPE portmux_decide_seconds histogram/);
+
+    const health = await fetch(`http://${admin}/healthz`);
+    assert.equal(await health.text(), "ok\n");
+    held.forEach((h) => h.close());
+  } finally {
+    await d.stop();
+  }
+});
