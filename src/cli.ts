@@ -27,6 +27,7 @@ environment:
                      configured listener's proxy_protocol setting
   PORTMUX_LOG_LEVEL  replaces log.level (debug, info, warn, error)
   PORTMUX_DATA_DIR   the data folder, when the config names none
+  PORTMUX_LOG_FORMAT json or text (default: text on a terminal, else json)
 `;
 
 export type Command =

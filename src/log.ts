@@ -1,6 +1,7 @@
 /**
  * Logging: one JSON object per line on stdout, so that every decision can
- * be read back by a machine (the tests do) and by grep.
+ * be read back by a machine (the tests do) and by grep; plain text lines
+ * when stdout is a terminal.
  *
  * Info and debug lines are written in batches, once per turn of the event
  * loop (a write per connection costs as much as a good part of handling
@@ -11,6 +12,26 @@ import { LOG_LEVELS, type LogLevel } from "./config.ts";
 
 export type Fields = Record<string, unknown>;
 
+export type LogFormat = "json" | "text";
+
+/** The format for stdout: $PORTMUX_LOG_FORMAT, else text on a terminal
+ * (for a person) and JSON otherwise (for machines). */
+export function logFormat(): LogFormat {
+  const asked = Deno.env.get("PORTMUX_LOG_FORMAT");
+  if (asked === "json" || asked === "text") return asked;
+  return Deno.stdout.isTerminal() ? "text" : "json";
+}
+
+/** One line for a person: time, level, event, then key=value pairs. */
+export function formatText(entry: Fields & { time: string; level: string; event: string }): string {
+  const { time, level, event, ...rest } = entry;
+  const pairs = Object.entries(rest).map(([k, v]) => {
+    if (typeof v !== "string") return `${k}=${JSON.stringify(v)}`;
+    return `${k}=${/[\s"=]/.test(v) || v === "" ? JSON.stringify(v) : v}`;
+  });
+  return [time.slice(11, 23), level.toUpperCase().padEnd(5), event, ...pairs].join(" ");
+}
+
 const encoder = new TextEncoder();
 const FLUSH_AT = 64 * 1024; // characters held before writing anyway
 
@@ -20,8 +41,11 @@ export class Logger {
   #pendingChars = 0;
   #scheduled = false;
 
-  constructor(level: LogLevel = "info") {
+  readonly #format: LogFormat;
+
+  constructor(level: LogLevel = "info", format: LogFormat = logFormat()) {
     this.#min = LOG_LEVELS.indexOf(level);
+    this.#format = format;
     globalThis.addEventListener("unload", () => this.flush());
   }
 
@@ -43,7 +67,8 @@ export class Logger {
   #write(level: LogLevel, event: string, fields: Fields): void {
     const rank = LOG_LEVELS.indexOf(level);
     if (rank < this.#min) return;
-    const line = JSON.stringify({ time: new Date().toISOString(), level, event, ...fields }) + "\n";
+    const entry = { time: new Date().toISOString(), level, event, ...fields };
+    const line = (this.#format === "json" ? JSON.stringify(entry) : formatText(entry)) + "\n";
     this.#pending.push(line);
     this.#pendingChars += line.length;
     if (rank >= LOG_LEVELS.indexOf("warn") || this.#pendingChars >= FLUSH_AT) this.flush();
