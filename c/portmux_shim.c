@@ -613,6 +613,26 @@ PM_EXPORT int pm_inject_push(int listener_fd, int client_fd) {
   return rc;
 }
 
+/* Forgets an injected listener (before its fd is closed: a later socket
+ * may get the same number). Queued fds are closed: nobody will take them.
+ * Returns how many were closed. */
+PM_EXPORT int pm_inject_unregister(int listener_fd) {
+  int closed = -ENOENT;
+  pthread_mutex_lock(&inject_lock);
+  for (int i = 0; i < listener_count; i++) {
+    if (listeners[i].fd != listener_fd) continue;
+    closed = 0;
+    int q;
+    while ((q = pop_locked(&listeners[i])) >= 0) { close(q); closed++; }
+    listeners[i] = listeners[--listener_count];
+    break;
+  }
+  for (int i = 0; i < waker_count;)
+    if (wakers[i].listener_fd == listener_fd) close_waker_locked(i); else i++;
+  pthread_mutex_unlock(&inject_lock);
+  return closed;
+}
+
 /* How many fds wait in the listener's queue (for tests and metrics). */
 PM_EXPORT int pm_inject_pending(int listener_fd) {
   pthread_mutex_lock(&inject_lock);

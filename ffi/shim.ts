@@ -58,6 +58,8 @@ const SYMBOLS = {
   pm_inject_register: { parameters: ["i32"], result: "i32" },
   // int pm_inject_push(int listener_fd, int client_fd)
   pm_inject_push: { parameters: ["i32", "i32"], result: "i32" },
+  // int pm_inject_unregister(int listener_fd)
+  pm_inject_unregister: { parameters: ["i32"], result: "i32" },
   // int pm_inject_pending(int listener_fd)
   pm_inject_pending: { parameters: ["i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -319,6 +321,12 @@ export class Shim {
    * listener owns clientFd only if this returns without throwing. */
   injectPush(listenerFd: number, clientFd: number): void {
     check("inject_push", this.#lib.symbols.pm_inject_push(listenerFd, clientFd));
+  }
+
+  /** Forgets the listener (call before it closes); closes what was queued
+   * and returns how many. */
+  injectUnregister(listenerFd: number): number {
+    return check("inject_unregister", this.#lib.symbols.pm_inject_unregister(listenerFd));
   }
 
   injectPending(listenerFd: number): number {

@@ -35,7 +35,8 @@ export class Lease {
 export class Admission {
   total = 0;
   readonly #perSource = new Map<string, number>();
-  constructor(readonly limits: Limits) {}
+  /** Replaced by a reload; counts are kept. */
+  constructor(public limits: Limits) {}
 
   perSourceFull(source: string): boolean {
     return (this.#perSource.get(source) ?? 0) >= this.limits.maxPerSource;

@@ -6,7 +6,7 @@
 import { Shim, ShimError } from "../ffi/shim.ts";
 import { addressText, displayAddress, normalizeAddress } from "./address.ts";
 import { decide, type Decision } from "./classify.ts";
-import type { Config, DefaultRoute, Listen, Route } from "./config.ts";
+import type { Config, DefaultRoute, Listen, Route, Service } from "./config.ts";
 import type { Address } from "./address.ts";
 import { detectProxyHeader } from "./detect/proxy_protocol.ts";
 import { cidrContains } from "./ip.ts";
@@ -46,17 +46,31 @@ interface Connection {
   readonly done: (outcome: Outcome, more?: Record<string, unknown>) => void;
 }
 
+/** The HTTPS frontend, and what it was made from: a reload makes a new one
+ * only when that changed. */
+interface Https {
+  readonly frontend: HttpsFrontend;
+  readonly madeFrom: string;
+}
+
+function sameService(a: Service, b: Service): boolean {
+  const shape = (s: Service) => JSON.stringify([s.sockets, s.uid, s.gid, s.pidFile, s.builtin]);
+  return shape(a) === shape(b);
+}
+
 /** A v1 header is at most 107 bytes; a v2 header is refused past 4 KiB. */
 const PROXY_HEADER_MAX = 4096 + 16;
 
 export class Daemon {
-  readonly #config: Config;
+  #config: Config;
   readonly #log: Logger;
   readonly #shim: Shim;
   readonly #preread: Preread;
-  readonly #https: HttpsFrontend | null;
+  #https: Https | null;
   readonly #builtins: BuiltinService[];
-  readonly #listeners: Deno.TcpListener[] = [];
+  /** By "address|port": the listener and its settings (a reload may
+   * change the settings of one it keeps). */
+  readonly #listeners = new Map<string, { listener: Deno.TcpListener; listen: Listen }>();
   readonly #inFlight = new Set<Promise<void>>();
   readonly #relays = new Set<Promise<void>>();
   readonly #admission: Admission;
@@ -71,7 +85,7 @@ export class Daemon {
     config: Config,
     log: Logger,
     shim: Shim,
-    https: HttpsFrontend | null,
+    https: Https | null,
     builtins: BuiltinService[],
     metrics: Metrics,
   ) {
@@ -85,11 +99,26 @@ export class Daemon {
     this.#admission = new Admission(config.limits);
     this.#throttled = new ThrottledLog(log);
     this.#declareMetrics();
+    this.#updateChannels(config);
+  }
+
+  /** Channels for the config's services: kept where a service is the same,
+   * new where it changed, closed where it is gone. */
+  #updateChannels(config: Config): void {
+    for (const [name, channels] of this.#channels) {
+      const next = config.services.get(name);
+      if (!next || !sameService(next, channels.service)) {
+        channels.close();
+        this.#channels.delete(name);
+      }
+    }
     for (const service of config.services.values()) {
-      this.#channels.set(
-        service.name,
-        new ServiceChannels(service, shim, log, this.#throttled, this.metrics),
-      );
+      if (!this.#channels.has(service.name)) {
+        this.#channels.set(
+          service.name,
+          new ServiceChannels(service, this.#shim, this.#log, this.#throttled, this.metrics),
+        );
+      }
     }
   }
 
@@ -150,40 +179,77 @@ export class Daemon {
     // Every waiting client is an fd: use what the hard limit allows.
     log.info("fd-limit", { open_files: shim.raiseNofile() });
     const metrics = new Metrics();
-    const https = await startHttps(config, shim, log, metrics);
+    const material = await readHttps(config);
+    const https = material && await startHttps(material, shim, log, metrics);
     let builtins: BuiltinService[];
     try {
       builtins = await startBuiltinServices(config, log);
     } catch (e) {
-      await https?.stop();
+      await https?.frontend.stop();
       throw e;
     }
     const daemon = new Daemon(config, log, shim, https, builtins, metrics);
     try {
-      for (const { address, port } of config.listen) {
-        const listener = Deno.listen({ hostname: address, port });
-        daemon.#listeners.push(listener);
-        log.info("listening", { address: addressText(displayAddress(listener.addr)) });
-      }
+      daemon.#openListeners(config.listen);
     } catch (e) {
       await daemon.stop();
       throw e;
     }
-    daemon.#listeners.forEach((listener, i) => daemon.#acceptLoop(listener, config.listen[i]!));
     if (config.admin) daemon.#startAdmin(config.admin);
     return daemon;
   }
 
+  /** Opens the listeners not open yet, updates the settings of those that
+   * are, and closes those no longer listed. A listener is known by its
+   * configured address and port (so one on port 0 is kept by a reload).
+   * Throws if one cannot open; the others are then as they were. */
+  #openListeners(listen: readonly Listen[]): void {
+    const key = (l: Listen) => `${l.address}|${l.port}`;
+    const opened: string[] = [];
+    try {
+      for (const l of listen) {
+        const entry = this.#listeners.get(key(l));
+        if (entry) {
+          entry.listen = l;
+          continue;
+        }
+        const fresh = { listener: Deno.listen({ hostname: l.address, port: l.port }), listen: l };
+        this.#listeners.set(key(l), fresh);
+        opened.push(key(l));
+        this.#log.info("listening", { address: addressText(displayAddress(fresh.listener.addr)) });
+        this.#acceptLoop(fresh);
+      }
+    } catch (e) {
+      for (const k of opened) this.#closeListener(k);
+      throw e;
+    }
+    const wanted = new Set(listen.map(key));
+    for (const k of [...this.#listeners.keys()]) if (!wanted.has(k)) this.#closeListener(k);
+  }
+
+  #closeListener(key: string): void {
+    const entry = this.#listeners.get(key);
+    if (!entry) return;
+    this.#listeners.delete(key);
+    try {
+      entry.listener.close();
+    } catch { /* closed */ }
+    this.#log.info("listener-closed", {
+      address: addressText(displayAddress(entry.listener.addr)),
+    });
+  }
+
   /** The bound addresses (useful when the config asked for port 0). */
   get addresses(): Deno.NetAddr[] {
-    return this.#listeners.map((l) => l.addr);
+    return [...this.#listeners.values()].map((e) => e.listener.addr);
   }
 
   get httpsMode(): string | null {
-    return this.#https?.mode ?? null;
+    return this.#https?.frontend.mode ?? null;
   }
 
-  async #acceptLoop(listener: Deno.TcpListener, listen: Listen): Promise<void> {
+  async #acceptLoop(entry: { listener: Deno.TcpListener; listen: Listen }): Promise<void> {
+    const listener = entry.listener;
     let failures = 0; // accept errors in the current burst
     while (!this.#stopping) {
       let conn: Deno.TcpConn;
@@ -207,6 +273,7 @@ export class Daemon {
         failures = 0;
       }
       const peer = displayAddress(conn.remoteAddr).address;
+      const listen = entry.listen; // read per connection: a reload may change it
       const trusted = listen.proxyProtocol?.trusted.some((c) => cidrContains(c, peer)) ?? false;
       const lease = this.#admission.admit(peer, this.#preread.waiting, trusted);
       if (typeof lease === "string") {
@@ -361,8 +428,8 @@ export class Daemon {
             conn.close();
             throw new Error("no HTTPS frontend");
           }
-          this.#https.take(conn, fd, client);
-          return done("https", { delivery: this.#https.mode });
+          this.#https.frontend.take(conn, fd, client);
+          return done("https", { delivery: this.#https.frontend.mode });
         case "handoff": {
           const record = encodeRecord({
             v: 1,
@@ -430,6 +497,54 @@ export class Daemon {
   }
 
   /**
+   * Applies a new config to new connections: routes, services, limits,
+   * listeners (opened, closed, or kept), the admin listener, the log
+   * level, and HTTPS (a new internal server if the certificate, key or
+   * handler changed; the old one keeps its sessions for drain_timeout_ms,
+   * then stops). Established connections are not touched. Built-in
+   * services and the data folder change only with a restart. Throws if a
+   * part cannot be applied; what was applied before stays.
+   */
+  async reload(next: Config): Promise<void> {
+    const material = await readHttps(next);
+    let old: Https | null = null;
+    if (material?.madeFrom !== this.#https?.madeFrom) {
+      old = this.#https;
+      this.#https = material && await startHttps(material, this.#shim, this.#log, this.metrics);
+    }
+    try {
+      this.#openListeners(next.listen);
+    } catch (e) {
+      if (old) { // undo: the old server goes on
+        await this.#https?.frontend.stop();
+        this.#https = old;
+      }
+      throw e;
+    }
+    if (old) {
+      const retiring = old.frontend;
+      setTimeout(() => retiring.stop(), next.drainTimeoutMs);
+    }
+    this.#updateChannels(next);
+    this.#admission.limits = next.limits;
+    this.#preread.ensureCapacity(Math.max(next.preread.maxBytes, PROXY_HEADER_MAX));
+    if (JSON.stringify(next.admin) !== JSON.stringify(this.#config.admin)) {
+      await this.#admin?.shutdown();
+      this.#admin = null;
+      if (next.admin) this.#startAdmin(next.admin);
+    }
+    this.#log.level = next.log.level;
+    this.#config = next;
+    this.#log.info("reloaded", {
+      config: next.source,
+      https: old ? "new certificate or handler" : "unchanged",
+      listeners: [...this.#listeners.values()].map((e) =>
+        addressText(displayAddress(e.listener.addr))
+      ),
+    });
+  }
+
+  /**
    * Stops gracefully: stops accepting; lets every connection in preread get
    * its decision (at the latest at its deadline, so a silent client cannot
    * hold the stop longer); lets HTTPS requests and relays finish for up to
@@ -443,14 +558,10 @@ export class Daemon {
   }
 
   async #stop(): Promise<void> {
-    for (const l of this.#listeners) {
-      try {
-        l.close();
-      } catch { /* already closed */ }
-    }
+    for (const key of [...this.#listeners.keys()]) this.#closeListener(key);
     await Promise.allSettled([...this.#inFlight]);
     await this.#preread.stop();
-    const drained = Promise.allSettled([this.#https?.stop(), ...this.#relays]);
+    const drained = Promise.allSettled([this.#https?.frontend.stop(), ...this.#relays]);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timedOut = new Promise<"timeout">((r) =>
       timer = setTimeout(() => r("timeout"), this.#config.drainTimeoutMs)
@@ -476,12 +587,8 @@ function clientWentAway(e: unknown): boolean {
     e instanceof Deno.errors.ConnectionAborted;
 }
 
-async function startHttps(
-  config: Config,
-  shim: Shim,
-  log: Logger,
-  metrics: Metrics,
-): Promise<HttpsFrontend | null> {
+/** What the HTTPS frontend is made of (null: no tls). */
+async function readHttps(config: Config): Promise<HttpsMaterial | null> {
   if (!config.tls) return null;
   const { cert, key } = config.tls.kind === "files"
     ? {
@@ -489,10 +596,27 @@ async function startHttps(
       key: await Deno.readTextFile(config.tls.key),
     }
     : await selfSignedCertIn(config.dataDir);
+  const handler = config.https.handler;
+  return { cert, key, handler, madeFrom: JSON.stringify([cert, key, handler]) };
+}
+
+interface HttpsMaterial {
+  readonly cert: string;
+  readonly key: string;
+  readonly handler: string | null;
+  readonly madeFrom: string;
+}
+
+async function startHttps(
+  m: HttpsMaterial,
+  shim: Shim,
+  log: Logger,
+  metrics: Metrics,
+): Promise<Https> {
   let frontend: HttpsFrontend | null = null;
-  const handler: HttpsHandler = config.https.handler
-    ? await loadHandlerModule(config.https.handler)
+  const handler: HttpsHandler = m.handler
+    ? await loadHandlerModule(m.handler)
     : statusPageHandler(() => frontend?.mode ?? "inject");
-  frontend = HttpsFrontend.start({ cert, key, handler, shim, log, metrics });
-  return frontend;
+  frontend = HttpsFrontend.start({ cert: m.cert, key: m.key, handler, shim, log, metrics });
+  return { frontend, madeFrom: m.madeFrom };
 }

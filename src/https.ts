@@ -81,6 +81,7 @@ export class HttpsFrontend {
    * is only bounded. */
   readonly #proxied = new Map<string, Address>();
   readonly #bridges = new Set<Promise<void>>();
+  #stopping: Promise<void> | null = null;
 
   private constructor(opts: HttpsOptions) {
     this.#shim = opts.shim;
@@ -188,8 +189,18 @@ export class HttpsFrontend {
     }
   }
 
-  /** Stops the internal server (and waits for bridges to end). */
-  async stop(): Promise<void> {
+  /** Stops the internal server (and waits for bridges to end); safe to
+   * call again. */
+  stop(): Promise<void> {
+    this.#stopping ??= this.#stop();
+    return this.#stopping;
+  }
+
+  async #stop(): Promise<void> {
+    if (this.#listenerFd !== null) {
+      const dropped = this.#shim.injectUnregister(this.#listenerFd);
+      if (dropped) this.#log.warn("https-queue-dropped", { connections: dropped });
+    }
     await this.#server.shutdown();
     await Promise.allSettled([...this.#bridges]);
   }

@@ -23,14 +23,19 @@ import denoJson from "../deno.json" with { type: "json" };
 const DEFAULT_CONFIG = new URL("../config/default.yaml", import.meta.url);
 const env = (name: string) => Deno.env.get(name);
 
-/** The config the command names, environment applied; exits 2 with one
- * line on a mistake. */
+/** The config file (or the embedded default), environment applied.
+ * Throws ConfigError. */
+async function loadConfig(file: string | null): Promise<Config> {
+  const parsed = file
+    ? loadConfigFile(file)
+    : parseConfig(await Deno.readTextFile(DEFAULT_CONFIG), "embedded default config", ".");
+  return applyEnvironment(parsed, env);
+}
+
+/** loadConfig, or exit 2 with one line on a mistake. */
 async function readConfig(file: string | null): Promise<Config> {
   try {
-    const parsed = file
-      ? loadConfigFile(file)
-      : parseConfig(await Deno.readTextFile(DEFAULT_CONFIG), "embedded default config", ".");
-    return applyEnvironment(parsed, env);
+    return await loadConfig(file);
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e;
     console.error(`portmux: config error: ${e.message}`);
@@ -82,6 +87,21 @@ async function main(): Promise<void> {
   };
   Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
   Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
+  // SIGHUP: read the config again; on any mistake the running one stays.
+  let reloading = Promise.resolve();
+  Deno.addSignalListener("SIGHUP", () => {
+    reloading = reloading.then(async () => {
+      if (stopping) return;
+      try {
+        await daemon.reload(await loadConfig(command.config));
+      } catch (e) {
+        log.error("reload-failed", {
+          error: e instanceof ConfigError ? e.message : String(e),
+          kept: "the running config",
+        });
+      }
+    });
+  });
   log.info("started", {
     config: config.source,
     https: daemon.httpsMode,

@@ -35,7 +35,7 @@ const POLL_MS = 250; // how long the waiter blocks before checking for stop
 export class Preread {
   readonly #shim: Shim;
   readonly #ep: number;
-  readonly #scratch: Uint8Array<ArrayBuffer>;
+  #scratch: Uint8Array<ArrayBuffer>;
   readonly #waiting = new Map<number, (hangup: boolean) => void>();
   #stopped = false;
   readonly #loop: Promise<void>;
@@ -46,6 +46,12 @@ export class Preread {
     this.#ep = shim.waiterCreate();
     this.#scratch = new Uint8Array(maxBytes);
     this.#loop = this.#run();
+  }
+
+  /** Makes room for reads of up to maxBytes (a reload may raise it). Reads
+   * under way keep the buffer they started with. */
+  ensureCapacity(maxBytes: number): void {
+    if (maxBytes > this.#scratch.length) this.#scratch = new Uint8Array(maxBytes);
   }
 
   /** Connections waiting for bytes now. */

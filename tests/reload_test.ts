@@ -1,0 +1,134 @@
+/**
+ * SIGHUP reload: a new config and certificate apply to new connections,
+ * established ones (a handed-off stream, an HTTPS keep-alive session) go on
+ * untouched, and a broken config keeps the running one.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { startDaemon, type TestDaemon } from "./helpers/daemon.ts";
+import { readAtLeast, roundTrip, seesEnd, writeAll } from "./helpers/client.ts";
+import { makeSelfSignedCert } from "../src/self_signed_cert.ts";
+
+const enc = new TextEncoder();
+
+function configWith(dir: string, cert: string, routes: string, extraListen = ""): string {
+  return `
+listen: [{ address: 127.0.0.1, port: 0 }${extraListen}]
+tls: { cert: ${JSON.stringify(join(dir, cert + ".pem"))}, key: ${
+    JSON.stringify(join(dir, cert + "-key.pem"))
+  } }
+services: { echo: { builtin: echo } }
+routes:
+  - { name: web, match: { protocol: tls }, action: https }
+${routes}
+`;
+}
+
+async function reload(d: TestDaemon, file: string, text: string, event: string) {
+  const before = d.logs.filter((l) => l.event === event).length;
+  await Deno.writeTextFile(file, text);
+  Deno.kill(d.pid, "SIGHUP");
+  return await d.waitFor(() => d.logs.filter((l) => l.event === event).length > before);
+}
+
+/** One HTTP/1.1 request on an open TLS connection. */
+async function get(tls: Deno.TlsConn, path: string): Promise<string> {
+  await writeAll(tls, enc.encode(`GET ${path} HTTP/1.1\r\nHost: localhost\r\n\r\n`));
+  return await readAtLeast(tls, 12);
+}
+
+Deno.test("SIGHUP applies a new config and certificate to new connections; established ones go on", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-reload-" });
+  const certs: Record<string, string> = {};
+  for (const name of ["a", "b"]) {
+    const { cert, key } = await makeSelfSignedCert();
+    certs[name] = cert;
+    await Deno.writeTextFile(join(dir, `${name}.pem`), cert);
+    await Deno.writeTextFile(join(dir, `${name}-key.pem`), key);
+  }
+  const before = configWith(
+    dir,
+    "a",
+    "  - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }",
+  );
+  const d = await startDaemon({ dataDir: dir, config: before });
+  const file = join(dir, "config.yaml");
+  try {
+    // Established before the reload: a handed-off stream and an HTTPS session.
+    const stream = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+    assert.equal(await roundTrip(stream, "PRIV one", 8), "PRIV one");
+    const session = await Deno.connectTls({
+      hostname: "localhost",
+      port: d.port,
+      caCerts: [certs.a!],
+    });
+    assert.match(await get(session, "/first"), /^HTTP\/1\.1 200/);
+
+    const reloaded = await reload(
+      d,
+      file,
+      configWith(
+        dir,
+        "b",
+        `  - { name: newp, match: { prefix: NEWP }, action: handoff, service: echo }
+  - { name: private, match: { prefix: PRIV }, action: close }`,
+        ', { address: "::1", port: 0 }',
+      ),
+      "reloaded",
+    );
+    assert.equal(reloaded.https, "new certificate or handler");
+
+    // The established ones are untouched.
+    assert.equal(await roundTrip(stream, "still here", 10), "still here");
+    assert.match(await get(session, "/second"), /^HTTP\/1\.1 200/);
+
+    // New connections get the new routes and the new certificate.
+    const priv = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+    await writeAll(priv, enc.encode("PRIV two"));
+    assert.ok(await seesEnd(priv), "PRIV is closed now");
+    priv.close();
+    const newp = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+    assert.equal(await roundTrip(newp, "NEWP one", 8), "NEWP one");
+    newp.close();
+    const fresh = await Deno.connectTls({
+      hostname: "localhost",
+      port: d.port,
+      caCerts: [certs.b!],
+    });
+    assert.match(await get(fresh, "/new"), /^HTTP\/1\.1 200/);
+    fresh.close();
+    await assert.rejects(async () => {
+      const stale = await Deno.connectTls({
+        hostname: "localhost",
+        port: d.port,
+        caCerts: [certs.a!],
+      });
+      try {
+        await stale.handshake();
+      } finally {
+        stale.close();
+      }
+    }, "the old certificate is not served to new clients");
+
+    // The new listener is there.
+    const v6 = await d.waitFor((l) =>
+      l.event === "listening" && String(l.address).startsWith("[::1]")
+    );
+    const port6 = Number(String(v6.address).split(":").pop());
+    const c6 = await Deno.connect({ hostname: "::1", port: port6 });
+    assert.equal(await roundTrip(c6, "NEWP six", 8), "NEWP six");
+    c6.close();
+
+    // A broken config keeps the running one.
+    const failed = await reload(d, file, "listen: [\n", "reload-failed");
+    assert.match(String(failed.error), /invalid YAML/);
+    assert.equal(failed.level, "error");
+    const still = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+    assert.equal(await roundTrip(still, "NEWP two", 8), "NEWP two");
+    still.close();
+    stream.close();
+    session.close();
+  } finally {
+    await d.stop();
+  }
+});
