@@ -31,7 +31,7 @@ export async function startBuiltinServices(config: Config, log: Logger): Promise
 
 async function startChild(name: string, script: string, socket: string): Promise<BuiltinService> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", script, "--socket", socket],
+    args: ["run", "-A", script, "--socket", socket, "--exit-with-stdin"],
     // It holds our stdin: when the daemon dies, the child sees EOF and exits.
     stdin: "piped",
     stdout: "piped",

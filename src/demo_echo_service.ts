@@ -2,9 +2,11 @@
  * The built-in demo protocol service, and the example of a Deno service on
  * src/service_receiver.ts: receives handed-off connections on a Unix
  * socket and echoes every byte back to the client. The daemon runs it as a
- * child process; it exits when its stdin closes (the daemon is gone).
+ * child process, with --exit-with-stdin: it exits when its stdin closes
+ * (the daemon is gone). Run on its own (config/systemd/), it runs until
+ * stopped.
  *
- *   deno run -A src/demo_echo_service.ts --socket PATH
+ *   deno run -A src/demo_echo_service.ts --socket PATH [--exit-with-stdin]
  */
 import { Shim } from "../ffi/shim.ts";
 import { receiveConnections } from "./service_receiver.ts";
@@ -12,15 +14,17 @@ import { receiveConnections } from "./service_receiver.ts";
 const at = Deno.args.indexOf("--socket");
 const path = at >= 0 ? Deno.args[at + 1] : undefined;
 if (!path) {
-  console.error("usage: demo_echo_service.ts --socket PATH");
+  console.error("usage: demo_echo_service.ts --socket PATH [--exit-with-stdin]");
   Deno.exit(2);
 }
 
-// The daemon holds our stdin open: when it goes away, so do we.
-(async () => {
-  for await (const _ of Deno.stdin.readable) { /* nothing is sent */ }
-  Deno.exit(0);
-})();
+// Run by portmux, which holds our stdin open: when it goes away, so do we.
+if (Deno.args.includes("--exit-with-stdin")) {
+  (async () => {
+    for await (const _ of Deno.stdin.readable) { /* nothing is sent */ }
+    Deno.exit(0);
+  })();
+}
 
 const connections = receiveConnections(new Shim(), path, {
   onProblem: (message) => console.error(`echo service: ${message}`),

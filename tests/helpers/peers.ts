@@ -68,8 +68,9 @@ export async function startSshd(): Promise<Peer & { readonly key: string }> {
   return { port, key: join(dir, "client_key"), stop: () => stopChild(child) };
 }
 
-/** HAProxy in TCP mode, forwarding its port to target with PROXY v2. */
-export async function startHaproxy(target: number): Promise<Peer> {
+/** HAProxy in TCP mode, forwarding its port to the targets (round robin,
+ * health-checked) with PROXY v2. */
+export async function startHaproxy(...targets: number[]): Promise<Peer> {
   const dir = await Deno.makeTempDir({ prefix: "portmux-haproxy-" });
   const port = freePort();
   const cfg = join(dir, "haproxy.cfg");
@@ -85,7 +86,10 @@ export async function startHaproxy(target: number): Promise<Peer> {
       `  bind 127.0.0.1:${port}`,
       "  default_backend portmux",
       "backend portmux",
-      `  server portmux 127.0.0.1:${target} send-proxy-v2`,
+      "  balance roundrobin",
+      ...targets.map((t, i) =>
+        `  server portmux${i} 127.0.0.1:${t} send-proxy-v2 check check-send-proxy inter 500`
+      ),
       "",
     ].join("\n"),
   );
