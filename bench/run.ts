@@ -45,7 +45,7 @@ async function startPortmux(config: string): Promise<Deno.ChildProcess> {
   const file = join(dir, "portmux.yaml");
   await Deno.writeTextFile(file, config);
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", join(ROOT, "src/launch.ts"), "--config", file],
+    args: ["run", "-A", join(ROOT, "src/launch.ts"), "--parallel", "1", "--config", file],
     stdout: "null",
     stderr: "inherit",
   }).spawn();

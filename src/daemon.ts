@@ -80,6 +80,8 @@ export class Daemon {
   #stopping = false;
   #stopped: Promise<void> | null = null;
   #admin: Deno.HttpServer | null = null;
+  /** This process's place among --parallel workers; null when alone. */
+  #worker: { index: number; count: number } | null = null;
 
   private constructor(
     config: Config,
@@ -123,7 +125,8 @@ export class Daemon {
   }
 
   /** The admin listener: /metrics (Prometheus text) and /healthz. */
-  #startAdmin(at: { address: string; port: number }): void {
+  #startAdmin(configured: { address: string; port: number }): void {
+    const at = this.#adminAt(configured);
     this.#admin = Deno.serve({
       hostname: at.address,
       port: at.port,
@@ -174,7 +177,11 @@ export class Daemon {
   }
 
   /** Starts everything the config names; throws if any part cannot start. */
-  static async start(config: Config, log: Logger): Promise<Daemon> {
+  static async start(
+    config: Config,
+    log: Logger,
+    worker: { index: number; count: number } | null = null,
+  ): Promise<Daemon> {
     const shim = new Shim();
     // Every waiting client is an fd: use what the hard limit allows.
     log.info("fd-limit", { open_files: shim.raiseNofile() });
@@ -183,12 +190,14 @@ export class Daemon {
     const https = material && await startHttps(material, shim, log, metrics);
     let builtins: BuiltinService[];
     try {
-      builtins = await startBuiltinServices(config, log);
+      // With several workers, worker 0 runs the built-in services for all.
+      builtins = worker && worker.index > 0 ? [] : await startBuiltinServices(config, log);
     } catch (e) {
       await https?.frontend.stop();
       throw e;
     }
     const daemon = new Daemon(config, log, shim, https, builtins, metrics);
+    daemon.#worker = worker;
     try {
       daemon.#openListeners(config.listen);
     } catch (e) {
@@ -197,6 +206,12 @@ export class Daemon {
     }
     if (config.admin) daemon.#startAdmin(config.admin);
     return daemon;
+  }
+
+  /** The admin address of this process: worker i serves on port + i. */
+  #adminAt(at: { address: string; port: number }): { address: string; port: number } {
+    const i = this.#worker?.index ?? 0;
+    return at.port === 0 ? at : { address: at.address, port: at.port + i };
   }
 
   /** Opens the listeners not open yet, updates the settings of those that
@@ -213,7 +228,10 @@ export class Daemon {
           entry.listen = l;
           continue;
         }
-        const fresh = { listener: Deno.listen({ hostname: l.address, port: l.port }), listen: l };
+        // Workers share the port: the kernel spreads connections over them.
+        const reusePort = this.#worker !== null;
+        const options = { hostname: l.address, port: l.port, reusePort } as Deno.TcpListenOptions;
+        const fresh = { listener: Deno.listen(options), listen: l };
         this.#listeners.set(key(l), fresh);
         opened.push(key(l));
         this.#log.info("listening", { address: addressText(displayAddress(fresh.listener.addr)) });

@@ -43,9 +43,13 @@ export class Logger {
 
   readonly #format: LogFormat;
 
-  constructor(level: LogLevel = "info", format: LogFormat = logFormat()) {
+  readonly #context: Fields;
+
+  /** context: fields on every line (the worker's number, with --parallel). */
+  constructor(level: LogLevel = "info", format: LogFormat = logFormat(), context: Fields = {}) {
     this.#min = LOG_LEVELS.indexOf(level);
     this.#format = format;
+    this.#context = context;
     globalThis.addEventListener("unload", () => this.flush());
   }
 
@@ -67,7 +71,7 @@ export class Logger {
   #write(level: LogLevel, event: string, fields: Fields): void {
     const rank = LOG_LEVELS.indexOf(level);
     if (rank < this.#min) return;
-    const entry = { time: new Date().toISOString(), level, event, ...fields };
+    const entry = { time: new Date().toISOString(), level, event, ...this.#context, ...fields };
     const line = (this.#format === "json" ? JSON.stringify(entry) : formatText(entry)) + "\n";
     this.#pending.push(line);
     this.#pendingChars += line.length;

@@ -17,7 +17,7 @@ import {
 } from "./config.ts";
 import { parseCommand, USAGE } from "./cli.ts";
 import { Daemon } from "./daemon.ts";
-import { Logger } from "./log.ts";
+import { logFormat, Logger } from "./log.ts";
 import denoJson from "../deno.json" with { type: "json" };
 
 const DEFAULT_CONFIG = new URL("../config/default.yaml", import.meta.url);
@@ -64,10 +64,13 @@ async function main(): Promise<void> {
     }
   }
   const config = await readConfig(command.config);
-  const log = new Logger(config.log.level);
+  // One of several workers (launched with --parallel): "index/count".
+  const w = /^(\d+)\/(\d+)$/.exec(env("PORTMUX_WORKER") ?? "");
+  const worker = w ? { index: Number(w[1]), count: Number(w[2]) } : null;
+  const log = new Logger(config.log.level, logFormat(), worker ? { worker: worker.index } : {});
   let daemon: Daemon;
   try {
-    daemon = await Daemon.start(config, log);
+    daemon = await Daemon.start(config, log, worker);
   } catch (e) {
     console.error(`portmux: cannot start: ${(e as Error).message}`);
     Deno.exit(1);

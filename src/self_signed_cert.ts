@@ -87,18 +87,42 @@ export async function makeSelfSignedCert(): Promise<{ cert: string; key: string 
   return { cert: pem("CERTIFICATE", cert), key: pem("PRIVATE KEY", pkcs8) };
 }
 
-/** The demo certificate in dataDir, made on first use. */
+/** The demo certificate in dataDir, made on first use. Several processes
+ * may start at once (--parallel): the first to link its key into place
+ * wins, and the others read its pair. */
 export async function selfSignedCertIn(dataDir: string): Promise<{ cert: string; key: string }> {
   const certFile = join(dataDir, "self-signed-cert.pem");
   const keyFile = join(dataDir, "self-signed-key.pem");
+  const read = async () => ({
+    cert: await Deno.readTextFile(certFile),
+    key: await Deno.readTextFile(keyFile),
+  });
   try {
-    return { cert: await Deno.readTextFile(certFile), key: await Deno.readTextFile(keyFile) };
+    return await read();
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
   const made = await makeSelfSignedCert();
   await Deno.mkdir(dataDir, { recursive: true, mode: 0o700 });
-  await Deno.writeTextFile(keyFile, made.key, { mode: 0o600 });
-  await Deno.writeTextFile(certFile, made.cert);
-  return made;
+  const tmp = (f: string) => `${f}.${Deno.pid}.tmp`;
+  await Deno.writeTextFile(tmp(keyFile), made.key, { mode: 0o600 });
+  await Deno.writeTextFile(tmp(certFile), made.cert);
+  try {
+    await Deno.link(tmp(keyFile), keyFile); // fails if another process won
+    await Deno.rename(tmp(certFile), certFile);
+    return made;
+  } catch (e) {
+    if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+    for (let i = 0; i < 100; i++) { // the winner renames its cert next
+      try {
+        return await read();
+      } catch {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+    return await read();
+  } finally {
+    await Deno.remove(tmp(keyFile)).catch(() => {});
+    await Deno.remove(tmp(certFile)).catch(() => {});
+  }
 }

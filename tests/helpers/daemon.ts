@@ -16,6 +16,9 @@ export interface DaemonOptions {
   readonly inject?: boolean;
   /** Start with `deno task start`, exactly as the README says. */
   readonly viaTask?: boolean;
+  /** Worker processes (--parallel) when started through the launcher;
+   * default 1, so that the daemon is one process a test can watch. */
+  readonly workers?: number;
   readonly dataDir?: string;
   readonly args?: string[];
 }
@@ -88,6 +91,11 @@ export class TestDaemon {
     );
   }
 
+  /** The process the test started (the launcher, when there is one). */
+  get launcherPid(): number {
+    return this.#child.pid;
+  }
+
   /** The daemon process's open fds (the daemon, not the launcher). */
   fdCount(): number {
     return [...Deno.readDirSync(`/proc/${this.pid}/fd`)].length;
@@ -124,6 +132,7 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<TestDaemon>
     args.push("--config", file);
   }
   const entry = opts.inject === false ? "src/main.ts" : "src/launch.ts";
+  if (entry === "src/launch.ts" || opts.viaTask) args.push("--parallel", String(opts.workers ?? 1));
   const command = opts.viaTask ? ["task", "start"] : ["run", "-A", join(ROOT, entry)];
   const child = new Deno.Command(Deno.execPath(), {
     args: [...command, ...args],

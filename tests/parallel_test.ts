@@ -1,0 +1,69 @@
+/**
+ * --parallel: several worker processes on the same port (SO_REUSEPORT).
+ * HTTPS and handoffs work from every worker, a reload reaches them all, a
+ * worker that dies is started again, and a stop stops them all.
+ */
+import assert from "node:assert/strict";
+import { freePort, type LogLine, run, startDaemon } from "./helpers/daemon.ts";
+import { roundTrip } from "./helpers/client.ts";
+
+Deno.test("two workers share one port: both serve HTTPS and handoffs, reload, restart and stop together", async () => {
+  const port = freePort();
+  const d = await startDaemon({
+    workers: 2,
+    config: `
+listen: [{ address: 127.0.0.1, port: ${port} }]
+tls: { self_signed: true }
+services: { echo: { builtin: echo } }
+routes:
+  - { name: web, match: { protocol: tls }, action: https }
+  - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }
+`,
+  });
+  try {
+    await d.waitFor(() => d.logs.filter((l) => l.event === "started").length === 2);
+    const listening = d.logs.filter((l) => l.event === "listening");
+    assert.deepEqual(listening.map((l) => l.address), [`127.0.0.1:${port}`, `127.0.0.1:${port}`]);
+    assert.deepEqual(listening.map((l) => l.worker).sort(), [0, 1]);
+
+    // The kernel spreads new connections over the two listeners.
+    for (let i = 0; i < 30; i++) {
+      const r = await run("curl", [
+        "-sk",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        `https://127.0.0.1:${port}/`,
+      ]);
+      assert.equal(r.stdout, "200");
+      const c = await Deno.connect({ hostname: "127.0.0.1", port });
+      assert.equal(await roundTrip(c, `PRIV ${i}`, `PRIV ${i}`.length), `PRIV ${i}`); // worker 0's echo
+      c.close();
+    }
+    await d.waitFor(() => d.logs.filter((l) => l.event === "connection").length === 60);
+    const byWorker = (outcome: string) =>
+      new Set(
+        d.logs.filter((l: LogLine) => l.event === "connection" && l.outcome === outcome).map((l) =>
+          l.worker
+        ),
+      );
+    assert.deepEqual([...byWorker("https")].sort(), [0, 1]);
+    assert.deepEqual([...byWorker("handed-off")].sort(), [0, 1]);
+
+    // The launcher passes SIGHUP to every worker.
+    Deno.kill(d.launcherPid, "SIGHUP");
+    await d.waitFor(() => d.logs.filter((l) => l.event === "reloaded").length === 2);
+
+    // A worker that dies is started again.
+    const victim = d.logs.find((l) => l.event === "started" && l.worker === 1)!.pid as number;
+    Deno.kill(victim, "SIGKILL");
+    await d.waitFor(
+      () => d.logs.filter((l) => l.event === "started" && l.worker === 1).length === 2,
+      15_000,
+    );
+  } finally {
+    const status = await d.stop();
+    assert.equal(status.code, 0);
+  }
+});
