@@ -12,151 +12,23 @@
  *   loop).
  */
 import { join } from "node:path";
-import { readAtLeast, writeAll } from "../tests/helpers/client.ts";
 import { freePort, run } from "../tests/helpers/daemon.ts";
+import {
+  BULK_BYTES,
+  bulkLoad,
+  CONCURRENCY,
+  connectionLoad,
+  httpsLoad,
+  median,
+  ROOT,
+  SECONDS,
+  sequentialLatency,
+  spawnReady,
+  startPortmux,
+} from "./load.ts";
 import { machineLine, writeSection } from "./results.ts";
 
-const ROOT = new URL("../", import.meta.url).pathname;
-const SECONDS = Number(Deno.env.get("BENCH_SECONDS") ?? 2);
 const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 3);
-const CONCURRENCY = 32;
-const BULK_BYTES = 256 * 1024 * 1024;
-
-/** Starts a helper process and waits for its "ready" line. */
-async function spawnReady(script: string, args: string[]): Promise<Deno.ChildProcess> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", join(ROOT, script), ...args],
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  const first = await reader.read();
-  if (first.value?.trim() !== "ready") throw new Error(`${script} did not start`);
-  (async () => {
-    while (!(await reader.read()).done) { /* drain */ }
-  })();
-  return child;
-}
-
-/** Starts portmux as `deno task start` does (shim preloaded), its log
- * (info level, one line per connection, as in production) to /dev/null so
- * that reading it costs this process nothing; waits until it answers. */
-async function startPortmux(config: string): Promise<Deno.ChildProcess> {
-  const file = join(dir, "portmux.yaml");
-  await Deno.writeTextFile(file, config);
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", join(ROOT, "src/launch.ts"), "--parallel", "1", "--config", file],
-    stdout: "null",
-    stderr: "inherit",
-  }).spawn();
-  const port = Number(/port: (\d+)/.exec(config)![1]);
-  for (let i = 0; i < 300; i++) {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      await new Promise((r) => setTimeout(r, 200)); // let its self-signed cert land
-      return child;
-    } catch {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  throw new Error("portmux did not start");
-}
-
-const median = (xs: number[]) => percentile(xs, 50);
-function percentile(xs: number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
-}
-
-/** New connections, each: connect, send, read the echo, close. */
-async function connectionLoad(port: number) {
-  const payload = new TextEncoder().encode("PRIV ping");
-  const latencies: number[] = [];
-  const end = performance.now() + SECONDS * 1000;
-  const worker = async () => {
-    while (performance.now() < end) {
-      const t0 = performance.now();
-      const c = await Deno.connect({ hostname: "127.0.0.1", port });
-      await writeAll(c, payload);
-      const got = await readAtLeast(c, payload.length);
-      if (got.length !== payload.length) throw new Error(`short echo: ${got}`);
-      latencies.push(performance.now() - t0);
-      c.close();
-    }
-  };
-  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
-  return {
-    perSecond: latencies.length / SECONDS,
-    p50: median(latencies),
-    p99: percentile(latencies, 99),
-  };
-}
-
-/** Connections one at a time (no queueing): connect-to-first-echo times. */
-async function sequentialLatency(port: number): Promise<number> {
-  const payload = new TextEncoder().encode("PRIV ping");
-  const times: number[] = [];
-  for (let i = 0; i < 1000; i++) {
-    const t0 = performance.now();
-    const c = await Deno.connect({ hostname: "127.0.0.1", port });
-    await writeAll(c, payload);
-    await readAtLeast(c, payload.length);
-    times.push(performance.now() - t0);
-    c.close();
-  }
-  return median(times);
-}
-
-/** One connection: write BULK_BYTES, read the echo of them back; MB/s. */
-async function bulkLoad(port: number, prefix: string): Promise<number> {
-  const c = await Deno.connect({ hostname: "127.0.0.1", port });
-  c.setNoDelay(true);
-  const chunk = new Uint8Array(64 * 1024).fill(0x61);
-  chunk.set(new TextEncoder().encode(prefix));
-  const t0 = performance.now();
-  const writing = (async () => {
-    for (let sent = 0; sent < BULK_BYTES; sent += chunk.length) {
-      await writeAll(c, sent === 0 ? chunk : chunk.fill(0x61, 0, prefix.length));
-    }
-  })();
-  const buf = new Uint8Array(256 * 1024);
-  let received = 0;
-  while (received < BULK_BYTES) {
-    const n = await c.read(buf);
-    if (n === null) throw new Error("bulk: connection ended early");
-    received += n;
-  }
-  await writing;
-  const seconds = (performance.now() - t0) / 1000;
-  c.close();
-  return (2 * BULK_BYTES) / seconds / 1e6; // both directions cross the socket
-}
-
-/** Keep-alive HTTPS requests/s. */
-async function httpsLoad(port: number, caCert: string): Promise<number> {
-  const url = `https://127.0.0.1:${port}/`;
-  const hasWrk = await run("wrk", ["--version"]).then(() => true, () => false);
-  if (hasWrk) {
-    const r = await run("wrk", ["-t1", `-c${CONCURRENCY}`, `-d${SECONDS}s`, url]);
-    const m = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout);
-    if (!m || /Non-2xx|Socket errors/.test(r.stdout)) throw new Error(`wrk: ${r.stdout}`);
-    return Number(m[1]);
-  }
-  const client = Deno.createHttpClient({ caCerts: [caCert] });
-  let count = 0;
-  const end = performance.now() + SECONDS * 1000;
-  const worker = async () => {
-    while (performance.now() < end) {
-      const res = await fetch(url, { client });
-      await res.arrayBuffer();
-      if (res.status !== 200) throw new Error(`status ${res.status}`);
-      count++;
-    }
-  };
-  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
-  client.close();
-  return count / SECONDS;
-}
 
 /** Runs a and b alternately ROUNDS times each; returns each side's results. */
 async function alternate<T>(a: () => Promise<T>, b: () => Promise<T>): Promise<[T[], T[]]> {
@@ -187,7 +59,9 @@ const echo = await spawnReady("bench/echo_service.ts", [
   socket,
 ]);
 const portmuxPort = freePort();
-const daemon = await startPortmux(`
+const daemon = await startPortmux(
+  dir,
+  `
 listen: [{ address: 127.0.0.1, port: ${portmuxPort} }]
 data_dir: ${JSON.stringify(dir)}
 tls: { self_signed: true }
@@ -196,7 +70,8 @@ services: { echo: { socket: ${JSON.stringify(socket)} } }
 routes:
   - { name: web, match: { protocol: tls }, action: https }
   - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }
-`);
+`,
+);
 const httpsPort = freePort();
 const httpsDirect = await spawnReady("bench/https_direct.ts", [
   "--port",
