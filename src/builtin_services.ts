@@ -30,13 +30,20 @@ export async function startBuiltinServices(config: Config, log: Logger): Promise
 }
 
 async function startChild(name: string, script: string, socket: string): Promise<BuiltinService> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", script, "--socket", socket, "--exit-with-stdin"],
+  // Run as the single binary (src/portmux.ts), the service is the same
+  // binary in another role; otherwise Deno runs its script.
+  const self = Deno.env.get("PORTMUX_SELF");
+  const [command, ...start] = self
+    ? JSON.parse(self) as string[]
+    : [Deno.execPath(), "run", "-A", script];
+  const child = new Deno.Command(command!, {
+    args: [...start, "--socket", socket, "--exit-with-stdin"],
     // It holds our stdin: when the daemon dies, the child sees EOF and exits.
     stdin: "piped",
     stdout: "piped",
     stderr: "inherit",
-    env: { LD_PRELOAD: "" }, // the interposer is for the daemon alone
+    // The interposer is for the daemon alone.
+    env: { LD_PRELOAD: "", ...(self ? { PORTMUX_ROLE: "echo-service" } : {}) },
   }).spawn();
   const stdin = child.stdin.getWriter();
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();

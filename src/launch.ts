@@ -1,42 +1,10 @@
 /**
  * The launcher behind `deno task start`: builds the shim if it is missing
- * or stale, then runs the daemon (src/main.ts) in new Deno processes with
- * the shim in LD_PRELOAD, so that its accept4 interposes the runtime's and
- * HTTPS gets accept injection (DESIGN.md fact 4).
- *
- *   --parallel N   N worker processes (default: the number of CPUs), each
- *                  with its own listeners on the same ports (SO_REUSEPORT:
- *                  the kernel spreads new connections over them). Worker 0
- *                  runs the built-in services; worker i serves the admin
- *                  listener on its port + i. A worker that dies is started
- *                  again; one that cannot start stops them all.
- *
- * Signals are passed on to every worker; the exit code is the workers'.
+ * or stale, then runs the daemon (src/main.ts) under the supervisor, with
+ * the shim preloaded (src/supervisor.ts: --parallel, signals, restarts).
  */
 import { buildShim } from "./build_shim.ts";
-
-const STARTUP_MS = 5000; // a start-up error shows within this
-
-function takeParallel(args: string[]): { workers: number; rest: string[] } {
-  const rest: string[] = [];
-  let workers = navigator.hardwareConcurrency;
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
-    const value = a === "--parallel" ? args[++i] : a.startsWith("--parallel=") ? a.slice(11) : null;
-    if (value === null) {
-      rest.push(a);
-      continue;
-    }
-    workers = Number(value);
-    if (!Number.isInteger(workers) || workers < 1 || workers > 256) {
-      console.error(
-        `portmux: --parallel needs a whole number of workers from 1 to 256, got "${value}"`,
-      );
-      Deno.exit(2);
-    }
-  }
-  return { workers, rest };
-}
+import { supervise } from "./supervisor.ts";
 
 let shim: string;
 try {
@@ -45,60 +13,11 @@ try {
   console.error(`portmux: ${(e as Error).message}`);
   Deno.exit(1);
 }
-
-const taken = takeParallel(Deno.args);
-const rest = taken.rest;
-// A check, --help or --version is answered once, not by every worker.
-const oneShot = rest[0] === "check" || rest.includes("--help") || rest.includes("-h") ||
-  rest.includes("--version");
-const workers = oneShot ? 1 : taken.workers;
-const preload = [shim, Deno.env.get("LD_PRELOAD")].filter(Boolean).join(":");
 const main = new URL("./main.ts", import.meta.url).pathname;
-const children = new Map<number, Deno.ChildProcess>();
-let stopping = false;
-
-function start(index: number): Promise<number> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--unstable-net", main, ...rest],
-    env: { LD_PRELOAD: preload, ...(workers > 1 ? { PORTMUX_WORKER: `${index}/${workers}` } : {}) },
-    stdin: "inherit",
-  }).spawn();
-  children.set(index, child);
-  const born = performance.now();
-  return child.status.then(async (status) => {
-    children.delete(index);
-    // Exit codes 1 and 2 soon after start: it could not start (a config
-    // or start-up error), and neither will the others.
-    const couldNotStart = performance.now() - born < STARTUP_MS &&
-      (status.code === 1 || status.code === 2);
-    if (stopping || workers === 1 || couldNotStart || status.code === 0) {
-      if (couldNotStart && !stopping && workers > 1) stopAll("SIGTERM");
-      return status.code;
-    }
-    console.error(`portmux: worker ${index} exited (code ${status.code}); starting it again`);
-    await new Promise((r) => setTimeout(r, 1000));
-    return stopping ? status.code : start(index);
-  });
-}
-
-function stopAll(signal: Deno.Signal): void {
-  stopping = true;
-  for (const child of children.values()) {
-    try {
-      child.kill(signal);
-    } catch { /* already exited */ }
-  }
-}
-
-for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
-  Deno.addSignalListener(signal, () => {
-    if (signal !== "SIGHUP") return stopAll(signal);
-    for (const child of children.values()) {
-      try {
-        child.kill("SIGHUP");
-      } catch { /* it just exited */ }
-    }
-  });
-}
-const codes = await Promise.all(Array.from({ length: workers }, (_, i) => start(i)));
-Deno.exit(Math.max(...codes));
+Deno.exit(
+  await supervise({
+    shim,
+    daemon: [Deno.execPath(), "run", "-A", "--unstable-net", main],
+    args: Deno.args,
+  }),
+);
