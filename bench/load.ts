@@ -164,3 +164,18 @@ export async function httpsLoad(
   client.close();
   return count / SECONDS;
 }
+
+/** The portmux config of the benchmarks: HTTPS with the bench handler,
+ * PRIV handed off to the bench echo service at socket. */
+export function benchConfig(port: number, dataDir: string, socket: string): string {
+  return `
+listen: [{ address: 127.0.0.1, port: ${port} }]
+data_dir: ${JSON.stringify(dataDir)}
+tls: { self_signed: true }
+https: { handler: ${JSON.stringify(join(ROOT, "bench/hello_handler.ts"))} }
+services: { echo: { socket: ${JSON.stringify(socket)} } }
+routes:
+  - { name: web, match: { protocol: tls }, action: https }
+  - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }
+`;
+}

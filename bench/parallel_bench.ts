@@ -6,10 +6,10 @@
 import { join } from "node:path";
 import { freePort, run } from "../tests/helpers/daemon.ts";
 import {
+  benchConfig,
   connectionLoad,
   httpsLoad,
   median,
-  ROOT,
   SECONDS,
   spawnReady,
   startPortmux,
@@ -25,19 +25,9 @@ const echo = await spawnReady("bench/echo_service.ts", [
   "--socket",
   socket,
 ]);
-const config = (port: number) => `
-listen: [{ address: 127.0.0.1, port: ${port} }]
-data_dir: ${JSON.stringify(dir)}
-tls: { self_signed: true }
-https: { handler: ${JSON.stringify(join(ROOT, "bench/hello_handler.ts"))} }
-services: { echo: { socket: ${JSON.stringify(socket)} } }
-routes:
-  - { name: web, match: { protocol: tls }, action: https }
-  - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }
-`;
 const ports = { one: freePort(), two: freePort() };
-const one = await startPortmux(join(dir, "1"), config(ports.one), 1);
-const two = await startPortmux(join(dir, "2"), config(ports.two), 2);
+const one = await startPortmux(join(dir, "1"), benchConfig(ports.one, dir, socket), 1);
+const two = await startPortmux(join(dir, "2"), benchConfig(ports.two, dir, socket), 2);
 const caCert = await Deno.readTextFile(join(dir, "self-signed-cert.pem"));
 const hasWrk = await run("wrk", ["--version"]).then(() => true, () => false);
 

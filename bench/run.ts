@@ -14,6 +14,7 @@
 import { join } from "node:path";
 import { freePort, run } from "../tests/helpers/daemon.ts";
 import {
+  benchConfig,
   BULK_BYTES,
   bulkLoad,
   CONCURRENCY,
@@ -59,19 +60,7 @@ const echo = await spawnReady("bench/echo_service.ts", [
   socket,
 ]);
 const portmuxPort = freePort();
-const daemon = await startPortmux(
-  dir,
-  `
-listen: [{ address: 127.0.0.1, port: ${portmuxPort} }]
-data_dir: ${JSON.stringify(dir)}
-tls: { self_signed: true }
-https: { handler: ${JSON.stringify(join(ROOT, "bench/hello_handler.ts"))} }
-services: { echo: { socket: ${JSON.stringify(socket)} } }
-routes:
-  - { name: web, match: { protocol: tls }, action: https }
-  - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }
-`,
-);
+const daemon = await startPortmux(dir, benchConfig(portmuxPort, dir, socket));
 const httpsPort = freePort();
 const httpsDirect = await spawnReady("bench/https_direct.ts", [
   "--port",

@@ -2,16 +2,11 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { parse } from "yaml";
 import { parseCommand } from "../src/cli.ts";
+import { VALID_CONFIG } from "./helpers/configs.ts";
 
 const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
 const noEnv = () => undefined;
-const VALID = `listen:
-  - { address: 127.0.0.1, port: 8443 }
-services:
-  svc: { socket: /tmp/svc.sock }
-routes:
-  - { name: p, match: { prefix: PRIV }, action: handoff, service: svc }
-`;
+const VALID = VALID_CONFIG;
 
 /** Runs `deno run src/main.ts ARGS` with these environment variables. */
 async function portmux(args: string[], env: Record<string, string> = {}) {

@@ -1,15 +1,10 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ConfigError, loadConfigFile, parseConfig } from "../src/config.ts";
+import { VALID_CONFIG } from "./helpers/configs.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
-const VALID = `listen:
-  - { address: 127.0.0.1, port: 8443 }
-services:
-  svc: { socket: /tmp/svc.sock }
-routes:
-  - { name: p, match: { prefix: PRIV }, action: handoff, service: svc }
-`;
+const VALID = VALID_CONFIG;
 
 function errorOf(text: string): string {
   try {
