@@ -21,7 +21,6 @@ import {
   connectionLoad,
   httpsLoad,
   median,
-  ROOT,
   SECONDS,
   sequentialLatency,
   spawnReady,

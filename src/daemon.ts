@@ -568,7 +568,7 @@ export class Daemon {
    * hold the stop longer); lets HTTPS requests and relays finish for up to
    * drain_timeout_ms; then stops the parts.
    */
-  async stop(): Promise<void> {
+  stop(): Promise<void> {
     if (this.#stopped) return this.#stopped;
     this.#stopping = true;
     this.#stopped = this.#stop();

@@ -31,6 +31,6 @@ Deno.test("PORTMUX_LOG_FORMAT=text makes the daemon's lines human-readable", asy
     stdout: "piped",
   });
   const out = new TextDecoder().decode((await child.output()).stdout);
-  assert.match(out, /^\d\d:\d\d:\d\d\.\d{3} INFO  listening address=127\.0\.0\.1:\d+$/m);
-  assert.match(out, /^\d\d:\d\d:\d\d\.\d{3} INFO  stopping signal=SIGINT/m);
+  assert.match(out, /^\d\d:\d\d:\d\d\.\d{3} INFO {2}listening address=127\.0\.0\.1:\d+$/m);
+  assert.match(out, /^\d\d:\d\d:\d\d\.\d{3} INFO {2}stopping signal=SIGINT/m);
 });
