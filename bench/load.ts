@@ -166,11 +166,13 @@ export async function httpsLoad(
 }
 
 /** The portmux config of the benchmarks: HTTPS with the bench handler,
- * PRIV handed off to the bench echo service at socket. */
+ * PRIV handed off to the bench echo service at socket. Limits are raised:
+ * every load comes from one address, 127.0.0.1. */
 export function benchConfig(port: number, dataDir: string, socket: string): string {
   return `
 listen: [{ address: 127.0.0.1, port: ${port} }]
 data_dir: ${JSON.stringify(dataDir)}
+limits: { max_per_source: 100000, max_preread: 100000, max_connections: 100000 }
 tls: { self_signed: true }
 https: { handler: ${JSON.stringify(join(ROOT, "bench/hello_handler.ts"))} }
 services: { echo: { socket: ${JSON.stringify(socket)} } }
