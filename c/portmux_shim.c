@@ -416,7 +416,7 @@ PM_EXPORT int pm_waiter_wait(int ep, int32_t *out, int max, int timeout_ms) {
 
 /* ---------- accept injection (the LD_PRELOAD side) ---------- */
 
-#define MAX_LISTENERS 16
+#define MAX_LISTENERS 64 /* internal HTTPS servers: one per certificate, twice during a reload */
 #define QUEUE_CAP 4096
 #define MAX_WAKERS 64
 

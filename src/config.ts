@@ -102,8 +102,17 @@ export interface Listen {
   readonly proxyProtocol: { readonly trusted: readonly Cidr[] } | null;
 }
 
+/** A certificate and the server names (SNI) it is for. */
+export interface Certificate {
+  /** Empty: only the default (for no SNI, or a name no other matches). */
+  readonly names: readonly NamePattern[];
+  readonly cert: string;
+  readonly key: string;
+}
+
+/** The first certificate is the default. */
 export type TlsSource =
-  | { readonly kind: "files"; readonly cert: string; readonly key: string }
+  | { readonly kind: "files"; readonly certificates: readonly Certificate[] }
   | { readonly kind: "self_signed" };
 
 export interface Config {
@@ -346,24 +355,46 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
 
   let tls: TlsSource | null = null;
   if (r.value(["tls"]) !== undefined) {
-    r.keys(["tls"], ["cert", "key", "self_signed"]);
+    const keys = r.keys(["tls"], ["cert", "key", "self_signed", "certificates"]);
+    const file = (at: Path) => {
+      const f = path(r.required(at, r.string(at)));
+      try {
+        Deno.statSync(f);
+      } catch {
+        r.fail(at, `cannot read ${f}`);
+      }
+      return f;
+    };
     if (r.boolean(["tls", "self_signed"])) {
-      if (r.value(["tls", "cert"]) !== undefined || r.value(["tls", "key"]) !== undefined) {
-        r.fail(["tls", "self_signed"], "cannot be combined with cert and key");
+      if (keys.length > 1) {
+        r.fail(["tls", "self_signed"], "cannot be combined with cert, key or certificates");
       }
       tls = { kind: "self_signed" };
-    } else {
-      const files = { cert: "", key: "" };
-      for (const k of ["cert", "key"] as const) {
-        const file = path(r.required(["tls", k], r.string(["tls", k])));
-        try {
-          Deno.statSync(file);
-        } catch {
-          r.fail(["tls", k], `cannot read ${file}`);
-        }
-        files[k] = file;
+    } else if (keys.includes("certificates")) {
+      if (keys.includes("cert") || keys.includes("key")) {
+        r.fail(["tls", "certificates"], "give cert and key, or certificates, not both");
       }
-      tls = { kind: "files", ...files };
+      const n = r.length(["tls", "certificates"]);
+      if (n === 0 || n > 30) r.fail(["tls", "certificates"], "give from 1 to 30 certificates");
+      const certificates: Certificate[] = [];
+      for (let i = 0; i < n; i++) {
+        const at = ["tls", "certificates", i];
+        r.keys(at, ["names", "cert", "key"]);
+        const names = readNames(r, [...at, "names"]) ?? [];
+        if (names.length === 0 && i > 0) {
+          r.fail(
+            [...at, "names"],
+            "is required (only the first certificate, the default, may have none)",
+          );
+        }
+        certificates.push({ names, cert: file([...at, "cert"]), key: file([...at, "key"]) });
+      }
+      tls = { kind: "files", certificates };
+    } else {
+      tls = {
+        kind: "files",
+        certificates: [{ names: [], cert: file(["tls", "cert"]), key: file(["tls", "key"]) }],
+      };
     }
   }
 
@@ -764,10 +795,14 @@ export function describeConfig(c: Config): Record<string, unknown> {
       max_preread: c.limits.maxPreread,
       max_per_source: c.limits.maxPerSource,
     },
-    tls: c.tls === null
-      ? null
-      : c.tls.kind === "files"
-      ? { cert: c.tls.cert, key: c.tls.key }
+    tls: c.tls === null ? null : c.tls.kind === "files"
+      ? {
+        certificates: c.tls.certificates.map((x) => ({
+          names: names(x.names),
+          cert: x.cert,
+          key: x.key,
+        })),
+      }
       : { self_signed: true },
     https: { handler: c.https.handler },
     services: Object.fromEntries(

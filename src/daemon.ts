@@ -18,10 +18,9 @@ import { Metrics } from "./metrics.ts";
 import { connFd } from "./conn_fd.ts";
 import { encodeRecord } from "./handoff.ts";
 import { ServiceChannels } from "./service_channels.ts";
-import { HttpsFrontend, type HttpsHandler, loadHandlerModule, statusPageHandler } from "./https.ts";
+import { HttpsSites, readHttps } from "./https_sites.ts";
 import type { Logger } from "./log.ts";
 import { Preread } from "./preread.ts";
-import { selfSignedCertIn } from "./self_signed_cert.ts";
 import { type BuiltinService, startBuiltinServices } from "./builtin_services.ts";
 
 /** What became of a connection, as the log says it. */
@@ -42,15 +41,10 @@ interface Connection {
   readonly client: Address;
   readonly local: Address;
   readonly peeked: number;
+  /** The server name of a TLS ClientHello, when a route looked for one. */
+  readonly sni: string | null;
   /** Logs the connection's one line. */
   readonly done: (outcome: Outcome, more?: Record<string, unknown>) => void;
-}
-
-/** The HTTPS frontend, and what it was made from: a reload makes a new one
- * only when that changed. */
-interface Https {
-  readonly frontend: HttpsFrontend;
-  readonly madeFrom: string;
 }
 
 function sameService(a: Service, b: Service): boolean {
@@ -66,7 +60,7 @@ export class Daemon {
   readonly #log: Logger;
   readonly #shim: Shim;
   readonly #preread: Preread;
-  #https: Https | null;
+  #https: HttpsSites | null;
   readonly #builtins: BuiltinService[];
   /** By "address|port": the listener and its settings (a reload may
    * change the settings of one it keeps). */
@@ -87,7 +81,7 @@ export class Daemon {
     config: Config,
     log: Logger,
     shim: Shim,
-    https: Https | null,
+    https: HttpsSites | null,
     builtins: BuiltinService[],
     metrics: Metrics,
   ) {
@@ -187,13 +181,13 @@ export class Daemon {
     log.info("fd-limit", { open_files: shim.raiseNofile() });
     const metrics = new Metrics();
     const material = await readHttps(config);
-    const https = material && await startHttps(material, shim, log, metrics);
+    const https = material && await HttpsSites.start(material, shim, log, metrics);
     let builtins: BuiltinService[];
     try {
       // With several workers, worker 0 runs the built-in services for all.
       builtins = worker && worker.index > 0 ? [] : await startBuiltinServices(config, log);
     } catch (e) {
-      await https?.frontend.stop();
+      await https?.stop();
       throw e;
     }
     const daemon = new Daemon(config, log, shim, https, builtins, metrics);
@@ -263,7 +257,7 @@ export class Daemon {
   }
 
   get httpsMode(): string | null {
-    return this.#https?.frontend.mode ?? null;
+    return this.#https?.mode ?? null;
   }
 
   async #acceptLoop(entry: { listener: Deno.TcpListener; listen: Listen }): Promise<void> {
@@ -429,7 +423,8 @@ export class Daemon {
     const { route, reason, facts } = result.decision;
     Object.assign(fields, { route: route.name, action: route.action.kind, reason, ...facts });
 
-    return await this.#act(route, { conn, fd, client, local, peeked: result.peeked, done });
+    const sni = facts.sni ?? null;
+    return await this.#act(route, { conn, fd, client, local, peeked: result.peeked, sni, done });
   }
 
   /** Carries out a route's action; returns the relay it leaves running. */
@@ -441,13 +436,15 @@ export class Daemon {
         case "close":
           conn.close();
           return done("closed");
-        case "https":
+        case "https": {
           if (!this.#https) { // the config forbids it; never leave conn open
             conn.close();
             throw new Error("no HTTPS frontend");
           }
-          this.#https.frontend.take(conn, fd, client);
-          return done("https", { delivery: this.#https.frontend.mode });
+          const site = this.#https.pick(c.sni);
+          site.take(conn, fd, client);
+          return done("https", { delivery: site.mode });
+        }
         case "handoff": {
           const record = encodeRecord({
             v: 1,
@@ -525,22 +522,23 @@ export class Daemon {
    */
   async reload(next: Config): Promise<void> {
     const material = await readHttps(next);
-    let old: Https | null = null;
+    let old: HttpsSites | null = null;
     if (material?.madeFrom !== this.#https?.madeFrom) {
       old = this.#https;
-      this.#https = material && await startHttps(material, this.#shim, this.#log, this.metrics);
+      this.#https = material &&
+        await HttpsSites.start(material, this.#shim, this.#log, this.metrics);
     }
     try {
       this.#openListeners(next.listen);
     } catch (e) {
       if (old) { // undo: the old server goes on
-        await this.#https?.frontend.stop();
+        await this.#https?.stop();
         this.#https = old;
       }
       throw e;
     }
     if (old) {
-      const retiring = old.frontend;
+      const retiring = old;
       setTimeout(() => retiring.stop(), next.drainTimeoutMs);
     }
     this.#updateChannels(next);
@@ -579,7 +577,7 @@ export class Daemon {
     for (const key of [...this.#listeners.keys()]) this.#closeListener(key);
     await Promise.allSettled([...this.#inFlight]);
     await this.#preread.stop();
-    const drained = Promise.allSettled([this.#https?.frontend.stop(), ...this.#relays]);
+    const drained = Promise.allSettled([this.#https?.stop(), ...this.#relays]);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timedOut = new Promise<"timeout">((r) =>
       timer = setTimeout(() => r("timeout"), this.#config.drainTimeoutMs)
@@ -603,38 +601,4 @@ export class Daemon {
 function clientWentAway(e: unknown): boolean {
   return e instanceof Deno.errors.NotConnected || e instanceof Deno.errors.ConnectionReset ||
     e instanceof Deno.errors.ConnectionAborted;
-}
-
-/** What the HTTPS frontend is made of (null: no tls). */
-async function readHttps(config: Config): Promise<HttpsMaterial | null> {
-  if (!config.tls) return null;
-  const { cert, key } = config.tls.kind === "files"
-    ? {
-      cert: await Deno.readTextFile(config.tls.cert),
-      key: await Deno.readTextFile(config.tls.key),
-    }
-    : await selfSignedCertIn(config.dataDir);
-  const handler = config.https.handler;
-  return { cert, key, handler, madeFrom: JSON.stringify([cert, key, handler]) };
-}
-
-interface HttpsMaterial {
-  readonly cert: string;
-  readonly key: string;
-  readonly handler: string | null;
-  readonly madeFrom: string;
-}
-
-async function startHttps(
-  m: HttpsMaterial,
-  shim: Shim,
-  log: Logger,
-  metrics: Metrics,
-): Promise<Https> {
-  let frontend: HttpsFrontend | null = null;
-  const handler: HttpsHandler = m.handler
-    ? await loadHandlerModule(m.handler)
-    : statusPageHandler(() => frontend?.mode ?? "inject");
-  frontend = HttpsFrontend.start({ cert: m.cert, key: m.key, handler, shim, log, metrics });
-  return { frontend, madeFrom: m.madeFrom };
 }

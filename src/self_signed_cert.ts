@@ -45,17 +45,20 @@ function pem(label: string, bytes: Uint8Array): string {
   return `-----BEGIN ${label}-----\n${b64}\n-----END ${label}-----\n`;
 }
 
-/** Makes a certificate for localhost, 127.0.0.1 and ::1, valid for a year. */
-export async function makeSelfSignedCert(): Promise<{ cert: string; key: string }> {
+/** Makes a certificate for the given host names (default localhost) and
+ * 127.0.0.1 and ::1, valid for a year. */
+export async function makeSelfSignedCert(
+  names: readonly string[] = ["localhost"],
+): Promise<{ cert: string; key: string }> {
   const keys = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, [
     "sign",
     "verify",
   ]);
   const spki = new Uint8Array(await crypto.subtle.exportKey("spki", keys.publicKey));
-  const name = seq(der(0x31, seq(oid(0x55, 0x04, 0x03), utf8("portmux demo"))));
+  const name = seq(der(0x31, seq(oid(0x55, 0x04, 0x03), utf8(names[0] ?? "portmux demo"))));
   const now = Date.now();
   const altNames = seq(
-    der(0x82, new TextEncoder().encode("localhost")),
+    ...names.map((n) => der(0x82, new TextEncoder().encode(n))),
     der(0x87, Uint8Array.of(127, 0, 0, 1)),
     der(0x87, Uint8Array.of(...new Array(15).fill(0), 1)),
   );

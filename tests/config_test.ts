@@ -226,7 +226,24 @@ Deno.test("each config mistake gets one line naming the field and its line", asy
     [
       "self_signed with files",
       VALID + "tls: { self_signed: true, cert: a.pem }\n",
-      /tls\.self_signed: cannot be combined with cert and key/,
+      /tls\.self_signed: cannot be combined with cert, key or certificates/,
+    ],
+    [
+      "certificates and cert together",
+      VALID + "tls: { cert: /etc/hostname, key: /etc/hostname, certificates: [] }\n",
+      /tls\.certificates: give cert and key, or certificates, not both/,
+    ],
+    [
+      "a second certificate without names",
+      VALID +
+      "tls: { certificates: [{ cert: /etc/hostname, key: /etc/hostname }, { cert: /etc/hostname, key: /etc/hostname }] }\n",
+      /tls\.certificates\[1\]\.names: is required \(only the first certificate, the default, may have none\)/,
+    ],
+    [
+      "a certificate file that is not there",
+      VALID +
+      "tls: { certificates: [{ names: a.example, cert: /nonexistent.pem, key: /etc/hostname }] }\n",
+      /tls\.certificates\[0\]\.cert: cannot read \/nonexistent\.pem/,
     ],
     [
       "a bad log level",

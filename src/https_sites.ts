@@ -1,0 +1,77 @@
+/**
+ * The HTTPS sites: one internal Deno.serve (an HttpsFrontend) per
+ * certificate, chosen by the server name (SNI) the ClientHello gave; the
+ * first certificate is the default, for clients without SNI or with a name
+ * no other matches.
+ */
+import type { Shim } from "../ffi/shim.ts";
+import type { Config } from "./config.ts";
+import { HttpsFrontend, type HttpsHandler, loadHandlerModule, statusPageHandler } from "./https.ts";
+import type { Logger } from "./log.ts";
+import type { Metrics } from "./metrics.ts";
+import { nameMatches, type NamePattern } from "./name_pattern.ts";
+import { selfSignedCertIn } from "./self_signed_cert.ts";
+
+/** What the sites are made of: read from the files each time, so that a
+ * reload notices a renewed certificate at the same path. */
+export interface HttpsMaterial {
+  readonly certificates: readonly { names: readonly NamePattern[]; cert: string; key: string }[];
+  readonly handler: string | null;
+  /** Equal for equal material: a reload builds new sites only on a change. */
+  readonly madeFrom: string;
+}
+
+/** The material the config names (null: no tls). */
+export async function readHttps(config: Config): Promise<HttpsMaterial | null> {
+  if (!config.tls) return null;
+  const certificates = config.tls.kind === "files"
+    ? await Promise.all(config.tls.certificates.map(async (c) => ({
+      names: c.names,
+      cert: await Deno.readTextFile(c.cert),
+      key: await Deno.readTextFile(c.key),
+    })))
+    : [{ names: [], ...await selfSignedCertIn(config.dataDir) }];
+  const handler = config.https.handler;
+  return { certificates, handler, madeFrom: JSON.stringify([certificates, handler]) };
+}
+
+export class HttpsSites {
+  private constructor(
+    readonly madeFrom: string,
+    readonly sites: readonly { names: readonly NamePattern[]; frontend: HttpsFrontend }[],
+  ) {}
+
+  static async start(
+    m: HttpsMaterial,
+    shim: Shim,
+    log: Logger,
+    metrics: Metrics,
+  ): Promise<HttpsSites> {
+    let first: HttpsFrontend | null = null;
+    const handler: HttpsHandler = m.handler
+      ? await loadHandlerModule(m.handler)
+      : statusPageHandler(() => first?.mode ?? "inject");
+    const sites = m.certificates.map(({ names, cert, key }) => ({
+      names,
+      frontend: HttpsFrontend.start({ cert, key, handler, shim, log, metrics }),
+    }));
+    first = sites[0]!.frontend;
+    return new HttpsSites(m.madeFrom, sites);
+  }
+
+  /** The server for this server name (null: none given). */
+  pick(sni: string | null): HttpsFrontend {
+    if (sni !== null) {
+      for (const s of this.sites) if (s.names.some((p) => nameMatches(p, sni))) return s.frontend;
+    }
+    return this.sites[0]!.frontend;
+  }
+
+  get mode(): string {
+    return this.sites[0]!.frontend.mode;
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.sites.map((s) => s.frontend.stop()));
+  }
+}

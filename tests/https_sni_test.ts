@@ -1,0 +1,74 @@
+/** Several certificates, one internal server each, chosen by SNI. */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { run, startDaemon } from "./helpers/daemon.ts";
+import { makeSelfSignedCert } from "../src/self_signed_cert.ts";
+
+/** The subject names of the certificate the server presents for sni. */
+async function servedNames(port: number, sni: string | null): Promise<string> {
+  const flags = sni ? ["-servername", sni] : ["-noservername"];
+  const hello = await run("openssl", ["s_client", "-connect", `127.0.0.1:${port}`, ...flags], "");
+  const x509 = await run("openssl", ["x509", "-noout", "-ext", "subjectAltName"], hello.stdout);
+  return x509.stdout.split("\n")[1]?.trim() ?? "";
+}
+
+Deno.test("each SNI gets its own certificate (and server); no or unknown SNI gets the first", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-sni-" });
+  for (
+    const [name, names] of [["a", ["a.example", "www.a.example"]], ["b", ["b.example"]]] as const
+  ) {
+    const { cert, key } = await makeSelfSignedCert(names);
+    await Deno.writeTextFile(join(dir, `${name}.pem`), cert);
+    await Deno.writeTextFile(join(dir, `${name}-key.pem`), key);
+  }
+  const d = await startDaemon({
+    dataDir: dir,
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+tls:
+  certificates:
+    - { names: [a.example, "*.a.example"], cert: ${JSON.stringify(join(dir, "a.pem"))}, key: ${
+      JSON.stringify(join(dir, "a-key.pem"))
+    } }
+    - { names: b.example, cert: ${JSON.stringify(join(dir, "b.pem"))}, key: ${
+      JSON.stringify(join(dir, "b-key.pem"))
+    } }
+routes: [{ name: web, match: { protocol: tls }, action: https }]
+`,
+  });
+  try {
+    assert.match(await servedNames(d.port, "a.example"), /^DNS:a\.example, DNS:www\.a\.example/);
+    assert.match(await servedNames(d.port, "www.a.example"), /^DNS:a\.example/);
+    assert.match(await servedNames(d.port, "b.example"), /^DNS:b\.example,/);
+    assert.match(await servedNames(d.port, null), /^DNS:a\.example/); // the default
+    assert.match(await servedNames(d.port, "other.example"), /^DNS:a\.example/);
+
+    // A client that verifies: each name with its own certificate as CA.
+    for (const site of ["a", "b"]) {
+      const r = await run("curl", [
+        "-s",
+        "--cacert",
+        join(dir, `${site}.pem`),
+        "--resolve",
+        `${site}.example:${d.port}:127.0.0.1`,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        `https://${site}.example:${d.port}/`,
+      ]);
+      assert.equal(r.stdout, "200", `${site}.example verified with its own certificate`);
+    }
+    const wrong = await run("curl", [
+      "-s",
+      "--cacert",
+      join(dir, "a.pem"),
+      "--resolve",
+      `b.example:${d.port}:127.0.0.1`,
+      `https://b.example:${d.port}/`,
+    ]);
+    assert.notEqual(wrong.code, 0, "b.example is not served with a's certificate");
+  } finally {
+    await d.stop();
+  }
+});
