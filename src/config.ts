@@ -127,7 +127,7 @@ export interface Config {
   /** Where /metrics and /healthz are served (plain HTTP); null: nowhere. */
   readonly admin: { readonly address: string; readonly port: number } | null;
   readonly tls: TlsSource | null;
-  readonly https: { readonly handler: string | null };
+  readonly https: { readonly handler: string | null; readonly hsts: string | null };
   readonly services: ReadonlyMap<string, Service>;
   readonly routes: readonly Route[];
   readonly defaultRoute: DefaultRoute;
@@ -398,7 +398,14 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     }
   }
 
-  r.keys(["https"], ["handler"]);
+  r.keys(["https"], ["handler", "hsts"]);
+  const hsts = r.string(["https", "hsts"]) ?? null;
+  if (hsts !== null && !/^max-age=\d+(\s*;\s*(includeSubDomains|preload))*$/i.test(hsts)) {
+    r.fail(
+      ["https", "hsts"],
+      `expected a Strict-Transport-Security value like "max-age=31536000; includeSubDomains"`,
+    );
+  }
   const handlerText = r.string(["https", "handler"]);
   let handler: string | null = null;
   if (handlerText) {
@@ -515,7 +522,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     drainTimeoutMs,
     admin,
     tls,
-    https: { handler },
+    https: { handler, hsts },
     services,
     routes,
     defaultRoute,
@@ -804,7 +811,7 @@ export function describeConfig(c: Config): Record<string, unknown> {
         })),
       }
       : { self_signed: true },
-    https: { handler: c.https.handler },
+    https: { handler: c.https.handler, hsts: c.https.hsts },
     services: Object.fromEntries(
       [...c.services.values()].map((s) => [
         s.name,

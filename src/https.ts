@@ -29,15 +29,21 @@ export interface HttpsOptions {
   readonly cert: string;
   readonly key: string;
   readonly handler: HttpsHandler;
+  /** A Strict-Transport-Security value for responses that set none. */
+  readonly hsts: string | null;
   readonly shim: Shim;
   readonly log: Logger;
   /** Counts answered requests by status. */
   readonly metrics: Metrics;
 }
 
-/** Loads a user module and checks that it exports default { fetch }. */
+let loads = 0;
+
+/** Loads a user module and checks that it exports default { fetch }. Each
+ * load reads the file afresh (a reload must see a changed module, and Deno
+ * caches modules by URL: the query makes each load's URL new). */
 export async function loadHandlerModule(path: string): Promise<HttpsHandler> {
-  const mod = await import(new URL(`file://${path}`).href);
+  const mod = await import(`${new URL(`file://${path}`).href}?load=${++loads}`);
   if (typeof mod.default?.fetch !== "function") {
     throw new Error(`${path}: the HTTPS handler module must export default { fetch }`);
   }
@@ -99,6 +105,11 @@ export class HttpsFrontend {
       },
     }, async (req, info) => {
       const response = await this.#serve(opts.handler, req, info);
+      if (opts.hsts && !response.headers.has("strict-transport-security")) {
+        try {
+          response.headers.set("strict-transport-security", opts.hsts);
+        } catch { /* immutable headers (a fetched response): left as they are */ }
+      }
       opts.metrics.inc("portmux_https_requests_total", { code: String(response.status) });
       return response;
     });

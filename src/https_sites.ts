@@ -17,6 +17,7 @@ import { selfSignedCertIn } from "./self_signed_cert.ts";
 export interface HttpsMaterial {
   readonly certificates: readonly { names: readonly NamePattern[]; cert: string; key: string }[];
   readonly handler: string | null;
+  readonly hsts: string | null;
   /** Equal for equal material: a reload builds new sites only on a change. */
   readonly madeFrom: string;
 }
@@ -32,7 +33,16 @@ export async function readHttps(config: Config): Promise<HttpsMaterial | null> {
     })))
     : [{ names: [], ...await selfSignedCertIn(config.dataDir) }];
   const handler = config.https.handler;
-  return { certificates, handler, madeFrom: JSON.stringify([certificates, handler]) };
+  // The module's size and time too: an edited module at the same path is new.
+  const st = handler ? await Deno.stat(handler) : null;
+  const module = st ? [st.size, st.mtime?.getTime()] : null;
+  const hsts = config.https.hsts;
+  return {
+    certificates,
+    handler,
+    hsts,
+    madeFrom: JSON.stringify([certificates, handler, module, hsts]),
+  };
 }
 
 export class HttpsSites {
@@ -53,7 +63,7 @@ export class HttpsSites {
       : statusPageHandler(() => first?.mode ?? "inject");
     const sites = m.certificates.map(({ names, cert, key }) => ({
       names,
-      frontend: HttpsFrontend.start({ cert, key, handler, shim, log, metrics }),
+      frontend: HttpsFrontend.start({ cert, key, handler, hsts: m.hsts, shim, log, metrics }),
     }));
     first = sites[0]!.frontend;
     return new HttpsSites(m.madeFrom, sites);

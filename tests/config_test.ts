@@ -50,6 +50,7 @@ Deno.test("config/example.yaml documents a config that loads", async () => {
   assert.equal(c.listen[1]?.proxyProtocol?.trusted.length, 2);
   assert.deepEqual(c.limits, { maxConnections: 50000, maxPreread: 20000, maxPerSource: 1000 });
   assert.equal(c.drainTimeoutMs, 10000);
+  assert.equal(c.https.hsts, "max-age=31536000; includeSubDomains");
   assert.deepEqual(c.admin, { address: "127.0.0.1", port: 9090 });
   assert.equal(c.services.get("vpn")?.uid, 998);
   assert.equal(c.services.get("echo")?.builtin, "echo");
@@ -244,6 +245,11 @@ Deno.test("each config mistake gets one line naming the field and its line", asy
       VALID +
       "tls: { certificates: [{ names: a.example, cert: /nonexistent.pem, key: /etc/hostname }] }\n",
       /tls\.certificates\[0\]\.cert: cannot read \/nonexistent\.pem/,
+    ],
+    [
+      "a bad HSTS value",
+      VALID + "https: { hsts: forever }\n",
+      /https\.hsts: expected a Strict-Transport-Security value/,
     ],
     [
       "a bad log level",

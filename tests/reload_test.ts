@@ -132,3 +132,38 @@ Deno.test("SIGHUP applies a new config and certificate to new connections; estab
     await d.stop();
   }
 });
+
+Deno.test("SIGHUP loads an edited handler module again, and https.hsts adds its header", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-reload-module-" });
+  const module = join(dir, "app.ts");
+  const version = (v: string) =>
+    Deno.writeTextFile(module, `export default { fetch: () => new Response("${v}\\n") };\n`);
+  await version("v1");
+  const config = `
+listen: [{ address: 127.0.0.1, port: 0 }]
+tls: { self_signed: true }
+https: { handler: ${JSON.stringify(module)}, hsts: "max-age=31536000; includeSubDomains" }
+routes: [{ name: web, match: { protocol: tls }, action: https }]
+`;
+  const d = await startDaemon({ dataDir: dir, config });
+  const curl = async () => {
+    const r = await new Deno.Command("curl", {
+      args: ["-sk", "-i", `https://127.0.0.1:${d.port}/`],
+      stdout: "piped",
+    })
+      .output();
+    return new TextDecoder().decode(r.stdout);
+  };
+  try {
+    const first = await curl();
+    assert.match(first, /\r\n\r\nv1\n$/);
+    assert.match(first, /strict-transport-security: max-age=31536000; includeSubDomains\r\n/i);
+    await new Promise((r) => setTimeout(r, 20)); // a new mtime
+    await version("v2");
+    const reloaded = await reload(d, join(dir, "config.yaml"), config, "reloaded");
+    assert.equal(reloaded.https, "new certificate or handler");
+    assert.match(await curl(), /\r\n\r\nv2\n$/);
+  } finally {
+    await d.stop();
+  }
+});
