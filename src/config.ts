@@ -127,7 +127,12 @@ export interface Config {
   /** Where /metrics and /healthz are served (plain HTTP); null: nowhere. */
   readonly admin: { readonly address: string; readonly port: number } | null;
   readonly tls: TlsSource | null;
-  readonly https: { readonly handler: string | null; readonly hsts: string | null };
+  readonly https: {
+    readonly handler: string | null;
+    readonly hsts: string | null;
+    /** Requests go on to this upstream instead of a handler module. */
+    readonly proxy: { readonly upstream: URL; readonly timeoutMs: number } | null;
+  };
   readonly services: ReadonlyMap<string, Service>;
   readonly routes: readonly Route[];
   readonly defaultRoute: DefaultRoute;
@@ -398,7 +403,29 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     }
   }
 
-  r.keys(["https"], ["handler", "hsts"]);
+  r.keys(["https"], ["handler", "hsts", "proxy"]);
+  let proxy: Config["https"]["proxy"] = null;
+  if (r.value(["https", "proxy"]) !== undefined) {
+    if (r.value(["https", "handler"]) !== undefined) {
+      r.fail(["https", "proxy"], "give handler or proxy, not both");
+    }
+    r.keys(["https", "proxy"], ["upstream", "timeout_ms"]);
+    const text = r.required(
+      ["https", "proxy", "upstream"],
+      r.string(["https", "proxy", "upstream"]),
+    );
+    let upstream: URL | null = null;
+    try {
+      upstream = new URL(text);
+    } catch { /* below */ }
+    if (!upstream || !/^https?:$/.test(upstream.protocol) || upstream.search || upstream.hash) {
+      r.fail(["https", "proxy", "upstream"], `expected an http:// or https:// URL, got "${text}"`);
+    }
+    proxy = {
+      upstream,
+      timeoutMs: r.integer(["https", "proxy", "timeout_ms"], 1, 3_600_000) ?? 30_000,
+    };
+  }
   const hsts = r.string(["https", "hsts"]) ?? null;
   if (hsts !== null && !/^max-age=\d+(\s*;\s*(includeSubDomains|preload))*$/i.test(hsts)) {
     r.fail(
@@ -522,7 +549,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     drainTimeoutMs,
     admin,
     tls,
-    https: { handler, hsts },
+    https: { handler, hsts, proxy },
     services,
     routes,
     defaultRoute,
@@ -811,7 +838,12 @@ export function describeConfig(c: Config): Record<string, unknown> {
         })),
       }
       : { self_signed: true },
-    https: { handler: c.https.handler, hsts: c.https.hsts },
+    https: {
+      handler: c.https.handler,
+      hsts: c.https.hsts,
+      proxy: c.https.proxy &&
+        { upstream: c.https.proxy.upstream.href, timeout_ms: c.https.proxy.timeoutMs },
+    },
     services: Object.fromEntries(
       [...c.services.values()].map((s) => [
         s.name,

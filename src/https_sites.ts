@@ -10,6 +10,7 @@ import { HttpsFrontend, type HttpsHandler, loadHandlerModule, statusPageHandler 
 import type { Logger } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import { nameMatches, type NamePattern } from "./name_pattern.ts";
+import { reverseProxyHandler } from "./reverse_proxy.ts";
 import { selfSignedCertIn } from "./self_signed_cert.ts";
 
 /** What the sites are made of: read from the files each time, so that a
@@ -18,6 +19,7 @@ export interface HttpsMaterial {
   readonly certificates: readonly { names: readonly NamePattern[]; cert: string; key: string }[];
   readonly handler: string | null;
   readonly hsts: string | null;
+  readonly proxy: Config["https"]["proxy"];
   /** Equal for equal material: a reload builds new sites only on a change. */
   readonly madeFrom: string;
 }
@@ -37,11 +39,20 @@ export async function readHttps(config: Config): Promise<HttpsMaterial | null> {
   const st = handler ? await Deno.stat(handler) : null;
   const module = st ? [st.size, st.mtime?.getTime()] : null;
   const hsts = config.https.hsts;
+  const proxy = config.https.proxy;
   return {
     certificates,
     handler,
     hsts,
-    madeFrom: JSON.stringify([certificates, handler, module, hsts]),
+    proxy,
+    madeFrom: JSON.stringify([
+      certificates,
+      handler,
+      module,
+      hsts,
+      proxy?.upstream.href,
+      proxy?.timeoutMs,
+    ]),
   };
 }
 
@@ -60,6 +71,8 @@ export class HttpsSites {
     let first: HttpsFrontend | null = null;
     const handler: HttpsHandler = m.handler
       ? await loadHandlerModule(m.handler)
+      : m.proxy
+      ? reverseProxyHandler(m.proxy)
       : statusPageHandler(() => first?.mode ?? "inject");
     const sites = m.certificates.map(({ names, cert, key }) => ({
       names,

@@ -247,6 +247,16 @@ Deno.test("each config mistake gets one line naming the field and its line", asy
       /tls\.certificates\[0\]\.cert: cannot read \/nonexistent\.pem/,
     ],
     [
+      "a handler and a proxy",
+      VALID + "https: { handler: /etc/hostname, proxy: { upstream: 'http://127.0.0.1:8080' } }\n",
+      /https\.proxy: give handler or proxy, not both/,
+    ],
+    [
+      "a proxy upstream that is not an http URL",
+      VALID + "https: { proxy: { upstream: 'ftp://files' } }\n",
+      /https\.proxy\.upstream: expected an http:\/\/ or https:\/\/ URL, got "ftp:\/\/files"/,
+    ],
+    [
       "a bad HSTS value",
       VALID + "https: { hsts: forever }\n",
       /https\.hsts: expected a Strict-Transport-Security value/,
