@@ -6,6 +6,7 @@
  * `deno task start` runs it through src/launch.ts, which preloads the shim
  * so HTTPS uses accept injection; run by hand, HTTPS falls back to a bridge.
  */
+import { dirname } from "node:path";
 import { stringify } from "yaml";
 import {
   applyEnvironment,
@@ -41,6 +42,28 @@ async function readConfig(file: string | null): Promise<Config> {
     console.error(`portmux: config error: ${e.message}`);
     Deno.exit(2);
   }
+}
+
+/** Watches the files HTTPS is made of (certificates, keys, the handler
+ * module) and reloads when one changes, once the writes have settled. The
+ * folders are watched, not the files: renewals often replace the file. */
+function watchHttpsFiles(config: Config, reload: (why: string) => void): void {
+  const files = new Set<string>();
+  if (config.tls?.kind === "files") {
+    for (const c of config.tls.certificates) files.add(c.cert).add(c.key);
+  }
+  if (config.https.handler) files.add(config.https.handler);
+  if (files.size === 0) return;
+  const folders = [...new Set([...files].map((f) => dirname(f)))];
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  (async () => {
+    for await (const event of Deno.watchFs(folders, { recursive: false })) {
+      const changed = event.paths.find((p) => files.has(p));
+      if (!changed || event.kind === "access") continue;
+      clearTimeout(timer);
+      timer = setTimeout(() => reload(`${changed} changed`), 500);
+    }
+  })().catch(() => {/* a watched folder went away: SIGHUP still works */});
 }
 
 async function main(): Promise<void> {
@@ -90,12 +113,14 @@ async function main(): Promise<void> {
   };
   Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
   Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
-  // SIGHUP: read the config again; on any mistake the running one stays.
+  // SIGHUP, or a certificate, key or handler module that changed on disk:
+  // read the config again; on any mistake the running one stays.
   let reloading = Promise.resolve();
-  Deno.addSignalListener("SIGHUP", () => {
+  const reload = (why: string) => {
     reloading = reloading.then(async () => {
       if (stopping) return;
       try {
+        log.info("reloading", { why });
         await daemon.reload(await loadConfig(command.config));
       } catch (e) {
         log.error("reload-failed", {
@@ -104,7 +129,9 @@ async function main(): Promise<void> {
         });
       }
     });
-  });
+  };
+  Deno.addSignalListener("SIGHUP", () => reload("SIGHUP"));
+  watchHttpsFiles(config, reload);
   log.info("started", {
     config: config.source,
     https: daemon.httpsMode,

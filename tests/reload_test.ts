@@ -167,3 +167,47 @@ routes: [{ name: web, match: { protocol: tls }, action: https }]
     await d.stop();
   }
 });
+
+Deno.test("a renewed certificate file is served to new clients without a signal (file watch)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-watch-" });
+  const write = async () => {
+    const { cert, key } = await makeSelfSignedCert();
+    await Deno.writeTextFile(join(dir, "key.pem.new"), key);
+    await Deno.writeTextFile(join(dir, "cert.pem.new"), cert);
+    await Deno.rename(join(dir, "key.pem.new"), join(dir, "key.pem")); // as renewal tools do
+    await Deno.rename(join(dir, "cert.pem.new"), join(dir, "cert.pem"));
+    return cert;
+  };
+  const first = await write();
+  const d = await startDaemon({
+    dataDir: dir,
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+tls: { cert: ${JSON.stringify(join(dir, "cert.pem"))}, key: ${
+      JSON.stringify(join(dir, "key.pem"))
+    } }
+routes: [{ name: web, match: { protocol: tls }, action: https }]
+`,
+  });
+  const verifies = async (caCert: string) => {
+    try {
+      const c = await Deno.connectTls({ hostname: "localhost", port: d.port, caCerts: [caCert] });
+      await c.handshake();
+      c.close();
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  try {
+    assert.ok(await verifies(first));
+    const renewed = await write();
+    const line = await d.waitFor((l) => l.event === "reloaded", 10_000);
+    assert.equal(line.https, "new certificate or handler");
+    assert.ok(d.logs.some((l) => l.event === "reloading" && String(l.why).endsWith("changed")));
+    assert.ok(await verifies(renewed), "the renewed certificate is served");
+    assert.ok(!(await verifies(first)), "the old one is not, to new clients");
+  } finally {
+    await d.stop();
+  }
+});
