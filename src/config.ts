@@ -132,6 +132,8 @@ export interface Config {
     readonly hsts: string | null;
     /** Requests go on to this upstream instead of a handler module. */
     readonly proxy: { readonly upstream: URL; readonly timeoutMs: number } | null;
+    /** Files from this folder are served instead. */
+    readonly static: string | null;
   };
   readonly services: ReadonlyMap<string, Service>;
   readonly routes: readonly Route[];
@@ -403,12 +405,21 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     }
   }
 
-  r.keys(["https"], ["handler", "hsts", "proxy"]);
+  const served = r.keys(["https"], ["handler", "hsts", "proxy", "static"])
+    .filter((k) => k === "handler" || k === "proxy" || k === "static");
+  if (served.length > 1) r.fail(["https", served[1]!], "give one of handler, proxy or static");
+  let staticFolder: string | null = null;
+  const staticText = r.string(["https", "static"]);
+  if (staticText !== undefined) {
+    staticFolder = path(staticText);
+    try {
+      if (!Deno.statSync(staticFolder).isDirectory) throw new Error("not a folder");
+    } catch {
+      r.fail(["https", "static"], `${staticFolder} is not a folder portmux can read`);
+    }
+  }
   let proxy: Config["https"]["proxy"] = null;
   if (r.value(["https", "proxy"]) !== undefined) {
-    if (r.value(["https", "handler"]) !== undefined) {
-      r.fail(["https", "proxy"], "give handler or proxy, not both");
-    }
     r.keys(["https", "proxy"], ["upstream", "timeout_ms"]);
     const text = r.required(
       ["https", "proxy", "upstream"],
@@ -549,7 +560,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     drainTimeoutMs,
     admin,
     tls,
-    https: { handler, hsts, proxy },
+    https: { handler, hsts, proxy, static: staticFolder },
     services,
     routes,
     defaultRoute,
@@ -843,6 +854,7 @@ export function describeConfig(c: Config): Record<string, unknown> {
       hsts: c.https.hsts,
       proxy: c.https.proxy &&
         { upstream: c.https.proxy.upstream.href, timeout_ms: c.https.proxy.timeoutMs },
+      static: c.https.static,
     },
     services: Object.fromEntries(
       [...c.services.values()].map((s) => [

@@ -153,6 +153,7 @@ export class Daemon {
     m.counter("portmux_handoff_instance_down_total", "Times an instance was found down.");
     m.counter("portmux_handoff_channel_full_total", "Times a channel was full.");
     m.counter("portmux_https_requests_total", "HTTPS requests answered, by status code.");
+    m.counter("portmux_uncaught_errors_total", "Errors nothing caught; logged, and survived.");
     m.gauge(
       "portmux_preread_waiting",
       "Connections waiting for their first bytes.",

@@ -12,6 +12,7 @@ import type { Metrics } from "./metrics.ts";
 import { nameMatches, type NamePattern } from "./name_pattern.ts";
 import { reverseProxyHandler } from "./reverse_proxy.ts";
 import { selfSignedCertIn } from "./self_signed_cert.ts";
+import { staticFilesHandler } from "./static_files.ts";
 
 /** What the sites are made of: read from the files each time, so that a
  * reload notices a renewed certificate at the same path. */
@@ -20,6 +21,7 @@ export interface HttpsMaterial {
   readonly handler: string | null;
   readonly hsts: string | null;
   readonly proxy: Config["https"]["proxy"];
+  readonly static: string | null;
   /** Equal for equal material: a reload builds new sites only on a change. */
   readonly madeFrom: string;
 }
@@ -45,6 +47,7 @@ export async function readHttps(config: Config): Promise<HttpsMaterial | null> {
     handler,
     hsts,
     proxy,
+    static: config.https.static,
     madeFrom: JSON.stringify([
       certificates,
       handler,
@@ -52,6 +55,7 @@ export async function readHttps(config: Config): Promise<HttpsMaterial | null> {
       hsts,
       proxy?.upstream.href,
       proxy?.timeoutMs,
+      config.https.static,
     ]),
   };
 }
@@ -73,6 +77,8 @@ export class HttpsSites {
       ? await loadHandlerModule(m.handler)
       : m.proxy
       ? reverseProxyHandler(m.proxy)
+      : m.static
+      ? staticFilesHandler(m.static)
       : statusPageHandler(() => first?.mode ?? "inject");
     const sites = m.certificates.map(({ names, cert, key }) => ({
       names,

@@ -99,6 +99,27 @@ async function main(): Promise<void> {
     Deno.exit(1);
   }
   // Before "started": a signal right after start must find its handler.
+  // One misbehaving client or handler must not take everyone's service
+  // down: an error nothing caught (in an event handler, a timer, a promise
+  // nobody awaited) is logged and counted, and the daemon goes on.
+  const survive = (error: unknown) => {
+    daemon.metrics.inc("portmux_uncaught_errors_total");
+    log.error("uncaught-error", {
+      error: String(error),
+      stack: error instanceof Error
+        ? error.stack?.split("\n").slice(1, 4).map((l) => l.trim())
+        : undefined,
+    });
+  };
+  globalThis.addEventListener("error", (e) => {
+    e.preventDefault();
+    survive(e.error);
+  });
+  globalThis.addEventListener("unhandledrejection", (e) => {
+    e.preventDefault();
+    survive(e.reason);
+  });
+
   // The first signal stops gracefully; a second one stops at once.
   let stopping = false;
   const stop = async (signal: string) => {

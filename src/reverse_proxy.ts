@@ -106,13 +106,32 @@ function relayWebSocket(req: Request, target: string, headers: Headers): Promise
         upstream.protocol ? { protocol: upstream.protocol } : {},
       );
       socket.binaryType = "arraybuffer";
+      // The upstream may speak before the client's side is open: hold its
+      // messages until then, in order.
+      const early: (string | ArrayBuffer)[] = [];
+      upstream.onmessage = (e) => {
+        if (socket.readyState === WebSocket.OPEN) socket.send(e.data);
+        else if (socket.readyState === WebSocket.CONNECTING) early.push(e.data);
+      };
+      socket.onopen = () => {
+        for (const m of early.splice(0)) socket.send(m);
+      };
       socket.onmessage = (e) => upstream.readyState === WebSocket.OPEN && upstream.send(e.data);
-      upstream.onmessage = (e) => socket.readyState === WebSocket.OPEN && socket.send(e.data);
-      socket.onclose = (e) => upstream.close(e.code === 1005 ? 1000 : e.code, e.reason);
-      upstream.onclose = (e) =>
-        socket.readyState <= WebSocket.OPEN &&
-        socket.close(e.code === 1005 ? 1000 : e.code, e.reason);
+      socket.onclose = (e) => closeLike(upstream, e);
+      upstream.onclose = (e) => closeLike(socket, e);
       resolve(response);
     };
   });
+}
+
+/** Closes ws the way the other side closed: with its code when that may be
+ * sent (1000, 3000-4999; RFC 6455 §7.4), plainly otherwise (1006 "abnormal"
+ * and the like cannot be sent). Never throws: it runs in an event handler,
+ * where an exception would take the whole daemon down. */
+function closeLike(ws: WebSocket, e: CloseEvent): void {
+  if (ws.readyState === WebSocket.CLOSING || ws.readyState === WebSocket.CLOSED) return;
+  try {
+    if (e.code === 1000 || (e.code >= 3000 && e.code <= 4999)) ws.close(e.code, e.reason);
+    else ws.close();
+  } catch { /* closing already */ }
 }

@@ -249,7 +249,12 @@ Deno.test("each config mistake gets one line naming the field and its line", asy
     [
       "a handler and a proxy",
       VALID + "https: { handler: /etc/hostname, proxy: { upstream: 'http://127.0.0.1:8080' } }\n",
-      /https\.proxy: give handler or proxy, not both/,
+      /https\.proxy: give one of handler, proxy or static/,
+    ],
+    [
+      "a static folder that is a file",
+      VALID + "https: { static: /etc/hostname }\n",
+      /https\.static: \/etc\/hostname is not a folder portmux can read/,
     ],
     [
       "a proxy upstream that is not an http URL",

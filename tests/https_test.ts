@@ -136,3 +136,31 @@ Deno.test("https.handler serves a user module's default { fetch } with the real 
     }
   }
 });
+
+Deno.test("an error thrown where nothing catches it (a handler's timer) is logged, and the daemon goes on", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-uncaught-" });
+  const module = join(dir, "app.ts");
+  await Deno.writeTextFile(
+    module,
+    `export default { fetch() {
+      setTimeout(() => { throw new Error("boom from a timer"); }, 0);
+      Promise.reject(new Error("boom from a promise"));
+      return new Response("fine\\n");
+    } };\n`,
+  );
+  const d = await startDaemon({
+    config: HTTPS_ONLY() + `https: { handler: ${JSON.stringify(module)} }\n`,
+  });
+  try {
+    assert.equal((await curl(`https://127.0.0.1:${d.port}/`)).body, "fine\n");
+    await d.waitFor((l) =>
+      l.event === "uncaught-error" && /boom from a timer/.test(String(l.error))
+    );
+    await d.waitFor((l) =>
+      l.event === "uncaught-error" && /boom from a promise/.test(String(l.error))
+    );
+    assert.equal((await curl(`https://127.0.0.1:${d.port}/again`)).body, "fine\n");
+  } finally {
+    assert.equal((await d.stop()).code, 0);
+  }
+});
