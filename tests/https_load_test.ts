@@ -1,0 +1,75 @@
+/**
+ * Accept injection under load: 1,000 TLS handshakes at once, then 10,000
+ * keep-alive requests (HTTP/1.1 and HTTP/2). An injected fd lost or used
+ * twice would show as a failed request or a leaked fd.
+ */
+import assert from "node:assert/strict";
+import { run, startDaemon } from "./helpers/daemon.ts";
+
+/** h2load's request tally: "requests: N total, ..., S succeeded, F failed, E errored". */
+function tally(out: string) {
+  const m =
+    /requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout/
+      .exec(out);
+  if (!m) throw new Error(`no tally in h2load's output:\n${out}`);
+  const [total, succeeded, failed, errored, timeout] = m.slice(1).map(Number);
+  return { total, succeeded, failed, errored, timeout };
+}
+
+Deno.test("1,000 concurrent TLS handshakes and 10,000 keep-alive requests: every one answered, no fd left", async () => {
+  const d = await startDaemon({
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+limits: { max_per_source: 5000 }
+tls: { self_signed: true }
+routes: [{ name: web, match: { protocol: tls }, action: https }]
+`,
+  });
+  try {
+    const url = `https://127.0.0.1:${d.port}/`;
+    const warm = await run("h2load", ["-n", "20", "-c", "4", "--h1", url]);
+    assert.equal(tally(warm.stdout).succeeded, 20);
+    await new Promise((r) => setTimeout(r, 500));
+    const baseline = d.fdCount();
+
+    // 1,000 clients at once, each with its own new TLS connection.
+    const handshakes = await run("h2load", ["-n", "1000", "-c", "1000", "-t", "2", "--h1", url]);
+    assert.deepEqual(tally(handshakes.stdout), {
+      total: 1000,
+      succeeded: 1000,
+      failed: 0,
+      errored: 0,
+      timeout: 0,
+    });
+
+    // 10,000 requests over kept-alive connections, HTTP/1.1 and HTTP/2.
+    const h1 = await run("h2load", ["-n", "10000", "-c", "50", "-t", "2", "--h1", url]);
+    assert.deepEqual(tally(h1.stdout), {
+      total: 10000,
+      succeeded: 10000,
+      failed: 0,
+      errored: 0,
+      timeout: 0,
+    });
+    const h2 = await run("h2load", ["-n", "10000", "-c", "20", "-m", "10", "-t", "2", url]);
+    assert.deepEqual(tally(h2.stdout), {
+      total: 10000,
+      succeeded: 10000,
+      failed: 0,
+      errored: 0,
+      timeout: 0,
+    });
+
+    await d.waitFor(() =>
+      d.logs.filter((l) => l.event === "connection" && l.outcome === "https").length >= 1074
+    );
+    assert.equal(d.logs.filter((l) => l.event === "connection" && l.outcome !== "https").length, 0);
+    assert.equal(
+      await d.settleFds(baseline, 15_000),
+      baseline,
+      "every injected fd was closed once",
+    );
+  } finally {
+    await d.stop();
+  }
+});
