@@ -134,6 +134,8 @@ export interface Config {
     readonly proxy: { readonly upstream: URL; readonly timeoutMs: number } | null;
     /** Files from this folder are served instead. */
     readonly static: string | null;
+    /** A file for the access log (Combined Log Format); null: none. */
+    readonly accessLog: string | null;
   };
   readonly services: ReadonlyMap<string, Service>;
   readonly routes: readonly Route[];
@@ -405,7 +407,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     }
   }
 
-  const served = r.keys(["https"], ["handler", "hsts", "proxy", "static"])
+  const served = r.keys(["https"], ["handler", "hsts", "proxy", "static", "access_log"])
     .filter((k) => k === "handler" || k === "proxy" || k === "static");
   if (served.length > 1) r.fail(["https", served[1]!], "give one of handler, proxy or static");
   let staticFolder: string | null = null;
@@ -560,7 +562,15 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     drainTimeoutMs,
     admin,
     tls,
-    https: { handler, hsts, proxy, static: staticFolder },
+    https: {
+      handler,
+      hsts,
+      proxy,
+      static: staticFolder,
+      accessLog: r.string(["https", "access_log"]) === undefined
+        ? null
+        : path(r.string(["https", "access_log"])!),
+    },
     services,
     routes,
     defaultRoute,
@@ -855,6 +865,7 @@ export function describeConfig(c: Config): Record<string, unknown> {
       proxy: c.https.proxy &&
         { upstream: c.https.proxy.upstream.href, timeout_ms: c.https.proxy.timeoutMs },
       static: c.https.static,
+      access_log: c.https.accessLog,
     },
     services: Object.fromEntries(
       [...c.services.values()].map((s) => [

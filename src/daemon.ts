@@ -43,6 +43,8 @@ interface Connection {
   readonly peeked: number;
   /** The server name of a TLS ClientHello, when a route looked for one. */
   readonly sni: string | null;
+  /** The ALPN protocols the ClientHello offered (same). */
+  readonly alpn: readonly string[];
   /** Logs the connection's one line. */
   readonly done: (outcome: Outcome, more?: Record<string, unknown>) => void;
 }
@@ -424,8 +426,17 @@ export class Daemon {
     const { route, reason, facts } = result.decision;
     Object.assign(fields, { route: route.name, action: route.action.kind, reason, ...facts });
 
-    const sni = facts.sni ?? null;
-    return await this.#act(route, { conn, fd, client, local, peeked: result.peeked, sni, done });
+    const { sni = null, alpn = [] } = facts;
+    return await this.#act(route, {
+      conn,
+      fd,
+      client,
+      local,
+      peeked: result.peeked,
+      sni,
+      alpn,
+      done,
+    });
   }
 
   /** Carries out a route's action; returns the relay it leaves running. */
@@ -443,7 +454,7 @@ export class Daemon {
             throw new Error("no HTTPS frontend");
           }
           const site = this.#https.pick(c.sni);
-          site.take(conn, fd, client);
+          site.take(conn, fd, client, c.alpn);
           return done("https", { delivery: site.mode });
         }
         case "handoff": {

@@ -16,6 +16,7 @@ import { type Address, addressText, displayAddress } from "./address.ts";
 import { detach } from "./conn_fd.ts";
 import type { Logger } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
+import type { AccessLog } from "./access_log.ts";
 import { pipeBoth } from "./pipe.ts";
 
 /** What a user module exports as default: the Deno convention. */
@@ -31,6 +32,8 @@ export interface HttpsOptions {
   readonly handler: HttpsHandler;
   /** A Strict-Transport-Security value for responses that set none. */
   readonly hsts: string | null;
+  /** The access log, if any (shared by the sites). */
+  readonly accessLog: AccessLog | null;
   readonly shim: Shim;
   readonly log: Logger;
   /** Counts answered requests by status. */
@@ -67,7 +70,19 @@ export function statusPageHandler(mode: () => HttpsMode): HttpsHandler {
   };
 }
 
-const MAX_PROXIED = 65536;
+const MAX_PEERS = 65536;
+
+/** What the internal server cannot see of a connection, portmux knows: the
+ * real client (behind a PROXY header or the bridge) and the HTTP version
+ * (Deno.serve takes h2 whenever the client offers it; handlers are not told). */
+interface PeerFacts {
+  readonly client: Address;
+  readonly version: "HTTP/2.0" | "HTTP/1.1";
+}
+
+function versionFor(alpn: readonly string[]): PeerFacts["version"] {
+  return alpn.includes("h2") ? "HTTP/2.0" : "HTTP/1.1";
+}
 
 function peerKey(a: Deno.NetAddr): string {
   const shown = displayAddress(a);
@@ -79,19 +94,21 @@ export class HttpsFrontend {
   readonly #log: Logger;
   readonly #server: Deno.HttpServer<Deno.NetAddr>;
   readonly #listenerFd: number | null;
-  readonly #bridged = new Map<number, Address>();
-  /** Inject mode: the real client of a socket whose peer is not the client
-   * (a load balancer that sent a PROXY header), keyed by that peer. Live
-   * sockets have distinct peers, and a reused peer overwrites its stale
-   * entry before its first request, so entries need no removal: the map
-   * is only bounded. */
-  readonly #proxied = new Map<string, Address>();
+  readonly #bridged = new Map<number, PeerFacts>();
+  /** Inject mode: facts of the sockets handed in, keyed by their peer, kept
+   * when there is an access log or a PROXY-protocol client. Live sockets
+   * have distinct peers, and a reused peer overwrites its stale entry
+   * before its first request, so entries need no removal: the map is only
+   * bounded. */
+  readonly #peers = new Map<string, PeerFacts>();
+  readonly #accessLog: AccessLog | null;
   readonly #bridges = new Set<Promise<void>>();
   #stopping: Promise<void> | null = null;
 
   private constructor(opts: HttpsOptions) {
     this.#shim = opts.shim;
     this.#log = opts.log;
+    this.#accessLog = opts.accessLog;
     this.#server = Deno.serve({
       hostname: "127.0.0.1",
       port: 0,
@@ -104,7 +121,28 @@ export class HttpsFrontend {
         return new Response("internal error\n", { status: 500 });
       },
     }, async (req, info) => {
-      const response = await this.#serve(opts.handler, req, info);
+      const facts = this.#facts(info.remoteAddr);
+      if (!facts) return new Response("connect through portmux\n", { status: 403 });
+      const remoteAddr = {
+        transport: "tcp" as const,
+        hostname: facts.client.address,
+        port: facts.client.port,
+      };
+      const response = await opts.handler.fetch(req, { remoteAddr, completed: info.completed });
+      if (this.#accessLog) {
+        const url = new URL(req.url);
+        const length = response.headers.get("content-length");
+        this.#accessLog.write({
+          client: facts.client.address,
+          method: req.method,
+          target: url.pathname + url.search,
+          version: facts.version,
+          status: response.status,
+          bytes: length === null ? null : Number(length),
+          referer: req.headers.get("referer"),
+          userAgent: req.headers.get("user-agent"),
+        });
+      }
       if (opts.hsts && !response.headers.has("strict-transport-security")) {
         try {
           response.headers.set("strict-transport-security", opts.hsts);
@@ -139,39 +177,34 @@ export class HttpsFrontend {
     return this.#server.addr.port;
   }
 
-  #serve(handler: HttpsHandler, req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) {
-    let remote = info.remoteAddr;
+  /** The facts of the connection with this peer; null for one that did not
+   * come through portmux (possible in bridge mode only: in inject mode the
+   * interposer drops strangers). */
+  #facts(remote: Deno.NetAddr): PeerFacts | null {
     if (this.#listenerFd === null) {
-      const client = this.#bridged.get(remote.port);
-      if (!client || remote.hostname !== "127.0.0.1") {
-        return new Response("connect through portmux\n", { status: 403 });
-      }
-      remote = { transport: "tcp", hostname: client.address, port: client.port };
-    } else {
-      const shown = this.#proxied.get(peerKey(remote)) ?? displayAddress(remote);
-      remote = { transport: "tcp", hostname: shown.address, port: shown.port };
+      return remote.hostname === "127.0.0.1" ? this.#bridged.get(remote.port) ?? null : null;
     }
-    return handler.fetch(req, { remoteAddr: remote, completed: info.completed });
+    return this.#peers.get(peerKey(remote)) ??
+      { client: displayAddress(remote), version: "HTTP/1.1" };
   }
 
   /** Hands a classified TLS connection to the internal server. The frontend
    * owns conn from here on, in success and failure (errors are thrown after
    * the connection was closed). */
-  take(conn: Deno.TcpConn, fd: number, client: Address): void {
+  take(conn: Deno.TcpConn, fd: number, client: Address, alpn: readonly string[]): void {
+    const facts: PeerFacts = { client, version: versionFor(alpn) };
     if (this.#listenerFd === null) {
-      const bridge = this.#bridge(conn, client);
+      const bridge = this.#bridge(conn, facts);
       this.#bridges.add(bridge);
       bridge.finally(() => this.#bridges.delete(bridge));
       return;
     }
     const peer = displayAddress(conn.remoteAddr);
-    if (peer.address !== client.address || peer.port !== client.port) {
+    if (this.#accessLog || peer.address !== client.address || peer.port !== client.port) {
       const key = peerKey(conn.remoteAddr);
-      this.#proxied.delete(key); // re-insert as the newest
-      this.#proxied.set(key, client);
-      if (this.#proxied.size > MAX_PROXIED) {
-        this.#proxied.delete(this.#proxied.keys().next().value!);
-      }
+      this.#peers.delete(key); // re-insert as the newest
+      this.#peers.set(key, facts);
+      if (this.#peers.size > MAX_PEERS) this.#peers.delete(this.#peers.keys().next().value!);
     }
     const owned = detach(this.#shim, conn, fd);
     try {
@@ -182,7 +215,8 @@ export class HttpsFrontend {
     }
   }
 
-  async #bridge(conn: Deno.TcpConn, client: Address): Promise<void> {
+  async #bridge(conn: Deno.TcpConn, facts: PeerFacts): Promise<void> {
+    const client = facts.client;
     let upstream: Deno.TcpConn;
     try {
       upstream = await Deno.connect({ hostname: "127.0.0.1", port: this.port });
@@ -192,7 +226,7 @@ export class HttpsFrontend {
       return;
     }
     const key = upstream.localAddr.port;
-    this.#bridged.set(key, client);
+    this.#bridged.set(key, facts);
     try {
       await pipeBoth(conn, upstream);
     } finally {

@@ -13,6 +13,7 @@ import { nameMatches, type NamePattern } from "./name_pattern.ts";
 import { reverseProxyHandler } from "./reverse_proxy.ts";
 import { selfSignedCertIn } from "./self_signed_cert.ts";
 import { staticFilesHandler } from "./static_files.ts";
+import { AccessLog } from "./access_log.ts";
 
 /** What the sites are made of: read from the files each time, so that a
  * reload notices a renewed certificate at the same path. */
@@ -22,6 +23,7 @@ export interface HttpsMaterial {
   readonly hsts: string | null;
   readonly proxy: Config["https"]["proxy"];
   readonly static: string | null;
+  readonly accessLog: string | null;
   /** Equal for equal material: a reload builds new sites only on a change. */
   readonly madeFrom: string;
 }
@@ -48,7 +50,9 @@ export async function readHttps(config: Config): Promise<HttpsMaterial | null> {
     hsts,
     proxy,
     static: config.https.static,
+    accessLog: config.https.accessLog,
     madeFrom: JSON.stringify([
+      config.https.accessLog,
       certificates,
       handler,
       module,
@@ -72,6 +76,7 @@ export class HttpsSites {
     log: Logger,
     metrics: Metrics,
   ): Promise<HttpsSites> {
+    const accessLog = m.accessLog ? new AccessLog(m.accessLog) : null;
     let first: HttpsFrontend | null = null;
     const handler: HttpsHandler = m.handler
       ? await loadHandlerModule(m.handler)
@@ -82,7 +87,16 @@ export class HttpsSites {
       : statusPageHandler(() => first?.mode ?? "inject");
     const sites = m.certificates.map(({ names, cert, key }) => ({
       names,
-      frontend: HttpsFrontend.start({ cert, key, handler, hsts: m.hsts, shim, log, metrics }),
+      frontend: HttpsFrontend.start({
+        cert,
+        key,
+        handler,
+        hsts: m.hsts,
+        accessLog,
+        shim,
+        log,
+        metrics,
+      }),
     }));
     first = sites[0]!.frontend;
     return new HttpsSites(m.madeFrom, sites);

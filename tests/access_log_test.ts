@@ -1,0 +1,75 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { combinedLine } from "../src/access_log.ts";
+import { run, startDaemon } from "./helpers/daemon.ts";
+
+Deno.test("combinedLine() writes the Combined Log Format, escaping what would break the line", () => {
+  const line = combinedLine({
+    client: "203.0.113.9",
+    method: "GET",
+    target: "/a?b=1",
+    version: "HTTP/2.0",
+    status: 200,
+    bytes: 42,
+    referer: null,
+    userAgent: 'evil "agent"\n\x01',
+  }, new Date(Date.UTC(2026, 10, 21, 6, 46, 3)));
+  assert.equal(
+    line,
+    '203.0.113.9 - - [21/Nov/2026:06:46:03 +0000] "GET /a?b=1 HTTP/2.0" 200 42 "-" "evil \\"agent\\"\\x0a\\x01"\n',
+  );
+});
+
+Deno.test("https.access_log gets a line per request, with the real client and the HTTP version", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-access-" });
+  const file = join(dir, "access.log");
+  const d = await startDaemon({
+    dataDir: dir,
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+tls: { self_signed: true }
+https: { access_log: ${JSON.stringify(file)} }
+routes: [{ name: web, match: { protocol: tls }, action: https }]
+`,
+  });
+  try {
+    const base = `https://127.0.0.1:${d.port}`;
+    const one = await run("curl", [
+      "-sk",
+      "--http1.1",
+      "-A",
+      "tester/1",
+      "-e",
+      "https://ref.example/",
+      "-w",
+      "%{local_port}",
+      "-o",
+      "/dev/null",
+      `${base}/one?x=1`,
+    ]);
+    const two = await run("curl", [
+      "-sk",
+      "--http2",
+      "-A",
+      "tester/2",
+      "-o",
+      "/dev/null",
+      `${base}/two`,
+    ]);
+    assert.equal(two.code, 0);
+    let lines: string[] = [];
+    for (let i = 0; i < 50 && lines.length < 2; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      lines = (await Deno.readTextFile(file).catch(() => "")).split("\n").filter(Boolean);
+    }
+    assert.equal(lines.length, 2);
+    assert.match(
+      lines[0]!,
+      /^127\.0\.0\.1 - - \[\d\d\/\w{3}\/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET \/one\?x=1 HTTP\/1\.1" 200 (\d+|-) "https:\/\/ref\.example\/" "tester\/1"$/,
+    );
+    assert.match(lines[1]!, /"GET \/two HTTP\/2\.0" 200 (\d+|-) "-" "tester\/2"$/);
+    assert.ok(Number(one.stdout) > 0);
+  } finally {
+    await d.stop();
+  }
+});
