@@ -5,7 +5,7 @@
  */
 import { join } from "node:path";
 import { readAtLeast, writeAll } from "../tests/helpers/client.ts";
-import { run } from "../tests/helpers/daemon.ts";
+import { freePort, run } from "../tests/helpers/daemon.ts";
 
 export const ROOT = new URL("../", import.meta.url).pathname;
 export const SECONDS = Number(Deno.env.get("BENCH_SECONDS") ?? 2);
@@ -180,4 +180,33 @@ routes:
   - { name: web, match: { protocol: tls }, action: https }
   - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }
 `;
+}
+
+/** The echo service every private-protocol bench talks to: on a TCP port
+ * (direct) and on a Unix socket in dir (handed off by portmux). */
+export async function startEchoService(dir: string) {
+  const socket = join(dir, "echo.sock");
+  const port = freePort();
+  const child = await spawnReady("bench/echo_service.ts", [
+    "--tcp-port",
+    String(port),
+    "--socket",
+    socket,
+  ]);
+  return { port, socket, child };
+}
+
+/** The direct HTTPS baseline: Deno.serve alone, with the certificate portmux
+ * made in dir (start portmux first). */
+export async function startHttpsBackend(dir: string) {
+  const port = freePort();
+  const child = await spawnReady("bench/https_direct.ts", [
+    "--port",
+    String(port),
+    "--cert",
+    join(dir, "self-signed-cert.pem"),
+    "--key",
+    join(dir, "self-signed-key.pem"),
+  ]);
+  return { port, child };
 }

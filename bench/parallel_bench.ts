@@ -11,20 +11,16 @@ import {
   httpsLoad,
   median,
   SECONDS,
-  spawnReady,
+  startEchoService,
   startPortmux,
 } from "./load.ts";
 import { machineLine, writeSection } from "./results.ts";
 
 const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 3);
 const dir = await Deno.makeTempDir({ prefix: "portmux-bench-parallel-" });
-const socket = join(dir, "echo.sock");
-const echo = await spawnReady("bench/echo_service.ts", [
-  "--tcp-port",
-  String(freePort()),
-  "--socket",
-  socket,
-]);
+const echoService = await startEchoService(dir);
+const { socket } = echoService;
+const echo = echoService.child;
 const ports = { one: freePort(), two: freePort() };
 const one = await startPortmux(join(dir, "1"), benchConfig(ports.one, dir, socket), 1);
 const two = await startPortmux(join(dir, "2"), benchConfig(ports.two, dir, socket), 2);

@@ -19,7 +19,7 @@
 import { join } from "node:path";
 import { freePort, run } from "../tests/helpers/daemon.ts";
 import { waitForPort } from "../tests/helpers/peers.ts";
-import { benchConfig, ROOT, spawnReady, startPortmux } from "./load.ts";
+import { benchConfig, ROOT, startEchoService, startHttpsBackend, startPortmux } from "./load.ts";
 import { machineLine, writeSection } from "./results.ts";
 
 const SECONDS = Number(Deno.env.get("BENCH_SECONDS") ?? 3);
@@ -118,28 +118,16 @@ const privload = join(dir, "privload");
 const built = await run("cc", ["-O2", "-pthread", "-o", privload, join(ROOT, "bench/privload.c")]);
 if (built.code !== 0) throw new Error(`building privload: ${built.stderr}`);
 
-const socket = join(dir, "echo.sock");
-const echoPort = freePort();
-const echo = await spawnReady("bench/echo_service.ts", [
-  "--tcp-port",
-  String(echoPort),
-  "--socket",
-  socket,
-]);
+const echoService = await startEchoService(dir);
+const { port: echoPort, socket } = echoService;
+const echo = echoService.child;
 const portmuxPort = freePort();
 // One worker: the same single Deno.serve as the direct backend (with more
 // workers portmux would have more cores for HTTPS than the baseline).
 const portmux = await startPortmux(join(dir, "portmux"), benchConfig(portmuxPort, dir, socket), 1);
-const certFile = join(dir, "self-signed-cert.pem");
-const backendPort = freePort();
-const backend = await spawnReady("bench/https_direct.ts", [
-  "--port",
-  String(backendPort),
-  "--cert",
-  certFile,
-  "--key",
-  join(dir, "self-signed-key.pem"),
-]);
+const https = await startHttpsBackend(dir);
+const backendPort = https.port;
+const backend = https.child;
 
 const nginxPort = freePort();
 await Deno.writeTextFile(

@@ -23,7 +23,8 @@ import {
   median,
   SECONDS,
   sequentialLatency,
-  spawnReady,
+  startEchoService,
+  startHttpsBackend,
   startPortmux,
 } from "./load.ts";
 import { machineLine, writeSection } from "./results.ts";
@@ -50,25 +51,14 @@ interface Row {
 }
 
 const dir = await Deno.makeTempDir({ prefix: "portmux-bench-" });
-const socket = join(dir, "echo.sock");
-const echoPort = freePort();
-const echo = await spawnReady("bench/echo_service.ts", [
-  "--tcp-port",
-  String(echoPort),
-  "--socket",
-  socket,
-]);
+const echoService = await startEchoService(dir);
+const { port: echoPort, socket } = echoService;
+const echo = echoService.child;
 const portmuxPort = freePort();
 const daemon = await startPortmux(dir, benchConfig(portmuxPort, dir, socket));
-const httpsPort = freePort();
-const httpsDirect = await spawnReady("bench/https_direct.ts", [
-  "--port",
-  String(httpsPort),
-  "--cert",
-  join(dir, "self-signed-cert.pem"),
-  "--key",
-  join(dir, "self-signed-key.pem"),
-]);
+const backend = await startHttpsBackend(dir);
+const httpsPort = backend.port;
+const httpsDirect = backend.child;
 const caCert = await Deno.readTextFile(join(dir, "self-signed-cert.pem"));
 
 const rows: Row[] = [];
