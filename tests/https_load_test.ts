@@ -4,7 +4,9 @@
  * twice would show as a failed request or a leaked fd.
  */
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { run, startDaemon } from "./helpers/daemon.ts";
+import { makeSelfSignedCert } from "../src/self_signed_cert.ts";
 
 /** h2load's request tally: "requests: N total, ..., S succeeded, F failed, E errored". */
 function tally(out: string) {
@@ -12,7 +14,13 @@ function tally(out: string) {
     /requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout/
       .exec(out);
   if (!m) throw new Error(`no tally in h2load's output:\n${out}`);
-  const [total, succeeded, failed, errored, timeout] = m.slice(1).map(Number);
+  const [total, succeeded, failed, errored, timeout] = m.slice(1).map(Number) as [
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
   return { total, succeeded, failed, errored, timeout };
 }
 
@@ -55,6 +63,65 @@ routes: [{ name: web, match: { protocol: tls }, action: https }]
       baseline,
       "every injected fd was closed once",
     );
+  } finally {
+    await d.stop();
+  }
+});
+
+Deno.test("a reload with a new certificate under load fails no request, old connections or new", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-reload-load-" });
+  const writeCert = async () => {
+    const { cert, key } = await makeSelfSignedCert();
+    await Deno.writeTextFile(join(dir, "key.pem"), key);
+    await Deno.writeTextFile(join(dir, "cert.pem"), cert);
+  };
+  await writeCert();
+  const d = await startDaemon({
+    dataDir: dir,
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+limits: { max_per_source: 5000 }
+tls: { cert: ${JSON.stringify(join(dir, "cert.pem"))}, key: ${
+      JSON.stringify(join(dir, "key.pem"))
+    } }
+routes: [{ name: web, match: { protocol: tls }, action: https }]
+`,
+  });
+  try {
+    const url = `https://127.0.0.1:${d.port}/`;
+    const t0 = Date.now();
+    // For 3 s: keep-alive connections made before the reload...
+    const keptAlive = run("h2load", ["-D", "3", "-c", "20", "-t", "2", "--h1", url]);
+    // ...and a new TLS connection for every request, across it.
+    const fresh = (async () => {
+      const codes: { at: number; code: string }[] = [];
+      while (Date.now() - t0 < 2500) {
+        const r = await run("curl", ["-sk", "-o", "/dev/null", "-w", "%{http_code}", url]);
+        codes.push({ at: Date.now(), code: r.stdout });
+      }
+      return codes;
+    })();
+    await new Promise((r) => setTimeout(r, 1000));
+    await writeCert();
+    Deno.kill(d.pid, "SIGHUP");
+
+    const counts = tally((await keptAlive).stdout);
+    assert.ok(counts.total > 1000, `a real load: ${counts.total} requests`);
+    assert.deepEqual(counts, {
+      ...counts,
+      succeeded: counts.total,
+      failed: 0,
+      errored: 0,
+      timeout: 0,
+    });
+    const codes = await fresh;
+    assert.deepEqual(codes.filter((c) => c.code !== "200"), [], "every new connection answered");
+    const reloadedAt = Date.parse(String((await d.waitFor((l) => l.event === "reloaded")).time));
+    assert.ok(
+      reloadedAt > t0 + 500 && reloadedAt < t0 + 2500,
+      "the reload happened during the load",
+    );
+    assert.ok(codes.some((c) => c.at < reloadedAt) && codes.some((c) => c.at > reloadedAt + 100));
   } finally {
     await d.stop();
   }
