@@ -461,8 +461,16 @@ static int pop_locked(struct injected_listener *l) {
   return fd;
 }
 
+/* Closes with a reset (SO_LINGER 0): a waker carries no data, so there is
+ * nothing to flush, and no TIME_WAIT is left behind per injected burst. */
+static void close_abruptly(int fd) {
+  struct linger now = {.l_onoff = 1, .l_linger = 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &now, sizeof now);
+  close(fd);
+}
+
 static void close_waker_locked(int i) {
-  close(wakers[i].fd);
+  close_abruptly(wakers[i].fd);
   wakers[i] = wakers[--waker_count];
 }
 
@@ -499,7 +507,7 @@ static int pm_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int fla
     int port = ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
              : ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
              : -1;
-    close(c);
+    close_abruptly(c);
     pthread_mutex_lock(&inject_lock);
     for (int i = 0; i < waker_count; i++)
       if (wakers[i].listener_fd == fd && wakers[i].port == port) {
