@@ -210,3 +210,19 @@ export async function startHttpsBackend(dir: string) {
   ]);
   return { port, child };
 }
+
+/** Starts a peer with no output. */
+export function spawnQuiet(cmd: string, args: string[]): Deno.ChildProcess {
+  return new Deno.Command(cmd, { args, stdin: "null", stdout: "null", stderr: "null" }).spawn();
+}
+
+/** Stops a child (that may have exited already) and waits for it. */
+export async function stopChild(
+  child: Deno.ChildProcess,
+  signal: Deno.Signal = "SIGTERM",
+): Promise<void> {
+  try {
+    child.kill(signal);
+  } catch { /* it exited already */ }
+  await child.status;
+}

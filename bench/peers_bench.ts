@@ -19,7 +19,16 @@
 import { join } from "node:path";
 import { freePort, run } from "../tests/helpers/daemon.ts";
 import { waitForPort } from "../tests/helpers/peers.ts";
-import { benchConfig, ROOT, startEchoService, startHttpsBackend, startPortmux } from "./load.ts";
+import {
+  benchConfig,
+  median,
+  ROOT,
+  spawnQuiet,
+  startEchoService,
+  startHttpsBackend,
+  startPortmux,
+  stopChild,
+} from "./load.ts";
 import { machineLine, writeSection } from "./results.ts";
 
 const SECONDS = Number(Deno.env.get("BENCH_SECONDS") ?? 3);
@@ -98,17 +107,6 @@ function rssMiB(root: number): number {
     } catch { /* gone */ }
   }
   return sum / 1024;
-}
-
-function spawnQuiet(cmd: string, args: string[]): Deno.ChildProcess {
-  return new Deno.Command(cmd, { args, stdin: "null", stdout: "null", stderr: "null" }).spawn();
-}
-
-async function stopChild(child: Deno.ChildProcess): Promise<void> {
-  try {
-    child.kill("SIGTERM");
-  } catch { /* exited */ }
-  await child.status;
 }
 
 // ---- the set-up ---------------------------------------------------------
@@ -295,7 +293,6 @@ interface Row {
   idle: string;
 }
 const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 3);
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 /** Measures every target ROUNDS times, targets interleaved (the machine is
  * shared and noisy: each round sees the same conditions for all), and keeps

@@ -17,14 +17,12 @@ import { join } from "node:path";
 import { freePort, run, startDaemon, type TestDaemon } from "../tests/helpers/daemon.ts";
 import { readAtLeast, writeAll } from "../tests/helpers/client.ts";
 import { waitForPort } from "../tests/helpers/peers.ts";
+import { median, ROOT, spawnQuiet, stopChild } from "./load.ts";
 import { machineLine, writeSection } from "./results.ts";
 
-const ROOT = new URL("../", import.meta.url).pathname;
 const LOAD = join(ROOT, "tests/services/load_clients.py");
 const IDLE = Number(Deno.env.get("BENCH_IDLE") ?? 10_000);
 const enc = new TextEncoder();
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
 
 function rssMiB(pid: number): number {
   return Number(/VmRSS:\s+(\d+) kB/.exec(Deno.readTextFileSync(`/proc/${pid}/status`))![1]) / 1024;
@@ -44,7 +42,7 @@ async function holdClients(port: number, silent: number, drip: number) {
   return {
     refused: held.refused as number,
     async release() {
-      await stopChild(child); // it may have ended: the server closed them all
+      await stopChild(child, "SIGKILL"); // it may have ended: the server closed them all
       await reader.cancel().catch(() => {});
     },
   };
@@ -136,17 +134,6 @@ interface Contender {
   name: string;
   port: number;
   stop(): Promise<void>;
-}
-
-async function stopChild(child: Deno.ChildProcess): Promise<void> {
-  try {
-    child.kill("SIGKILL");
-  } catch { /* it died already */ }
-  await child.status;
-}
-
-function spawnQuiet(cmd: string, args: string[]): Deno.ChildProcess {
-  return new Deno.Command(cmd, { args, stdout: "null", stderr: "null", stdin: "null" }).spawn();
 }
 
 async function startContenders(backendPort: number, dir: string): Promise<Contender[]> {
