@@ -640,12 +640,3 @@ PM_EXPORT int pm_inject_unregister(int listener_fd) {
   pthread_mutex_unlock(&inject_lock);
   return closed;
 }
-
-/* How many fds wait in the listener's queue (for tests and metrics). */
-PM_EXPORT int pm_inject_pending(int listener_fd) {
-  pthread_mutex_lock(&inject_lock);
-  struct injected_listener *l = find_listener(listener_fd);
-  int n = l ? l->len : -ENOENT;
-  pthread_mutex_unlock(&inject_lock);
-  return n;
-}

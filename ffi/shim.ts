@@ -60,8 +60,6 @@ const SYMBOLS = {
   pm_inject_push: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_inject_unregister(int listener_fd)
   pm_inject_unregister: { parameters: ["i32"], result: "i32" },
-  // int pm_inject_pending(int listener_fd)
-  pm_inject_pending: { parameters: ["i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** Linux errno numbers the shim can return, by name. */
@@ -327,9 +325,5 @@ export class Shim {
    * and returns how many. */
   injectUnregister(listenerFd: number): number {
     return check("inject_unregister", this.#lib.symbols.pm_inject_unregister(listenerFd));
-  }
-
-  injectPending(listenerFd: number): number {
-    return check("inject_pending", this.#lib.symbols.pm_inject_pending(listenerFd));
   }
 }

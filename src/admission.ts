@@ -61,9 +61,4 @@ export class Admission {
     this.count(source, +1);
     return new Lease(this, source);
   }
-
-  /** Sources currently counted (for tests and metrics). */
-  get sources(): number {
-    return this.#perSource.size;
-  }
 }

@@ -254,11 +254,6 @@ export class Daemon {
     });
   }
 
-  /** The bound addresses (useful when the config asked for port 0). */
-  get addresses(): Deno.NetAddr[] {
-    return [...this.#listeners.values()].map((e) => e.listener.addr);
-  }
-
   get httpsMode(): string | null {
     return this.#https?.mode ?? null;
   }
