@@ -15,7 +15,7 @@ import type { Shim } from "../ffi/shim.ts";
 import { type Address, addressText, displayAddress } from "./address.ts";
 import { detach } from "./conn_fd.ts";
 import type { Logger } from "./log.ts";
-import type { Metrics } from "./metrics.ts";
+import type { CounterSeries, Metrics } from "./metrics.ts";
 import type { AccessLog } from "./access_log.ts";
 import { pipeBoth } from "./pipe.ts";
 
@@ -90,8 +90,10 @@ function peerKey(a: Deno.NetAddr): string {
 }
 
 export class HttpsFrontend {
+  readonly #opts: HttpsOptions;
   readonly #shim: Shim;
   readonly #log: Logger;
+  readonly #requestSeries = new Map<number, CounterSeries>();
   readonly #server: Deno.HttpServer<Deno.NetAddr>;
   readonly #listenerFd: number | null;
   readonly #bridged = new Map<number, PeerFacts>();
@@ -106,6 +108,7 @@ export class HttpsFrontend {
   #stopping: Promise<void> | null = null;
 
   private constructor(opts: HttpsOptions) {
+    this.#opts = opts;
     this.#shim = opts.shim;
     this.#log = opts.log;
     this.#accessLog = opts.accessLog;
@@ -117,40 +120,10 @@ export class HttpsFrontend {
       onListen: () => {},
       onError: (e) => {
         this.#log.error("https-handler-error", { error: String(e) });
-        opts.metrics.inc("portmux_https_requests_total", { code: "500" });
+        this.#requestsBy(500).inc();
         return new Response("internal error\n", { status: 500 });
       },
-    }, async (req, info) => {
-      const facts = this.#facts(info.remoteAddr);
-      if (!facts) return new Response("connect through portmux\n", { status: 403 });
-      const remoteAddr = {
-        transport: "tcp" as const,
-        hostname: facts.client.address,
-        port: facts.client.port,
-      };
-      const response = await opts.handler.fetch(req, { remoteAddr, completed: info.completed });
-      if (this.#accessLog) {
-        const url = new URL(req.url);
-        const length = response.headers.get("content-length");
-        this.#accessLog.write({
-          client: facts.client.address,
-          method: req.method,
-          target: url.pathname + url.search,
-          version: facts.version,
-          status: response.status,
-          bytes: length === null ? null : Number(length),
-          referer: req.headers.get("referer"),
-          userAgent: req.headers.get("user-agent"),
-        });
-      }
-      if (opts.hsts && !response.headers.has("strict-transport-security")) {
-        try {
-          response.headers.set("strict-transport-security", opts.hsts);
-        } catch { /* immutable headers (a fetched response): left as they are */ }
-      }
-      opts.metrics.inc("portmux_https_requests_total", { code: String(response.status) });
-      return response;
-    });
+    }, (req, info) => this.#request(req, info));
     if (this.#shim.interposerActive()) {
       this.#listenerFd = this.#shim.injectRegister(this.port);
       this.#log.info("https-ready", { delivery: "inject", internal_port: this.port });
@@ -162,6 +135,68 @@ export class HttpsFrontend {
       });
       this.#log.info("https-ready", { delivery: "bridge", internal_port: this.port });
     }
+  }
+
+  /** One request. The handler sees the real client; the response gets HSTS,
+   * is counted and logged. It stays synchronous when the handler is:
+   * Deno.serve answers a returned Response sooner than a promise. */
+  #request(
+    req: Request,
+    info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+  ): Response | Promise<Response> {
+    // Injected sockets are the clients' own, so with no PROXY-protocol client
+    // and no access log there is nothing to look up: info is already true.
+    const facts = this.#listenerFd !== null && this.#peers.size === 0 && !this.#accessLog
+      ? null
+      : this.#facts(info.remoteAddr);
+    if (facts === undefined) return new Response("connect through portmux\n", { status: 403 });
+    const result = this.#opts.handler.fetch(
+      req,
+      facts
+        ? {
+          remoteAddr: { transport: "tcp", hostname: facts.client.address, port: facts.client.port },
+          completed: info.completed,
+        }
+        : info,
+    );
+    return result instanceof Response
+      ? this.#answered(req, result, facts)
+      : Promise.resolve(result).then((r) => this.#answered(req, r, facts));
+  }
+
+  #answered(req: Request, response: Response, facts: PeerFacts | null): Response {
+    if (this.#accessLog && facts) {
+      const url = new URL(req.url);
+      const length = response.headers.get("content-length");
+      this.#accessLog.write({
+        client: facts.client.address,
+        method: req.method,
+        target: url.pathname + url.search,
+        version: facts.version,
+        status: response.status,
+        bytes: length === null ? null : Number(length),
+        referer: req.headers.get("referer"),
+        userAgent: req.headers.get("user-agent"),
+      });
+    }
+    const hsts = this.#opts.hsts;
+    if (hsts && !response.headers.has("strict-transport-security")) {
+      try {
+        response.headers.set("strict-transport-security", hsts);
+      } catch { /* immutable headers (a fetched response): left as they are */ }
+    }
+    this.#requestsBy(response.status).inc();
+    return response;
+  }
+
+  /** The request counter of a status code. */
+  #requestsBy(status: number): CounterSeries {
+    let series = this.#requestSeries.get(status);
+    if (!series) {
+      series = this.#opts.metrics.series("portmux_https_requests_total", { code: String(status) });
+      this.#requestSeries.set(status, series);
+    }
+    return series;
   }
 
   static start(opts: HttpsOptions): HttpsFrontend {
@@ -177,12 +212,12 @@ export class HttpsFrontend {
     return this.#server.addr.port;
   }
 
-  /** The facts of the connection with this peer; null for one that did not
-   * come through portmux (possible in bridge mode only: in inject mode the
-   * interposer drops strangers). */
-  #facts(remote: Deno.NetAddr): PeerFacts | null {
+  /** The facts of the connection with this peer; undefined for one that did
+   * not come through portmux (possible in bridge mode only: in inject mode
+   * the interposer drops strangers). */
+  #facts(remote: Deno.NetAddr): PeerFacts | undefined {
     if (this.#listenerFd === null) {
-      return remote.hostname === "127.0.0.1" ? this.#bridged.get(remote.port) ?? null : null;
+      return remote.hostname === "127.0.0.1" ? this.#bridged.get(remote.port) : undefined;
     }
     return this.#peers.get(peerKey(remote)) ??
       { client: displayAddress(remote), version: "HTTP/1.1" };

@@ -13,6 +13,10 @@ function labelText(labels: Labels): string {
   return parts.length ? `{${parts.join(",")}}` : "";
 }
 
+export interface CounterSeries {
+  inc(by?: number): void;
+}
+
 interface Family {
   readonly help: string;
   readonly values: Map<string, number>; // label text -> value
@@ -39,6 +43,19 @@ export class Metrics {
     const n = (family.values.get(key) ?? 0) + by;
     family.values.set(key, n);
     return n;
+  }
+
+  /** A counter series with fixed labels, resolved once: hot paths count
+   * with it and skip building the label text each time. */
+  series(name: string, labels: Labels = {}): CounterSeries {
+    let family = this.#counters.get(name);
+    if (!family) this.#counters.set(name, family = { help: name, values: new Map() });
+    const values = family.values, key = labelText(labels);
+    return {
+      inc: (by = 1) => {
+        values.set(key, (values.get(key) ?? 0) + by);
+      },
+    };
   }
 
   gauge(name: string, help: string, read: () => number): void {
