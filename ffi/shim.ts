@@ -114,6 +114,18 @@ function cstr(s: string): Uint8Array<ArrayBuffer> {
   return encoder.encode(s + "\0");
 }
 
+/** Addresses as C strings, kept: the same few (our listeners, busy clients)
+ * come back on every connection. The C side only reads them. */
+const hostStrings = new Map<string, Uint8Array<ArrayBuffer>>();
+function hostCstr(host: string): Uint8Array<ArrayBuffer> {
+  let c = hostStrings.get(host);
+  if (!c) {
+    if (hostStrings.size >= 4096) hostStrings.clear();
+    hostStrings.set(host, c = cstr(host));
+  }
+  return c;
+}
+
 /** Where the library is: PORTMUX_SHIM, else the copy named in LD_PRELOAD
  * (so dlopen reaches the preloaded instance), else the build folder. */
 export function shimPath(): string {
@@ -181,9 +193,9 @@ export class Shim {
       "verify_fd",
       this.#lib.symbols.pm_verify_fd(
         fd,
-        cstr(local.hostname),
+        hostCstr(local.hostname),
         local.port,
-        cstr(peer.hostname),
+        hostCstr(peer.hostname),
         peer.port,
       ),
     ) === 1;

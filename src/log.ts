@@ -33,6 +33,15 @@ export function formatText(entry: Fields & { time: string; level: string; event:
 }
 
 const encoder = new TextEncoder();
+
+let isoAt = 0, iso = "";
+/** The time as ISO 8601, formatted once per millisecond (lines come in
+ * bursts). */
+function isoNow(): string {
+  const now = Date.now();
+  if (now !== isoAt) [isoAt, iso] = [now, new Date(now).toISOString()];
+  return iso;
+}
 const FLUSH_AT = 64 * 1024; // characters held before writing anyway
 
 export class Logger {
@@ -71,7 +80,7 @@ export class Logger {
   #write(level: LogLevel, event: string, fields: Fields): void {
     const rank = LOG_LEVELS.indexOf(level);
     if (rank < this.#min) return;
-    const entry = { time: new Date().toISOString(), level, event, ...this.#context, ...fields };
+    const entry = { time: isoNow(), level, event, ...this.#context, ...fields };
     const line = (this.#format === "json" ? JSON.stringify(entry) : formatText(entry)) + "\n";
     this.#pending.push(line);
     this.#pendingChars += line.length;

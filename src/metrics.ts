@@ -6,11 +6,19 @@
 
 type Labels = Readonly<Record<string, string>>;
 
+const NEEDS_ESCAPE = /[\\"\n]/;
+
+function labelValue(v: string): string {
+  return NEEDS_ESCAPE.test(v)
+    ? v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n")
+    : v;
+}
+
+/** {k="v",...}; built on every count, so kept to plain string work. */
 function labelText(labels: Labels): string {
-  const parts = Object.entries(labels).map(([k, v]) =>
-    `${k}="${v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n")}"`
-  );
-  return parts.length ? `{${parts.join(",")}}` : "";
+  let text = "";
+  for (const k in labels) text += `${text ? "," : ""}${k}="${labelValue(labels[k]!)}"`;
+  return text ? `{${text}}` : "";
 }
 
 export interface CounterSeries {

@@ -79,3 +79,17 @@ routes:
     await d.stop();
   }
 });
+
+Deno.test("label values are escaped as the Prometheus text format asks, and a series counts with the same labels as inc", async () => {
+  const { Metrics } = await import("../src/metrics.ts");
+  const m = new Metrics();
+  m.inc("t_total", { route: 'a"b\\c\nd', outcome: "ok" });
+  const s = m.series("t_total", { route: "web", outcome: "https" });
+  s.inc();
+  s.inc(2);
+  m.inc("t_total", { route: "web", outcome: "https" });
+  const text = m.render();
+  assert.ok(text.includes('t_total{route="a\\"b\\\\c\\nd",outcome="ok"} 1\n'), text);
+  assert.ok(text.includes('t_total{route="web",outcome="https"} 4\n'), text);
+  assert.equal(m.snapshot()["t_total"], undefined); // only labelled series
+});
