@@ -29,7 +29,7 @@ import {
   startPortmux,
   stopChild,
 } from "./load.ts";
-import { machineLine, writeSection } from "./results.ts";
+import { formatInPlace, machineLine, writeSection } from "./results.ts";
 
 const SECONDS = Number(Deno.env.get("BENCH_SECONDS") ?? 3);
 const IDLE = Number(Deno.env.get("BENCH_IDLE") ?? 10_000);
@@ -396,6 +396,7 @@ const text = [
 console.log(text);
 await writeSection("peers", text);
 await Deno.writeTextFile(join(ROOT, "bench/peers.svg"), chart());
+await formatInPlace(join(ROOT, "bench/peers.svg"));
 console.error(`written to ${join(ROOT, "bench/peers.svg")}`);
 
 /** A grouped bar chart of the ratios to direct. */

@@ -15,7 +15,15 @@ export async function writeSection(name: string, text: string): Promise<void> {
     ? old.slice(0, i) + section + old.slice(j + end.length)
     : `${old.trimEnd()}\n\n${section}\n`;
   await Deno.writeTextFile(FILE, next);
+  await formatInPlace(FILE.pathname);
   console.error(`written to ${FILE.pathname} (${name})`);
+}
+
+/** Formats a written file as `deno fmt` would (the test task checks the
+ * format of everything in the repository, bench results included). */
+export async function formatInPlace(path: string): Promise<void> {
+  const r = await new Deno.Command(Deno.execPath(), { args: ["fmt", "--quiet", path] }).output();
+  if (!r.success) throw new Error(`deno fmt ${path}: ${new TextDecoder().decode(r.stderr)}`);
 }
 
 /** A line saying when and on what a figure was measured. */
