@@ -148,6 +148,93 @@ PM_EXPORT int pm_find_fd(const char *local_host, int local_port,
   return found;
 }
 
+/* ---------- accepting in the shim ---------- */
+
+/* Our listening socket on port (and, if family is not 0, on that address),
+ * found among the process's fds: the runtime does not expose a listener's
+ * fd. Returns the fd or -ENOENT. */
+static int find_listening_fd(int family, const uint8_t bytes[16], int port) {
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return -errno;
+  int found = -ENOENT, dfd = dirfd(d);
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    int fd = atoi(e->d_name), listening = 0;
+    socklen_t ol = sizeof listening;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (fd == dfd || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ol) < 0 ||
+        !listening || getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+      continue;
+    int p = ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
+          : ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+          : -1;
+    if (p == port && (family == 0 || addr_equals(&ss, family, bytes, port))) {
+      found = fd;
+      break;
+    }
+  }
+  closedir(d);
+  return found;
+}
+
+/* The fd of our TCP listener on host:port, or -ENOENT. */
+PM_EXPORT int pm_listener_fd(const char *host, int port) {
+  int family;
+  uint8_t bytes[16];
+  if (parse_host(host, &family, bytes) < 0) return -EINVAL;
+  return find_listening_fd(family, bytes, port);
+}
+
+/* Writes "address" of a sockaddr into out (PM_ADDR_TEXT bytes, NUL-ended)
+ * and returns its port. */
+#define PM_ADDR_TEXT 48
+static int addr_text(const struct sockaddr_storage *ss, char out[PM_ADDR_TEXT]) {
+  out[0] = 0;
+  if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    inet_ntop(AF_INET, &a->sin_addr, out, PM_ADDR_TEXT);
+    return ntohs(a->sin_port);
+  }
+  const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+  inet_ntop(AF_INET6, &a->sin6_addr, out, PM_ADDR_TEXT);
+  return ntohs(a->sin6_port);
+}
+
+/* Accepts, without waiting, up to max connections queued on listener (non-
+ * blocking, close-on-exec sockets). For each, out holds a PM_ACCEPTED-byte
+ * entry: int32 fd, int32 peer port, int32 local port, the peer address
+ * and the local address as text (PM_ADDR_TEXT bytes each). Returns how
+ * many were accepted; 0 when none was waiting; -errno when accept fails
+ * before any (the caller retries later, as with any accept error). */
+#define PM_ACCEPTED (12 + 2 * PM_ADDR_TEXT)
+PM_EXPORT int pm_accept_batch(int listener, uint8_t *out, int max) {
+  int n = 0;
+  while (n < max) {
+    struct sockaddr_storage peer, local;
+    socklen_t pl = sizeof peer, ll = sizeof local;
+    int c = accept4(listener, (struct sockaddr *)&peer, &pl, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (c < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (errno == ECONNABORTED || errno == EINTR) continue; /* the client left: next */
+      return n > 0 ? n : -errno;
+    }
+    if (getsockname(c, (struct sockaddr *)&local, &ll) < 0) {
+      close(c); /* cannot happen on a socket accept4 just made; never hand it out */
+      continue;
+    }
+    uint8_t *e = out + (size_t)n * PM_ACCEPTED;
+    int32_t head[3];
+    head[0] = c;
+    head[1] = addr_text(&peer, (char *)e + 12);
+    head[2] = addr_text(&local, (char *)e + 12 + PM_ADDR_TEXT);
+    memcpy(e, head, sizeof head);
+    n++;
+  }
+  return n;
+}
+
 /* ---------- sending and receiving fds (SCM_RIGHTS) ---------- */
 
 /* Opens a channel to a service: a non-blocking connection to its Unix
@@ -537,24 +624,7 @@ PM_EXPORT int pm_interposer_active(void) {
 /* Registers the internal listener on 127.0.0.1:port (or [::1]:port) for
  * injection. Returns its fd. */
 PM_EXPORT int pm_inject_register(int port) {
-  DIR *d = opendir("/proc/self/fd");
-  if (!d) return -errno;
-  int found = -ENOENT;
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    int fd = atoi(e->d_name), listening = 0;
-    socklen_t ol = sizeof listening;
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ol) < 0 || !listening) continue;
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) continue;
-    int p = ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
-          : ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
-          : -1;
-    if (p == port) { found = fd; break; }
-  }
-  closedir(d);
+  int found = find_listening_fd(0, NULL, port);
   if (found < 0) return found;
   pthread_mutex_lock(&inject_lock);
   if (!find_listener(found)) {

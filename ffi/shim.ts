@@ -15,6 +15,10 @@ const SYMBOLS = {
   pm_verify_fd: { parameters: ["i32", "buffer", "i32", "buffer", "i32"], result: "i32" },
   // int pm_find_fd(char *local_host, int local_port, char *peer_host, int peer_port)
   pm_find_fd: { parameters: ["buffer", "i32", "buffer", "i32"], result: "i32" },
+  // int pm_listener_fd(char *host, int port)
+  pm_listener_fd: { parameters: ["buffer", "i32"], result: "i32" },
+  // int pm_accept_batch(int listener, uint8_t *out, int max)
+  pm_accept_batch: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   // int pm_channel_open(char *path, int uid, int gid, int pid)
   pm_channel_open: { parameters: ["buffer", "i32", "i32", "i32"], result: "i32" },
   // int pm_channel_send(int chan, int fd, uint8_t *payload, int len)
@@ -126,6 +130,25 @@ function hostCstr(host: string): Uint8Array<ArrayBuffer> {
   return c;
 }
 
+/** pm_accept_batch's entry: fd, peer port, local port, then both
+ * addresses as NUL-ended text of ADDR_TEXT bytes. */
+const ADDR_TEXT = 48;
+const ACCEPTED_BYTES = 12 + 2 * ADDR_TEXT;
+
+/** A NUL-ended ASCII string at `at` (addresses: digits, dots, colons). */
+function cText(buf: Uint8Array, at: number): string {
+  let s = "";
+  for (let i = at; buf[i] !== 0 && i < at + ADDR_TEXT; i++) s += String.fromCharCode(buf[i]!);
+  return s;
+}
+
+/** A connection accepted by the shim: its fd (ours to close) and addresses. */
+export interface AcceptedSocket {
+  readonly fd: number;
+  readonly remote: Endpoint;
+  readonly local: Endpoint;
+}
+
 /** Where the library is: PORTMUX_SHIM, else the copy named in LD_PRELOAD
  * (so dlopen reaches the preloaded instance), else the build folder. */
 export function shimPath(): string {
@@ -154,6 +177,8 @@ export interface Readiness {
 export class Shim {
   readonly #lib: Deno.DynamicLibrary<typeof SYMBOLS>;
   readonly path: string;
+  /** acceptBatch's output, reused (read before the next call). */
+  #accepted = new Uint8Array(0);
 
   constructor(path: string = shimPath()) {
     this.path = path;
@@ -212,6 +237,32 @@ export class Shim {
         peer.port,
       ),
     );
+  }
+
+  /** The fd of our TCP listener at this address (ShimError ENOENT if none). */
+  listenerFd(at: Endpoint): number {
+    return check("listener_fd", this.#lib.symbols.pm_listener_fd(hostCstr(at.hostname), at.port));
+  }
+
+  /** Accepts, without waiting, up to `max` connections queued on the
+   * listener (non-blocking sockets). Throws ShimError when accepting fails
+   * (EMFILE and the like) before any was taken. */
+  acceptBatch(listenerFd: number, max: number): AcceptedSocket[] {
+    const need = max * ACCEPTED_BYTES;
+    if (this.#accepted.length < need) this.#accepted = new Uint8Array(need);
+    const out = this.#accepted;
+    const n = check("accept_batch", this.#lib.symbols.pm_accept_batch(listenerFd, out, max));
+    const head = new DataView(out.buffer);
+    const got: AcceptedSocket[] = [];
+    for (let i = 0; i < n; i++) {
+      const at = i * ACCEPTED_BYTES;
+      got.push({
+        fd: head.getInt32(at, true),
+        remote: { hostname: cText(out, at + 12), port: head.getInt32(at + 4, true) },
+        local: { hostname: cText(out, at + 12 + ADDR_TEXT), port: head.getInt32(at + 8, true) },
+      });
+    }
+    return got;
   }
 
   /** Opens a channel to the service listening at path, whose process must

@@ -16,6 +16,7 @@ import { Admission, type Lease, type LimitName } from "./admission.ts";
 import { ThrottledLog } from "./throttled_log.ts";
 import { Metrics } from "./metrics.ts";
 import { connFd } from "./conn_fd.ts";
+import { type ClientSocket, ConnAdopter, DenoClient, ShimClient } from "./client_socket.ts";
 import { encodeRecord } from "./handoff.ts";
 import { ServiceChannels } from "./service_channels.ts";
 import { HttpsSites, readHttps } from "./https_sites.ts";
@@ -27,6 +28,10 @@ import { type BuiltinService, startBuiltinServices } from "./builtin_services.ts
 type Outcome = "handed-off" | "https" | "proxied" | "closed" | "failed";
 
 const ACCEPT_RETRY_MS = 100;
+/** A burst is taken BURST_BATCH connections per shim call, and at most
+ * BURST_MAX at a time, so that the event loop moves on in between. */
+const BURST_BATCH = 64;
+const BURST_MAX = 512;
 
 /** Bytes copied between a client and an upstream until both are done.
  * (Wrapped: an async function returning the bare promise would wait for it.) */
@@ -34,9 +39,16 @@ interface Relay {
   readonly ended: Promise<void>;
 }
 
+interface ListenerEntry {
+  readonly listener: Deno.TcpListener;
+  listen: Listen;
+  /** Its fd, when the shim takes the rest of each burst (see #acceptBurst). */
+  readonly fd: number | null;
+}
+
 /** A classified connection, as the actions get it. */
 interface Connection {
-  readonly conn: Deno.TcpConn;
+  readonly conn: ClientSocket;
   readonly fd: number;
   readonly client: Address;
   readonly local: Address;
@@ -66,7 +78,7 @@ export class Daemon {
   readonly #builtins: BuiltinService[];
   /** By "address|port": the listener and its settings (a reload may
    * change the settings of one it keeps). */
-  readonly #listeners = new Map<string, { listener: Deno.TcpListener; listen: Listen }>();
+  readonly #listeners = new Map<string, ListenerEntry>();
   readonly #inFlight = new Set<Promise<void>>();
   readonly #relays = new Set<Promise<void>>();
   readonly #admission: Admission;
@@ -228,7 +240,8 @@ export class Daemon {
         // Workers share the port: the kernel spreads connections over them.
         const reusePort = this.#worker !== null;
         const options = { hostname: l.address, port: l.port, reusePort } as Deno.TcpListenOptions;
-        const fresh = { listener: Deno.listen(options), listen: l };
+        const listener = Deno.listen(options);
+        const fresh = { listener, listen: l, fd: this.#burstFd(listener) };
         this.#listeners.set(key(l), fresh);
         opened.push(key(l));
         this.#log.info("listening", { address: addressText(displayAddress(fresh.listener.addr)) });
@@ -258,7 +271,20 @@ export class Daemon {
     return this.#https?.mode ?? null;
   }
 
-  async #acceptLoop(entry: { listener: Deno.TcpListener; listen: Listen }): Promise<void> {
+  /** The listener's fd, for the shim to take bursts from; null when it
+   * cannot (without the preloaded shim, a socket it accepted could not be
+   * handed to Deno.serve or made a TcpConn). */
+  #burstFd(listener: Deno.TcpListener): number | null {
+    if (!this.#shim.interposerActive()) return null;
+    try {
+      return this.#shim.listenerFd(listener.addr);
+    } catch (e) {
+      this.#log.warn("burst-accept-off", { error: String(e) });
+      return null;
+    }
+  }
+
+  async #acceptLoop(entry: ListenerEntry): Promise<void> {
     const listener = entry.listener;
     let failures = 0; // accept errors in the current burst
     while (!this.#stopping) {
@@ -282,23 +308,49 @@ export class Daemon {
         this.#log.info("accept-recovered", { failures });
         failures = 0;
       }
-      const peer = displayAddress(conn.remoteAddr).address;
-      const listen = entry.listen; // read per connection: a reload may change it
-      const trusted = listen.proxyProtocol?.trusted.some((c) => cidrContains(c, peer)) ?? false;
-      const lease = this.#admission.admit(peer, this.#preread.waiting, trusted);
-      if (typeof lease === "string") {
-        this.#refuse(conn, lease, peer);
-        continue;
-      }
-      const handling = this.#handle(conn, listen, lease);
-      this.#inFlight.add(handling);
-      handling.finally(() => this.#inFlight.delete(handling));
+      this.#admit(conn, entry.listen); // read per connection: a reload may change it
+      if (entry.fd !== null) this.#acceptBurst(entry.fd, entry.listen);
     }
   }
 
+  /** Takes the rest of a burst at once: the connections already waiting on
+   * the listener are accepted by the shim, without a Deno connection
+   * object each (src/client_socket.ts). */
+  #acceptBurst(listenerFd: number, listen: Listen): void {
+    for (let taken = 0; taken < BURST_MAX && !this.#stopping;) {
+      let batch;
+      try {
+        batch = this.#shim.acceptBatch(listenerFd, BURST_BATCH);
+      } catch {
+        return; // EMFILE and the like: Deno's next accept meets it, says it and waits
+      }
+      for (const a of batch) this.#admit(new ShimClient(a, this.#shim, this.#adopter), listen);
+      if (batch.length < BURST_BATCH) return;
+      taken += batch.length;
+    }
+  }
+
+  /** Applies the limits to a new connection, then serves it. */
+  #admit(conn: Deno.TcpConn | ShimClient, listen: Listen): void {
+    const peer = displayAddress(conn.remoteAddr).address;
+    const trusted = listen.proxyProtocol?.trusted.some((c) => cidrContains(c, peer)) ?? false;
+    const lease = this.#admission.admit(peer, this.#preread.waiting, trusted);
+    if (typeof lease === "string") {
+      this.#refuse(conn, lease, peer);
+      return;
+    }
+    const handling = this.#handle(conn, listen, lease);
+    this.#inFlight.add(handling);
+    handling.finally(() => this.#inFlight.delete(handling));
+  }
+
+  /** Makes bare sockets into TcpConns when an action needs one. */
+  readonly #adopter = (): ConnAdopter => this.#adopterMade ??= new ConnAdopter(this.#shim);
+  #adopterMade: ConnAdopter | null = null;
+
   /** Closes a connection that would break a limit: the newest one, never an
    * established session. Logged once per second per limit, always counted. */
-  #refuse(conn: Deno.Conn, limit: LimitName, source: string): void {
+  #refuse(conn: { close(): void }, limit: LimitName, source: string): void {
     try {
       conn.close();
     } catch { /* gone */ }
@@ -309,7 +361,7 @@ export class Daemon {
   /** Serves one connection; its lease is released when the daemon lets go
    * of it: at once, or when a relay it started ends. The returned promise
    * ends with the decision, not with the relay (stop waits for decisions). */
-  async #handle(conn: Deno.TcpConn, listen: Listen, lease: Lease): Promise<void> {
+  async #handle(conn: Deno.TcpConn | ShimClient, listen: Listen, lease: Lease): Promise<void> {
     let relay: Relay | void = undefined;
     try {
       relay = await this.#serve(conn, listen, lease);
@@ -326,10 +378,14 @@ export class Daemon {
   }
 
   /** The path of one connection; returns the relay it leaves running. */
-  async #serve(conn: Deno.TcpConn, listen: Listen, lease: Lease): Promise<Relay | void> {
+  async #serve(
+    accepted: Deno.TcpConn | ShimClient,
+    listen: Listen,
+    lease: Lease,
+  ): Promise<Relay | void> {
     const started = performance.now();
-    let client = displayAddress(conn.remoteAddr);
-    let local = displayAddress(conn.localAddr);
+    let client = displayAddress(accepted.remoteAddr);
+    let local = displayAddress(accepted.localAddr);
     const fields: Record<string, unknown> = {
       client: addressText(client),
       local: addressText(local),
@@ -348,18 +404,24 @@ export class Daemon {
       });
     };
 
-    let fd: number;
-    try {
-      const found = connFd(this.#shim, conn);
-      fd = found.fd;
-      if (found.via === "lookup") fields.fd_lookup = "fallback";
-    } catch (e) {
-      conn.close();
-      if (e instanceof ShimError && e.code === "ENOTCONN") { // reset by the client already
-        return done("closed", { reason: "eof", peeked: 0 });
+    let conn: ClientSocket;
+    if (accepted instanceof ShimClient) {
+      conn = accepted;
+      fields.accepted_by = "shim";
+    } else {
+      try {
+        const found = connFd(this.#shim, accepted);
+        conn = new DenoClient(accepted, found.fd, this.#shim);
+        if (found.via === "lookup") fields.fd_lookup = "fallback";
+      } catch (e) {
+        accepted.close();
+        if (e instanceof ShimError && e.code === "ENOTCONN") { // reset by the client already
+          return done("closed", { reason: "eof", peeked: 0 });
+        }
+        return done("failed", { error: `no verified fd for the connection: ${e}` });
       }
-      return done("failed", { error: `no verified fd for the connection: ${e}` });
     }
+    const fd = conn.fd;
 
     const { preread: limits, routes } = this.#config;
     const remaining = () => Math.max(1, limits.timeoutMs - (performance.now() - started));
@@ -449,7 +511,7 @@ export class Daemon {
             throw new Error("no HTTPS frontend");
           }
           const site = this.#https.pick(c.sni);
-          site.take(conn, fd, client, c.alpn);
+          site.take(conn, client, c.alpn);
           return done("https", { delivery: site.mode });
         }
         case "handoff": {
@@ -470,8 +532,7 @@ export class Daemon {
           if (sent.sent) {
             // The service has the socket now. Let go of ours without a FIN
             // (DESIGN.md fact 2): release, then close.
-            this.#shim.release(fd);
-            conn.close();
+            conn.letGo();
             return done("handed-off", {
               service: action.service.name,
               socket: sent.socket,
@@ -505,7 +566,14 @@ export class Daemon {
             );
           }
           done("proxied", { upstream: target });
-          return { ended: pipeBoth(conn, upstream) }; // as long as the two talk
+          let own: Deno.TcpConn;
+          try {
+            own = await conn.toConn();
+          } catch (e) {
+            upstream.close();
+            throw new Error(`taking over the client socket: ${e}`);
+          }
+          return { ended: pipeBoth(own, upstream) }; // as long as the two talk
         }
       }
     } catch (e) {
@@ -583,6 +651,7 @@ export class Daemon {
   async #stop(): Promise<void> {
     for (const key of [...this.#listeners.keys()]) this.#closeListener(key);
     await Promise.allSettled([...this.#inFlight]);
+    this.#adopterMade?.stop(); // every decision is made: nothing is waiting to be adopted
     await this.#preread.stop();
     const drained = Promise.allSettled([this.#https?.stop(), ...this.#relays]);
     let timer: ReturnType<typeof setTimeout> | undefined;

@@ -13,7 +13,7 @@
  */
 import type { Shim } from "../ffi/shim.ts";
 import { type Address, addressText, displayAddress } from "./address.ts";
-import { detach } from "./conn_fd.ts";
+import type { ClientSocket } from "./client_socket.ts";
 import type { Logger } from "./log.ts";
 import type { CounterSeries, Metrics } from "./metrics.ts";
 import type { AccessLog } from "./access_log.ts";
@@ -226,7 +226,7 @@ export class HttpsFrontend {
   /** Hands a classified TLS connection to the internal server. The frontend
    * owns conn from here on, in success and failure (errors are thrown after
    * the connection was closed). */
-  take(conn: Deno.TcpConn, fd: number, client: Address, alpn: readonly string[]): void {
+  take(conn: ClientSocket, client: Address, alpn: readonly string[]): void {
     const facts: PeerFacts = { client, version: versionFor(alpn) };
     if (this.#listenerFd === null) {
       const bridge = this.#bridge(conn, facts);
@@ -241,7 +241,7 @@ export class HttpsFrontend {
       this.#peers.set(key, facts);
       if (this.#peers.size > MAX_PEERS) this.#peers.delete(this.#peers.keys().next().value!);
     }
-    const owned = detach(this.#shim, conn, fd);
+    const owned = conn.detach();
     try {
       this.#shim.injectPush(this.#listenerFd, owned);
     } catch (e) {
@@ -250,9 +250,15 @@ export class HttpsFrontend {
     }
   }
 
-  async #bridge(conn: Deno.TcpConn, facts: PeerFacts): Promise<void> {
+  async #bridge(socket: ClientSocket, facts: PeerFacts): Promise<void> {
     const client = facts.client;
-    let upstream: Deno.TcpConn;
+    let conn: Deno.TcpConn, upstream: Deno.TcpConn;
+    try {
+      conn = await socket.toConn();
+    } catch (e) {
+      this.#log.error("https-bridge-failed", { client: addressText(client), error: String(e) });
+      return;
+    }
     try {
       upstream = await Deno.connect({ hostname: "127.0.0.1", port: this.port });
     } catch (e) {

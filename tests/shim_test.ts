@@ -198,3 +198,33 @@ Deno.test("fds sent on a channel arrive with their records, in order, through ch
     pairs.forEach((p) => p.close());
   }
 });
+
+Deno.test("acceptBatch takes every waiting connection of a listener, with both addresses, IPv4 and IPv6", async () => {
+  for (const hostname of ["127.0.0.1", "::1"]) {
+    const listener = Deno.listen({ hostname, port: 0 });
+    try {
+      const lfd = shim.listenerFd(listener.addr);
+      assert.deepEqual(shim.acceptBatch(lfd, 8), [], "nothing waiting: nothing taken, no wait");
+      const clients = [];
+      for (let i = 0; i < 3; i++) {
+        clients.push(await Deno.connect({ hostname, port: listener.addr.port }));
+      }
+      const got = shim.acceptBatch(lfd, 2); // at most 2, then the third
+      got.push(...shim.acceptBatch(lfd, 8));
+      assert.equal(got.length, 3);
+      for (const [i, a] of got.entries()) {
+        assert.deepEqual(a.remote, { hostname, port: clients[i]!.localAddr.port });
+        assert.deepEqual(a.local, { hostname, port: listener.addr.port });
+        await writeAll(clients[i]!, new TextEncoder().encode(`hi ${i}`));
+        const buf = new Uint8Array(16);
+        await new Promise((r) => setTimeout(r, 20));
+        assert.equal(new TextDecoder().decode(shim.peek(a.fd, buf) ?? new Uint8Array()), `hi ${i}`);
+        shim.close(a.fd);
+        assert.ok(await seesEnd(clients[i]!), "closing the fd ends the client's connection");
+      }
+    } finally {
+      listener.close();
+    }
+  }
+  assert.throws(() => shim.listenerFd({ hostname: "127.0.0.1", port: 1 }), /ENOENT/);
+});
