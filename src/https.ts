@@ -138,19 +138,15 @@ export class HttpsFrontend {
   }
 
   /** One request. The handler sees the real client; the response gets HSTS,
-   * is counted and logged. It stays synchronous when the handler is:
-   * Deno.serve answers a returned Response sooner than a promise. */
-  #request(
-    req: Request,
-    info: Deno.ServeHandlerInfo<Deno.NetAddr>,
-  ): Response | Promise<Response> {
+   * is counted and logged. */
+  async #request(req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>): Promise<Response> {
     // Injected sockets are the clients' own, so with no PROXY-protocol client
     // and no access log there is nothing to look up: info is already true.
     const facts = this.#listenerFd !== null && this.#peers.size === 0 && !this.#accessLog
       ? null
       : this.#facts(info.remoteAddr);
     if (facts === undefined) return new Response("connect through portmux\n", { status: 403 });
-    const result = this.#opts.handler.fetch(
+    const response = await this.#opts.handler.fetch(
       req,
       facts
         ? {
@@ -159,9 +155,7 @@ export class HttpsFrontend {
         }
         : info,
     );
-    return result instanceof Response
-      ? this.#answered(req, result, facts)
-      : Promise.resolve(result).then((r) => this.#answered(req, r, facts));
+    return this.#answered(req, response, facts);
   }
 
   #answered(req: Request, response: Response, facts: PeerFacts | null): Response {
