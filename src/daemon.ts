@@ -85,6 +85,10 @@ export class Daemon {
   readonly metrics: Metrics;
   readonly #throttled: ThrottledLog;
   readonly #channels = new Map<string, ServiceChannels>();
+  /** Makes bare sockets into TcpConns when an action needs one (made when
+   * first needed). */
+  readonly #adopter = (): ConnAdopter => this.#adopterMade ??= new ConnAdopter(this.#shim);
+  #adopterMade: ConnAdopter | null = null;
   #stopping = false;
   #stopped: Promise<void> | null = null;
   #admin: Deno.HttpServer | null = null;
@@ -343,10 +347,6 @@ export class Daemon {
     this.#inFlight.add(handling);
     handling.finally(() => this.#inFlight.delete(handling));
   }
-
-  /** Makes bare sockets into TcpConns when an action needs one. */
-  readonly #adopter = (): ConnAdopter => this.#adopterMade ??= new ConnAdopter(this.#shim);
-  #adopterMade: ConnAdopter | null = null;
 
   /** Closes a connection that would break a limit: the newest one, never an
    * established session. Logged once per second per limit, always counted. */
