@@ -116,6 +116,8 @@ export class ShimClient implements ClientSocket {
  * uses, DESIGN.md fact 4). Strangers connecting to it are dropped by the
  * shim.
  */
+const ADOPT_TIMEOUT_MS = 5000;
+
 export class ConnAdopter {
   readonly #shim: Shim;
   readonly #listener: Deno.TcpListener;
@@ -131,13 +133,22 @@ export class ConnAdopter {
   }
 
   /** fd as a TcpConn; the TcpConn owns it from then on. If this throws, fd
-   * was closed. */
+   * was closed, or will be when the listener hands it out. */
   adopt(fd: number): Promise<Deno.TcpConn> {
     return new Promise((resolve, reject) => {
-      this.#waiting.set(fd, resolve);
+      const timer = setTimeout(() => {
+        // Never seen: a socket handed out later finds nobody waiting and is closed.
+        this.#waiting.delete(fd);
+        reject(new Error(`the socket was not adopted within ${ADOPT_TIMEOUT_MS} ms`));
+      }, ADOPT_TIMEOUT_MS);
+      this.#waiting.set(fd, (conn) => {
+        clearTimeout(timer);
+        resolve(conn);
+      });
       try {
         this.#shim.injectPush(this.#listenerFd, fd);
       } catch (e) {
+        clearTimeout(timer);
         this.#waiting.delete(fd);
         this.#shim.close(fd);
         reject(e);
