@@ -26,6 +26,7 @@
 #include <string.h>
 #include <poll.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -509,6 +510,10 @@ PM_EXPORT int pm_waiter_wait(int ep, int32_t *out, int max, int timeout_ms) {
 
 struct injected_listener {
   int fd;
+  /* An eventfd in the runtime's epoll set under the listener's own token:
+   * writing to it makes the runtime call accept4 (-1: wake with a loopback
+   * connection instead, a "waker"). */
+  int efd;
   int head, len;
   int queue[QUEUE_CAP];
 };
@@ -621,6 +626,46 @@ PM_EXPORT int pm_interposer_active(void) {
   return dlsym(RTLD_DEFAULT, "accept4") == (void *)pm_accept4;
 }
 
+/* The runtime registered the listener in an epoll set with a token of its
+ * own (epoll's data). An eventfd added to that set with the same token is a
+ * doorbell: a write to it reports the listener readable, so the runtime
+ * calls accept4, at the price of one write, where a waker costs a loopback
+ * TCP handshake. The set and token are read from /proc/self/fdinfo.
+ * Returns the eventfd, or -1 when the listener was not found in a set. */
+static int doorbell_for(int listener_fd) {
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return -1;
+  int bell = -1;
+  struct dirent *e;
+  char target[64], path[300], line[256];
+  while (bell < 0 && (e = readdir(d)) != NULL) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    ssize_t n = readlinkat(dirfd(d), e->d_name, target, sizeof target - 1);
+    if (n <= 0) continue;
+    target[n] = 0;
+    if (strcmp(target, "anon_inode:[eventpoll]") != 0) continue;
+    snprintf(path, sizeof path, "/proc/self/fdinfo/%s", e->d_name);
+    FILE *f = fopen(path, "re");
+    if (!f) continue;
+    int tfd;
+    unsigned events;
+    unsigned long long data;
+    while (fgets(line, sizeof line, f)) {
+      if (sscanf(line, "tfd: %d events: %x data: %llx", &tfd, &events, &data) != 3 ||
+          tfd != listener_fd)
+        continue;
+      int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+      struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.u64 = data};
+      if (efd >= 0 && epoll_ctl(atoi(e->d_name), EPOLL_CTL_ADD, efd, &ev) == 0) bell = efd;
+      else if (efd >= 0) close(efd);
+      break;
+    }
+    fclose(f);
+  }
+  closedir(d);
+  return bell;
+}
+
 /* Registers the internal listener on 127.0.0.1:port (or [::1]:port) for
  * injection. Returns its fd. */
 PM_EXPORT int pm_inject_register(int port) {
@@ -629,7 +674,7 @@ PM_EXPORT int pm_inject_register(int port) {
   pthread_mutex_lock(&inject_lock);
   if (!find_listener(found)) {
     if (listener_count == MAX_LISTENERS) found = -ENOSPC;
-    else listeners[listener_count++] = (struct injected_listener){.fd = found};
+    else listeners[listener_count++] = (struct injected_listener){.fd = found, .efd = doorbell_for(found)};
   }
   pthread_mutex_unlock(&inject_lock);
   return found;
@@ -666,7 +711,8 @@ static int wake_locked(int listener_fd) {
   return 0;
 }
 
-/* Queues client_fd for the listener and wakes it, unless a waker is still
+/* Queues client_fd for the listener and wakes it: with its doorbell when it
+ * has one; else with a waker, unless one is still
  * on its way (one waker serves a whole burst; a waker lost for over 100 ms,
  * say to a full backlog, is replaced). The listener takes ownership of
  * client_fd only when 0 is returned. */
@@ -676,7 +722,17 @@ PM_EXPORT int pm_inject_push(int listener_fd, int client_fd) {
   struct injected_listener *l = find_listener(listener_fd);
   if (!l) rc = -ENOENT;
   else if (l->len == QUEUE_CAP) rc = -EAGAIN;
-  else {
+  else if (l->efd >= 0) {
+    /* A non-empty queue has its wake-up pending already: the runtime drains
+     * the queue on the thread that pushes, so it cannot be half-way. Each
+     * write is a new edge (EPOLLET); the count is never read. */
+    static const uint64_t one = 1;
+    if (l->len == 0 && write(l->efd, &one, sizeof one) != sizeof one) rc = -errno;
+    if (rc == 0) {
+      l->queue[(l->head + l->len) % QUEUE_CAP] = client_fd;
+      l->len++;
+    }
+  } else {
     int need_wake = 1;
     for (int i = 0; i < waker_count; i++)
       if (wakers[i].listener_fd == listener_fd && age_ms(&wakers[i].born) < 100)
@@ -702,6 +758,7 @@ PM_EXPORT int pm_inject_unregister(int listener_fd) {
     closed = 0;
     int q;
     while ((q = pop_locked(&listeners[i])) >= 0) { close(q); closed++; }
+    if (listeners[i].efd >= 0) close(listeners[i].efd); /* leaves the epoll set with it */
     listeners[i] = listeners[--listener_count];
     break;
   }

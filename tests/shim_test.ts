@@ -10,6 +10,7 @@ import { connFd, detach, FD_SYMBOL_DESCRIPTION, internalFd } from "../src/conn_f
 import { readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
 
 const shim = new Shim();
+const ROOT_DIR = new URL("../", import.meta.url).pathname;
 const enc = new TextEncoder();
 
 /** A connected pair on loopback: our client end and the accepted conn. */
@@ -227,4 +228,24 @@ Deno.test("acceptBatch takes every waiting connection of a listener, with both a
     }
   }
   assert.throws(() => shim.listenerFd({ hostname: "127.0.0.1", port: 1 }), /ENOENT/);
+});
+
+Deno.test("injected sockets wake the listener through a doorbell (an eventfd under the listener's epoll token), not a loopback connection", async () => {
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", join(ROOT_DIR, "tests/fixtures/inject_doorbell.ts")],
+    env: { LD_PRELOAD: shim.path },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const out = new TextDecoder().decode(r.stdout);
+  assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
+  const got = JSON.parse(out);
+  assert.equal(got.interposer, true);
+  assert.equal(got.doorbells, 1, "registering adds one eventfd");
+  assert.equal(got.afterUnregister, 0, "unregistering closes it");
+  assert.deepEqual(
+    got.acceptedPorts,
+    got.clientPorts,
+    "each injected socket is accepted, in order",
+  );
 });
