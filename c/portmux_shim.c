@@ -3,11 +3,13 @@
  *
  * Loaded two ways, and both reach the same instance:
  *   - with Deno.dlopen (ffi/shim.ts), for peek, fd lookup/verification,
- *     SCM_RIGHTS send/receive, release of a handed-off socket, and a
- *     readiness waiter for connections that have not sent bytes yet;
+ *     accepting the rest of a burst, SCM_RIGHTS send/receive, release of a
+ *     handed-off socket, and a readiness waiter for connections that have
+ *     not sent bytes yet;
  *   - with LD_PRELOAD (src/launch.ts), so that its accept4() interposes the
  *     runtime's: for a registered internal listener it returns client fds
- *     queued by the daemon ("accept injection", DESIGN.md fact 4).
+ *     queued by the daemon ("accept injection", DESIGN.md fact 4), and an
+ *     eventfd in the runtime's epoll set tells the runtime to call it.
  *
  * Every function returns a negative errno on failure; ffi/shim.ts names it.
  * The C side makes syscalls only: policy lives in TypeScript.
