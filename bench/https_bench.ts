@@ -12,6 +12,7 @@
  */
 import { join } from "node:path";
 import { freePort, run } from "../tests/helpers/daemon.ts";
+import { waitForPort } from "../tests/helpers/peers.ts";
 import { median, ROOT, spawnReady, startPortmux, stopChild } from "./load.ts";
 import { machineLine, writeSection } from "./results.ts";
 
@@ -96,15 +97,8 @@ async function startBridged(port: number): Promise<Deno.ChildProcess> {
     stdout: "null",
     stderr: "inherit",
   }).spawn();
-  for (let i = 0; i < 300; i++) {
-    const up = await Deno.connect({ hostname: "127.0.0.1", port }).then(
-      (c) => (c.close(), true),
-      () => false,
-    );
-    if (up) return child;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error("bridged portmux did not start");
+  await waitForPort(port, 30_000);
+  return child;
 }
 
 interface Target {

@@ -105,6 +105,25 @@ static int addr_equals(const struct sockaddr_storage *ss, int family,
   return ntohs(a->sin6_port) == port && memcmp(&a->sin6_addr, bytes, 16) == 0;
 }
 
+/* The port of an IPv4 or IPv6 sockaddr; -1 for another family. */
+static int sockaddr_port(const struct sockaddr_storage *ss) {
+  if (ss->ss_family == AF_INET) return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+  if (ss->ss_family == AF_INET6) return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+  return -1;
+}
+
+/* The next of the process's fds in d (opendir("/proc/self/fd")), skipping
+ * d's own; -1 at the end. */
+static int next_fd(DIR *d) {
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    int fd = atoi(e->d_name);
+    if (fd != dirfd(d)) return fd;
+  }
+  return -1;
+}
+
 /* 1 if fd is a TCP socket whose local and peer addresses are exactly the
  * given ones, 0 if it is something else, negative errno on bad input, and
  * -ENOTCONN if it has the local address but no peer any more (the client
@@ -137,12 +156,8 @@ PM_EXPORT int pm_find_fd(const char *local_host, int local_port,
                          const char *peer_host, int peer_port) {
   DIR *d = opendir("/proc/self/fd");
   if (!d) return -errno;
-  int found = -ENOENT, dfd = dirfd(d);
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    int fd = atoi(e->d_name);
-    if (fd == dfd) continue;
+  int found = -ENOENT, fd;
+  while ((fd = next_fd(d)) >= 0) {
     int r = pm_verify_fd(fd, local_host, local_port, peer_host, peer_port);
     if (r == -EINVAL) { found = r; break; }
     if (r == 1) { found = fd; break; }
@@ -159,21 +174,16 @@ PM_EXPORT int pm_find_fd(const char *local_host, int local_port,
 static int find_listening_fd(int family, const uint8_t bytes[16], int port) {
   DIR *d = opendir("/proc/self/fd");
   if (!d) return -errno;
-  int found = -ENOENT, dfd = dirfd(d);
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    int fd = atoi(e->d_name), listening = 0;
+  int found = -ENOENT, fd;
+  while ((fd = next_fd(d)) >= 0) {
+    int listening = 0;
     socklen_t ol = sizeof listening;
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    if (fd == dfd || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ol) < 0 ||
-        !listening || getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ol) < 0 || !listening ||
+        getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
       continue;
-    int p = ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
-          : ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
-          : -1;
-    if (p == port && (family == 0 || addr_equals(&ss, family, bytes, port))) {
+    if (sockaddr_port(&ss) == port && (family == 0 || addr_equals(&ss, family, bytes, port))) {
       found = fd;
       break;
     }
@@ -195,14 +205,11 @@ PM_EXPORT int pm_listener_fd(const char *host, int port) {
 #define PM_ADDR_TEXT 48
 static int addr_text(const struct sockaddr_storage *ss, char out[PM_ADDR_TEXT]) {
   out[0] = 0;
-  if (ss->ss_family == AF_INET) {
-    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-    inet_ntop(AF_INET, &a->sin_addr, out, PM_ADDR_TEXT);
-    return ntohs(a->sin_port);
-  }
-  const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-  inet_ntop(AF_INET6, &a->sin6_addr, out, PM_ADDR_TEXT);
-  return ntohs(a->sin6_port);
+  if (ss->ss_family == AF_INET)
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out, PM_ADDR_TEXT);
+  else
+    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, out, PM_ADDR_TEXT);
+  return sockaddr_port(ss);
 }
 
 /* Accepts, without waiting, up to max connections queued on listener (non-
@@ -406,15 +413,14 @@ static void rescan_epolls(void) {
   epoll_count = 0;
   DIR *d = opendir("/proc/self/fd");
   if (!d) return;
-  struct dirent *e;
-  char target[64];
-  while ((e = readdir(d)) != NULL && epoll_count < 64) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    ssize_t n = readlinkat(dirfd(d), e->d_name, target, sizeof target - 1);
+  char path[32], target[64];
+  int fd;
+  while (epoll_count < 64 && (fd = next_fd(d)) >= 0) {
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, target, sizeof target - 1);
     if (n <= 0) continue;
     target[n] = 0;
-    if (strcmp(target, "anon_inode:[eventpoll]") == 0)
-      epoll_fds[epoll_count++] = atoi(e->d_name);
+    if (strcmp(target, "anon_inode:[eventpoll]") == 0) epoll_fds[epoll_count++] = fd;
   }
   closedir(d);
 }
@@ -598,9 +604,7 @@ static int pm_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int fla
     socklen_t sl = sizeof ss;
     int c = real(fd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
     if (c < 0) break; /* EAGAIN: drained */
-    int port = ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
-             : ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
-             : -1;
+    int port = sockaddr_port(&ss);
     close_abruptly(c);
     pthread_mutex_lock(&inject_lock);
     for (int i = 0; i < waker_count; i++)
@@ -635,37 +639,34 @@ PM_EXPORT int pm_interposer_active(void) {
  * TCP handshake. The set and token are read from /proc/self/fdinfo.
  * Returns the eventfd, or -1 when the listener was not found in a set. */
 static int doorbell_for(int listener_fd) {
-  DIR *d = opendir("/proc/self/fd");
-  if (!d) return -1;
-  int bell = -1;
-  struct dirent *e;
-  char target[64], path[300], line[256];
-  while (bell < 0 && (e = readdir(d)) != NULL) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    ssize_t n = readlinkat(dirfd(d), e->d_name, target, sizeof target - 1);
-    if (n <= 0) continue;
-    target[n] = 0;
-    if (strcmp(target, "anon_inode:[eventpoll]") != 0) continue;
-    snprintf(path, sizeof path, "/proc/self/fdinfo/%s", e->d_name);
+  int sets[64], count;
+  pthread_mutex_lock(&epoll_lock);
+  rescan_epolls();
+  count = epoll_count;
+  memcpy(sets, epoll_fds, sizeof(int) * (size_t)count);
+  pthread_mutex_unlock(&epoll_lock);
+  char path[48], line[256];
+  for (int k = 0; k < count; k++) {
+    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", sets[k]);
     FILE *f = fopen(path, "re");
     if (!f) continue;
-    int tfd;
+    int tfd, bell = -1, found = 0;
     unsigned events;
     unsigned long long data;
-    while (fgets(line, sizeof line, f)) {
+    while (!found && fgets(line, sizeof line, f)) {
       if (sscanf(line, "tfd: %d events: %x data: %llx", &tfd, &events, &data) != 3 ||
           tfd != listener_fd)
         continue;
+      found = 1;
       int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
       struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.u64 = data};
-      if (efd >= 0 && epoll_ctl(atoi(e->d_name), EPOLL_CTL_ADD, efd, &ev) == 0) bell = efd;
+      if (efd >= 0 && epoll_ctl(sets[k], EPOLL_CTL_ADD, efd, &ev) == 0) bell = efd;
       else if (efd >= 0) close(efd);
-      break;
     }
     fclose(f);
+    if (found) return bell;
   }
-  closedir(d);
-  return bell;
+  return -1;
 }
 
 /* Registers the internal listener on 127.0.0.1:port (or [::1]:port) for
@@ -705,9 +706,7 @@ static int wake_locked(int listener_fd) {
   struct sockaddr_storage me;
   socklen_t ml = sizeof me;
   getsockname(w, (struct sockaddr *)&me, &ml);
-  int port = me.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&me)->sin_port)
-                                     : ntohs(((struct sockaddr_in6 *)&me)->sin6_port);
-  struct waker k = {.fd = w, .listener_fd = listener_fd, .port = port};
+  struct waker k = {.fd = w, .listener_fd = listener_fd, .port = sockaddr_port(&me)};
   clock_gettime(CLOCK_MONOTONIC, &k.born);
   wakers[waker_count++] = k;
   return 0;

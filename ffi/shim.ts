@@ -231,9 +231,9 @@ export class Shim {
     return check(
       "find_fd",
       this.#lib.symbols.pm_find_fd(
-        cstr(local.hostname),
+        hostCstr(local.hostname),
         local.port,
-        cstr(peer.hostname),
+        hostCstr(peer.hostname),
         peer.port,
       ),
     );

@@ -45,25 +45,28 @@ export class Metrics {
 
   /** Adds to a counter; returns its new value for these labels. */
   inc(name: string, labels: Labels = {}, by = 1): number {
-    let family = this.#counters.get(name);
-    if (!family) this.#counters.set(name, family = { help: name, values: new Map() });
-    const key = labelText(labels);
-    const n = (family.values.get(key) ?? 0) + by;
-    family.values.set(key, n);
+    const values = this.#family(name).values, key = labelText(labels);
+    const n = (values.get(key) ?? 0) + by;
+    values.set(key, n);
     return n;
   }
 
   /** A counter series with fixed labels, resolved once: hot paths count
    * with it and skip building the label text each time. */
   series(name: string, labels: Labels = {}): CounterSeries {
-    let family = this.#counters.get(name);
-    if (!family) this.#counters.set(name, family = { help: name, values: new Map() });
-    const values = family.values, key = labelText(labels);
+    const values = this.#family(name).values, key = labelText(labels);
     return {
       inc: (by = 1) => {
         values.set(key, (values.get(key) ?? 0) + by);
       },
     };
+  }
+
+  /** A counter's family, made (help: its name) if it was not declared. */
+  #family(name: string): Family {
+    let family = this.#counters.get(name);
+    if (!family) this.#counters.set(name, family = { help: name, values: new Map() });
+    return family;
   }
 
   gauge(name: string, help: string, read: () => number): void {

@@ -9,31 +9,8 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { startDaemon, type TestDaemon } from "./helpers/daemon.ts";
+import { startProxyHeaderEcho } from "./helpers/peers.ts";
 import { enc, readAtLeast, roundTrip, seesEnd, writeAll } from "./helpers/client.ts";
-
-/** An upstream that answers each read with "upstream " and what it read. */
-function startUpstream(): { port: number; close: () => void } {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  (async () => {
-    for await (const conn of listener) {
-      (async () => {
-        const buf = new Uint8Array(1024);
-        try {
-          for (;;) {
-            const n = await conn.read(buf);
-            if (n === null) break;
-            await writeAll(
-              conn,
-              enc.encode("upstream " + new TextDecoder().decode(buf.subarray(0, n))),
-            );
-          }
-        } catch { /* the test closed it */ }
-        conn.close();
-      })();
-    }
-  })().catch(() => {});
-  return { port: listener.addr.port, close: () => listener.close() };
-}
 
 /** Runs connect while the daemon is paused: the kernel completes the
  * handshakes and queues the connections; the daemon sees them all at once
@@ -86,8 +63,8 @@ async function burstOfEach(d: TestDaemon, caCert: string, n: number): Promise<vo
     p.close();
   }
   for (const [i, x] of proxies.entries()) {
-    assert.equal(await readAtLeast(x, 22), `upstream PROX hello ${i}\n`);
-    assert.equal(await roundTrip(x, "more\n", 14), "upstream more\n");
+    assert.equal(await readAtLeast(x, 25), `client=none PROX hello ${i}\n`);
+    assert.equal(await roundTrip(x, "more\n", 5), "more\n");
     x.close();
   }
   for (const g of garbage) assert.ok(await seesEnd(g), "garbage is closed");
@@ -97,7 +74,7 @@ async function burstOfEach(d: TestDaemon, caCert: string, n: number): Promise<vo
 const connectionLines = (d: TestDaemon) => d.logs.filter((l) => l.event === "connection");
 
 Deno.test("a burst accepted by the shim: HTTPS, handoff, proxy and close all work on those sockets, and no fd is left", async () => {
-  const upstream = startUpstream();
+  const upstream = startProxyHeaderEcho(); // no PROXY header comes: it answers client=none
   const dir = await Deno.makeTempDir({ prefix: "portmux-burst-" });
   const d = await startDaemon({
     dataDir: dir,
@@ -138,7 +115,7 @@ default: close
     assert.ok(fds <= baseline, `fds ${fds} back to the baseline ${baseline}`);
   } finally {
     await d.stop();
-    upstream.close();
+    await upstream.stop();
   }
 });
 
