@@ -6,6 +6,7 @@
 import { join } from "node:path";
 import { readAtLeast, writeAll } from "../tests/helpers/client.ts";
 import { freePort, run } from "../tests/helpers/daemon.ts";
+import { waitForPort } from "../tests/helpers/peers.ts";
 
 export const ROOT = new URL("../", import.meta.url).pathname;
 export const SECONDS = Number(Deno.env.get("BENCH_SECONDS") ?? 2);
@@ -53,16 +54,9 @@ export async function startPortmux(
     stderr: "inherit",
   }).spawn();
   const port = Number(/port: (\d+)/.exec(config)![1]);
-  for (let i = 0; i < 300; i++) {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      await new Promise((r) => setTimeout(r, 200)); // let its self-signed cert land
-      return child;
-    } catch {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  throw new Error("portmux did not start");
+  await waitForPort(port, 30_000);
+  await new Promise((r) => setTimeout(r, 200)); // let its self-signed cert land
+  return child;
 }
 
 export const median = (xs: number[]) => percentile(xs, 50);
