@@ -547,6 +547,20 @@ static accept4_fn real_accept4(void) {
   return fn;
 }
 
+/* Signal listeners (pm_signal_register): the fd each one watches, and the
+ * runtime's epoll set it was added to. */
+#define MAX_SIGNALS 64
+static struct signal_listener {
+  int fd, watched, set;
+} signals[MAX_SIGNALS];
+static int signal_count;
+
+static struct signal_listener *find_signal(int fd) {
+  for (int i = 0; i < signal_count; i++)
+    if (signals[i].fd == fd) return &signals[i];
+  return NULL;
+}
+
 static struct injected_listener *find_listener(int fd) {
   for (int i = 0; i < listener_count; i++)
     if (listeners[i].fd == fd) return &listeners[i];
@@ -575,9 +589,11 @@ static void close_waker_locked(int i) {
 }
 
 /* Hands out a queued fd as if the kernel had accepted it: applies the flags
- * and fills in the peer address. */
+ * and fills in the peer address. Queued fds are non-blocking and
+ * close-on-exec already (pm_inject_push), so the runtime, which asks for
+ * both, costs no fcntl here. */
 static int deliver(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags) {
-  if (flags & SOCK_NONBLOCK) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  if (!(flags & SOCK_NONBLOCK)) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   if (!(flags & SOCK_CLOEXEC)) fcntl(fd, F_SETFD, 0);
   if (addr && addrlen) getpeername(fd, addr, addrlen);
   return fd;
@@ -590,10 +606,20 @@ static int deliver(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags)
 static int pm_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags) {
   accept4_fn real = real_accept4();
   pthread_mutex_lock(&inject_lock);
-  struct injected_listener *l = find_listener(fd);
+  struct signal_listener *sig = find_signal(fd);
+  int watched = sig ? sig->watched : -1;
+  struct injected_listener *l = sig ? NULL : find_listener(fd);
   if (!l) {
     pthread_mutex_unlock(&inject_lock);
-    return real(fd, addr, addrlen, flags);
+    if (watched >= 0) {
+      /* Not consumed: the JavaScript side reads the watched fd itself. */
+      struct pollfd p = {.fd = watched, .events = POLLIN};
+      if (poll(&p, 1, 0) == 1 && !(p.revents & POLLNVAL)) {
+        errno = ECONNABORTED;
+        return -1;
+      }
+    }
+    return real(fd, addr, addrlen, flags); /* EAGAIN, or a stranger */
   }
   int q = pop_locked(l);
   pthread_mutex_unlock(&inject_lock);
@@ -633,12 +659,12 @@ PM_EXPORT int pm_interposer_active(void) {
 }
 
 /* The runtime registered the listener in an epoll set with a token of its
- * own (epoll's data). An eventfd added to that set with the same token is a
- * doorbell: a write to it reports the listener readable, so the runtime
- * calls accept4, at the price of one write, where a waker costs a loopback
- * TCP handshake. The set and token are read from /proc/self/fdinfo.
- * Returns the eventfd, or -1 when the listener was not found in a set. */
-static int doorbell_for(int listener_fd) {
+ * own (epoll's data). Adds fd to that set under the same token, edge-
+ * triggered, so that fd becoming readable reports the listener readable and
+ * the runtime calls accept4. The set and token are read from
+ * /proc/self/fdinfo. Returns the set, or -1 when the listener was not
+ * found. */
+static int add_under_token(int listener_fd, int fd) {
   int sets[64], count;
   pthread_mutex_lock(&epoll_lock);
   rescan_epolls();
@@ -650,23 +676,32 @@ static int doorbell_for(int listener_fd) {
     snprintf(path, sizeof path, "/proc/self/fdinfo/%d", sets[k]);
     FILE *f = fopen(path, "re");
     if (!f) continue;
-    int tfd, bell = -1, found = 0;
+    int tfd, added = -2;
     unsigned events;
     unsigned long long data;
-    while (!found && fgets(line, sizeof line, f)) {
+    while (added == -2 && fgets(line, sizeof line, f)) {
       if (sscanf(line, "tfd: %d events: %x data: %llx", &tfd, &events, &data) != 3 ||
           tfd != listener_fd)
         continue;
-      found = 1;
-      int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
       struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.u64 = data};
-      if (efd >= 0 && epoll_ctl(sets[k], EPOLL_CTL_ADD, efd, &ev) == 0) bell = efd;
-      else if (efd >= 0) close(efd);
+      added = epoll_ctl(sets[k], EPOLL_CTL_ADD, fd, &ev) == 0 ? sets[k] : -1;
     }
     fclose(f);
-    if (found) return bell;
+    if (added != -2) return added;
   }
   return -1;
+}
+
+/* A doorbell for the listener: an eventfd added under its token. A write to
+ * it makes the runtime call accept4, at the price of one write, where a
+ * waker costs a loopback TCP handshake. Returns the eventfd, or -1. */
+static int doorbell_for(int listener_fd) {
+  int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (efd >= 0 && add_under_token(listener_fd, efd) < 0) {
+    close(efd);
+    efd = -1;
+  }
+  return efd;
 }
 
 /* Registers the internal listener on 127.0.0.1:port (or [::1]:port) for
@@ -716,7 +751,9 @@ static int wake_locked(int listener_fd) {
  * has one; else with a waker, unless one is still
  * on its way (one waker serves a whole burst; a waker lost for over 100 ms,
  * say to a full backlog, is replaced). The listener takes ownership of
- * client_fd only when 0 is returned. */
+ * client_fd only when 0 is returned. client_fd must be non-blocking and
+ * close-on-exec, as every socket the daemon holds is (Deno's, and those
+ * pm_accept_batch makes). */
 PM_EXPORT int pm_inject_push(int listener_fd, int client_fd) {
   int rc = 0;
   pthread_mutex_lock(&inject_lock);
@@ -767,4 +804,46 @@ PM_EXPORT int pm_inject_unregister(int listener_fd) {
     if (wakers[i].listener_fd == listener_fd) close_waker_locked(i); else i++;
   pthread_mutex_unlock(&inject_lock);
   return closed;
+}
+
+/* ---------- readiness signals (the LD_PRELOAD side) ----------
+ *
+ * Waiting for an fd with a nonblocking FFI call costs a thread hop: a pool
+ * thread blocks in poll, then wakes the event loop. A signal listener
+ * saves it. It is a private loopback listener; the watched fd is added to
+ * the runtime's epoll set under the listener's token, so the runtime's own
+ * epoll_wait sees it; and while the watched fd is readable, accept4 on the
+ * listener fails with ECONNABORTED. The pending accept() rejects: that is
+ * the signal. The watched fd may be an epoll set (readable while it has
+ * events). */
+
+/* Makes the listener on 127.0.0.1:port (or [::1]:port) a signal for
+ * watched. Returns the listener's fd. */
+PM_EXPORT int pm_signal_register(int port, int watched) {
+  int lfd = find_listening_fd(0, NULL, port);
+  if (lfd < 0) return lfd;
+  int set = add_under_token(lfd, watched);
+  if (set < 0) return -ENOENT;
+  int rc = lfd;
+  pthread_mutex_lock(&inject_lock);
+  if (signal_count == MAX_SIGNALS) rc = -ENOSPC;
+  else signals[signal_count++] = (struct signal_listener){.fd = lfd, .watched = watched, .set = set};
+  pthread_mutex_unlock(&inject_lock);
+  if (rc < 0) epoll_ctl(set, EPOLL_CTL_DEL, watched, NULL);
+  return rc;
+}
+
+/* Undoes pm_signal_register (before the listener or the watched fd is
+ * closed: either number may be reused). Returns 0, or -ENOENT. */
+PM_EXPORT int pm_signal_unregister(int listener_fd) {
+  int rc = -ENOENT;
+  pthread_mutex_lock(&inject_lock);
+  struct signal_listener *sig = find_signal(listener_fd);
+  if (sig) {
+    epoll_ctl(sig->set, EPOLL_CTL_DEL, sig->watched, NULL);
+    *sig = signals[--signal_count];
+    rc = 0;
+  }
+  pthread_mutex_unlock(&inject_lock);
+  return rc;
 }

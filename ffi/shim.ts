@@ -44,6 +44,8 @@ const SYMBOLS = {
   pm_unix_listen: { parameters: ["buffer", "i32"], result: "i32" },
   // int pm_accept(int fd): blocks
   pm_accept: { parameters: ["i32"], result: "i32", nonblocking: true },
+  // the same, on a non-blocking listener: returns at once
+  pm_accept_now: { name: "pm_accept", parameters: ["i32"], result: "i32" },
   // int pm_read(int fd, uint8_t *buf, int len): blocks
   pm_read: { parameters: ["i32", "buffer", "i32"], result: "i32", nonblocking: true },
   // int pm_write(int fd, uint8_t *buf, int len): blocks
@@ -56,6 +58,12 @@ const SYMBOLS = {
   pm_waiter_del: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_waiter_wait(int ep, int32_t *out, int max, int timeout_ms): blocks
   pm_waiter_wait: { parameters: ["i32", "buffer", "i32", "i32"], result: "i32", nonblocking: true },
+  // the same with timeout 0: returns at once
+  pm_waiter_poll: {
+    name: "pm_waiter_wait",
+    parameters: ["i32", "buffer", "i32", "i32"],
+    result: "i32",
+  },
   // int pm_interposer_active(void)
   pm_interposer_active: { parameters: [], result: "i32" },
   // int pm_inject_register(int port)
@@ -64,6 +72,10 @@ const SYMBOLS = {
   pm_inject_push: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_inject_unregister(int listener_fd)
   pm_inject_unregister: { parameters: ["i32"], result: "i32" },
+  // int pm_signal_register(int port, int watched)
+  pm_signal_register: { parameters: ["i32", "i32"], result: "i32" },
+  // int pm_signal_unregister(int listener_fd)
+  pm_signal_unregister: { parameters: ["i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** Linux errno numbers the shim can return, by name. */
@@ -98,6 +110,13 @@ const ERRNO_NAMES: Record<number, string> = {
 };
 
 /** A failed shim call: `code` is the errno name ("ECONNREFUSED"). */
+/** The (fd, hangup) pairs pm_waiter_wait wrote. */
+function readiness(n: number, out: Int32Array): Readiness[] {
+  const ready: Readiness[] = [];
+  for (let i = 0; i < n; i++) ready.push({ fd: out[2 * i]!, hangup: out[2 * i + 1] !== 0 });
+  return ready;
+}
+
 export class ShimError extends Error {
   constructor(readonly call: string, readonly errno: number) {
     const code = ERRNO_NAMES[errno] ?? `errno ${errno}`;
@@ -333,6 +352,13 @@ export class Shim {
     return check("accept", await this.#lib.symbols.pm_accept(fd));
   }
 
+  /** Accepts on a non-blocking listener without waiting; null if none is
+   * waiting. */
+  acceptNow(fd: number): number | null {
+    const c = this.#lib.symbols.pm_accept_now(fd);
+    return c === -11 ? null : check("accept", c);
+  }
+
   async read(fd: number, buf: Uint8Array<ArrayBuffer>): Promise<number> {
     return check("read", await this.#lib.symbols.pm_read(fd, buf, buf.length));
   }
@@ -359,13 +385,14 @@ export class Shim {
     out: Int32Array<ArrayBuffer>,
     timeoutMs: number,
   ): Promise<Readiness[]> {
-    const n = check(
-      "waiter_wait",
-      await this.#lib.symbols.pm_waiter_wait(ep, out, out.length / 2, timeoutMs),
-    );
-    const ready: Readiness[] = [];
-    for (let i = 0; i < n; i++) ready.push({ fd: out[2 * i]!, hangup: out[2 * i + 1] !== 0 });
-    return ready;
+    const n = await this.#lib.symbols.pm_waiter_wait(ep, out, out.length / 2, timeoutMs);
+    return readiness(check("waiter_wait", n), out);
+  }
+
+  /** What waiterWait reports, without waiting. */
+  waiterPoll(ep: number, out: Int32Array<ArrayBuffer>): Readiness[] {
+    const n = this.#lib.symbols.pm_waiter_poll(ep, out, out.length / 2, 0);
+    return readiness(check("waiter_wait", n), out);
   }
 
   /** True when the library was preloaded, so accept injection works. */
@@ -378,7 +405,8 @@ export class Shim {
     return check("inject_register", this.#lib.symbols.pm_inject_register(port));
   }
 
-  /** Queues clientFd to be returned by the listener's next accept; the
+  /** Queues clientFd (non-blocking and close-on-exec, as every socket the
+   * daemon holds) to be returned by the listener's next accept; the
    * listener owns clientFd only if this returns without throwing. */
   injectPush(listenerFd: number, clientFd: number): void {
     check("inject_push", this.#lib.symbols.pm_inject_push(listenerFd, clientFd));
@@ -388,5 +416,16 @@ export class Shim {
    * and returns how many. */
   injectUnregister(listenerFd: number): number {
     return check("inject_unregister", this.#lib.symbols.pm_inject_unregister(listenerFd));
+  }
+
+  /** Makes the loopback listener on port a readiness signal for watched
+   * (src/ready_signal.ts); returns the listener's fd. */
+  signalRegister(port: number, watched: number): number {
+    return check("signal_register", this.#lib.symbols.pm_signal_register(port, watched));
+  }
+
+  /** Undoes signalRegister (before either fd is closed). */
+  signalUnregister(listenerFd: number): void {
+    check("signal_unregister", this.#lib.symbols.pm_signal_unregister(listenerFd));
   }
 }

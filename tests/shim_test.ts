@@ -249,3 +249,23 @@ Deno.test("injected sockets wake the listener through a doorbell (an eventfd und
     "each injected socket is accepted, in order",
   );
 });
+
+Deno.test("a ReadySignal wakes the event loop while an epoll set has events, with no pool thread, and ends when closed", async () => {
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", join(ROOT_DIR, "tests/fixtures/ready_signal.ts")],
+    env: { LD_PRELOAD: shim.path },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
+  assert.deepEqual(JSON.parse(new TextDecoder().decode(r.stdout)), {
+    quiet: "pending", // no bytes, no signal
+    fired: true,
+    unharvested: true, // fires again while the set still holds the event
+    events: [true],
+    harvested: "pending", // taken: quiet until new bytes come
+    firedAgain: true,
+    newThreads: 0,
+    afterClose: false,
+  });
+});
