@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { readAtLeast, writeAll } from "../tests/helpers/client.ts";
 import { freePort, run } from "../tests/helpers/daemon.ts";
 import { waitForPort } from "../tests/helpers/peers.ts";
+import { shimPath } from "../ffi/shim.ts";
 
 export const ROOT = new URL("../", import.meta.url).pathname;
 export const SECONDS = Number(Deno.env.get("BENCH_SECONDS") ?? 2);
@@ -14,9 +15,14 @@ export const CONCURRENCY = 32;
 export const BULK_BYTES = 256 * 1024 * 1024;
 
 /** Starts a helper process and waits for its "ready" line. */
-export async function spawnReady(script: string, args: string[]): Promise<Deno.ChildProcess> {
+export async function spawnReady(
+  script: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<Deno.ChildProcess> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", join(ROOT, script), ...args],
+    env,
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
@@ -181,12 +187,13 @@ routes:
 export async function startEchoService(dir: string) {
   const socket = join(dir, "echo.sock");
   const port = freePort();
+  // Preloaded, its receiver waits on its own event loop (src/ready_signal.ts).
   const child = await spawnReady("bench/echo_service.ts", [
     "--tcp-port",
     String(port),
     "--socket",
     socket,
-  ]);
+  ], { LD_PRELOAD: shimPath() });
   return { port, socket, child };
 }
 

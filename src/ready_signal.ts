@@ -24,16 +24,16 @@ export class ReadySignal {
     this.#fd = fd;
   }
 
-  /** A signal for watched; null when the shim is not preloaded or the
-   * runtime's epoll set was not found. */
+  /** A signal for watched; null when the shim is not preloaded. Throws
+   * when it is but the signal cannot be set up (never a silent fallback). */
   static open(shim: Shim, watched: number): ReadySignal | null {
     if (!shim.interposerActive()) return null;
     const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     try {
       return new ReadySignal(shim, listener, shim.signalRegister(listener.addr.port, watched));
-    } catch {
+    } catch (e) {
       listener.close();
-      return null;
+      throw e;
     }
   }
 

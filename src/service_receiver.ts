@@ -10,15 +10,18 @@
  *     console.log("client", c.record.client);
  *   }
  *
- * Per channel: one wait for readability (a thread-pool hop), then every
- * record that is there is taken without waiting. Records and fds are
- * paired by RecordAssembler, which survives split, merged and truncated
- * control data.
+ * Per channel: one wait for readability, then every record that is there
+ * is taken without waiting. With the shim preloaded (LD_PRELOAD), the
+ * event loop itself waits (src/ready_signal.ts); otherwise a pool thread
+ * does, which costs a thread hop per wait. Records and fds are paired by
+ * RecordAssembler, which survives split, merged and truncated control
+ * data.
  */
 import net from "node:net";
 import type { Shim } from "../ffi/shim.ts";
 import type { HandoffRecord } from "./handoff.ts";
 import { RecordAssembler } from "./handoff_records.ts";
+import { ReadySignal } from "./ready_signal.ts";
 
 export interface ReceivedConnection {
   /** The client's TCP socket; the receiver owns it. It is non-blocking
@@ -55,8 +58,7 @@ export function receiveConnections(
     wake?.();
   };
   (async () => {
-    for (;;) {
-      const channel = await shim.accept(listener);
+    for await (const channel of acceptChannels(shim, listener)) {
       const peer = shim.peerCred(channel);
       if (senderUid >= 0 && peer.uid !== senderUid) {
         problem(`refused a channel from uid ${peer.uid} (pid ${peer.pid})`);
@@ -77,6 +79,19 @@ export function receiveConnections(
   };
 }
 
+/** The channels the daemon opens to us, as they come. */
+async function* acceptChannels(shim: Shim, listener: number): AsyncGenerator<number> {
+  shim.setNonBlocking(listener, true);
+  const signal = ReadySignal.open(shim, listener);
+  if (!signal) shim.setNonBlocking(listener, false); // a pool thread waits in accept
+  for (;;) {
+    if (!signal) yield await shim.accept(listener);
+    else if (await signal.readable()) {
+      for (let c = shim.acceptNow(listener); c !== null; c = shim.acceptNow(listener)) yield c;
+    }
+  }
+}
+
 /** Reads records and fds from one channel until it ends. */
 async function readChannel(
   shim: Shim,
@@ -87,11 +102,13 @@ async function readChannel(
   const buf = new Uint8Array(64 * 1024);
   const fds = new Int32Array(16);
   const records = new RecordAssembler();
+  const signal = ReadySignal.open(shim, channel);
   try {
     for (;;) {
       const got = shim.channelRecv(channel, buf, fds);
       if (got === null) {
-        await shim.waitReadable(channel, WAIT_MS);
+        if (signal) await signal.readable();
+        else await shim.waitReadable(channel, WAIT_MS);
         continue;
       }
       if (got.count === 0) break; // the daemon closed the channel
@@ -104,6 +121,7 @@ async function readChannel(
       }
     }
   } finally {
+    signal?.close();
     for (const fd of records.leftoverFds()) shim.close(fd); // never leak an fd
     shim.close(channel);
   }

@@ -11,6 +11,7 @@ import { roundTrip, seesEnd, writeAll } from "./helpers/client.ts";
 import { loadClients } from "./helpers/load_clients.ts";
 import { startProxyHeaderEcho } from "./helpers/peers.ts";
 import { startPythonService } from "./helpers/python_service.ts";
+import { shimPath } from "../ffi/shim.ts";
 
 const enc = new TextEncoder();
 const lines = (d: TestDaemon, pred: (l: LogLine) => boolean = () => true) =>
@@ -59,6 +60,43 @@ Deno.test("20,000 handoffs to the Deno example service: every byte arrives and c
     assert.equal(d.logs.filter((l) => l.event === "service-down").length, 0);
   } finally {
     await d.stop();
+  }
+});
+
+Deno.test("the Deno example service with the shim preloaded (it waits on its own event loop): 3,000 handoffs, none lost", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-preloaded-receiver-" });
+  const socket = join(dir, "svc.sock");
+  const service = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../src/demo_echo_service.ts", import.meta.url).pathname,
+      "--socket",
+      socket,
+    ],
+    env: { LD_PRELOAD: shimPath() },
+    stdout: "piped",
+  }).spawn();
+  const out = service.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  assert.equal((await out.read()).value?.trim(), "ready");
+  const d = await startDaemon({
+    dataDir: dir,
+    config: handoffTo(`services: { svc: { socket: ${JSON.stringify(socket)} } }`),
+  });
+  try {
+    const load = loadClients("echo", d.port, 3_000, 50);
+    const result = await load.waitFor("echoed", 120_000);
+    await load.done();
+    assert.deepEqual(
+      { ok: result.ok, bad: result.bad, errors: result.errors },
+      { ok: 3_000, bad: 0, errors: 0 },
+      String(result.first_error),
+    );
+  } finally {
+    await d.stop();
+    service.kill();
+    await service.status;
+    await out.cancel();
   }
 });
 
