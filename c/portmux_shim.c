@@ -9,7 +9,10 @@
  *   - with LD_PRELOAD (src/launch.ts), so that its accept4() interposes the
  *     runtime's: for a registered internal listener it returns client fds
  *     queued by the daemon ("accept injection", DESIGN.md fact 4), and an
- *     eventfd in the runtime's epoll set tells the runtime to call it.
+ *     eventfd in the runtime's epoll set tells the runtime to call it; for
+ *     a signal listener its accept4 fails while a watched fd is readable,
+ *     so the event loop waits on that fd without a thread ("readiness
+ *     signals").
  *
  * Every function returns a negative errno on failure; ffi/shim.ts names it.
  * The C side makes syscalls only: policy lives in TypeScript.
