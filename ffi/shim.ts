@@ -109,7 +109,6 @@ const ERRNO_NAMES: Record<number, string> = {
   115: "EINPROGRESS",
 };
 
-/** A failed shim call: `code` is the errno name ("ECONNREFUSED"). */
 /** The (fd, hangup) pairs pm_waiter_wait wrote. */
 function readiness(n: number, out: Int32Array): Readiness[] {
   const ready: Readiness[] = [];
@@ -117,6 +116,7 @@ function readiness(n: number, out: Int32Array): Readiness[] {
   return ready;
 }
 
+/** A failed shim call: `code` is the errno name ("ECONNREFUSED"). */
 export class ShimError extends Error {
   constructor(readonly call: string, readonly errno: number) {
     const code = ERRNO_NAMES[errno] ?? `errno ${errno}`;

@@ -12,6 +12,8 @@
  */
 import type { Shim } from "../ffi/shim.ts";
 
+const RETRY_MS = 100;
+
 export class ReadySignal {
   readonly #shim: Shim;
   readonly #listener: Deno.TcpListener;
@@ -45,7 +47,8 @@ export class ReadySignal {
         (await this.#listener.accept()).close(); // a stranger: nothing is served here
       } catch (e) {
         if (e instanceof Deno.errors.ConnectionAborted) return true;
-        if (!this.#closed) throw e;
+        // Out of fds for a stranger, say: the signal is checked again first.
+        if (!this.#closed) await new Promise((r) => setTimeout(r, RETRY_MS));
       }
     }
     return false;

@@ -102,8 +102,9 @@ async function readChannel(
   const buf = new Uint8Array(64 * 1024);
   const fds = new Int32Array(16);
   const records = new RecordAssembler();
-  const signal = ReadySignal.open(shim, channel);
+  let signal: ReadySignal | null = null;
   try {
+    signal = ReadySignal.open(shim, channel);
     for (;;) {
       const got = shim.channelRecv(channel, buf, fds);
       if (got === null) {
