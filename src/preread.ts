@@ -2,18 +2,16 @@
  * The wait for a client's first bytes. Bytes are peeked, never consumed, so
  * whoever gets the connection reads it from its first byte. A peek without
  * waiting comes first (the bytes are usually there already); otherwise the
- * connection joins one shared epoll set, so an idle client costs no thread
- * (DESIGN.md fact 7), and a timer enforces the deadline. The event loop
- * itself watches the set when the shim is preloaded (src/ready_signal.ts);
- * otherwise one pool thread waits on it.
+ * connection joins one shared epoll set that one thread waits on, so an idle
+ * client costs no thread (DESIGN.md fact 7), and a timer enforces the
+ * deadline.
  *
  * An idle client costs little memory: all connections peek into one shared
  * scratch buffer (a peek and the decision on it run synchronously, so no
  * other connection can overwrite it in between), and each keeps only how
  * many bytes it has shown.
  */
-import { type Readiness, type Shim, ShimError } from "../ffi/shim.ts";
-import { ReadySignal } from "./ready_signal.ts";
+import { type Shim, ShimError } from "../ffi/shim.ts";
 
 /** Why the wait ended without more bytes to come (or to look at). */
 export type PrereadFinal = "timeout" | "eof" | "peek-limit";
@@ -37,7 +35,6 @@ const POLL_MS = 250; // how long the waiter blocks before checking for stop
 export class Preread {
   readonly #shim: Shim;
   readonly #ep: number;
-  readonly #signal: ReadySignal | null;
   #scratch: Uint8Array<ArrayBuffer>;
   readonly #waiting = new Map<number, (hangup: boolean) => void>();
   #stopped = false;
@@ -47,7 +44,6 @@ export class Preread {
   constructor(shim: Shim, maxBytes: number) {
     this.#shim = shim;
     this.#ep = shim.waiterCreate();
-    this.#signal = ReadySignal.open(shim, this.#ep);
     this.#scratch = new Uint8Array(maxBytes);
     this.#loop = this.#run();
   }
@@ -66,15 +62,9 @@ export class Preread {
   async #run(): Promise<void> {
     const out = new Int32Array(2 * 256);
     while (!this.#stopped) {
-      const ready = await this.#next(out);
+      const ready = await this.#shim.waiterWait(this.#ep, out, POLL_MS);
       for (const { fd, hangup } of ready) this.#waiting.get(fd)?.(hangup);
     }
-  }
-
-  /** The connections with news, once there are some (or POLL_MS passed). */
-  async #next(out: Int32Array<ArrayBuffer>): Promise<Readiness[]> {
-    if (!this.#signal) return await this.#shim.waiterWait(this.#ep, out, POLL_MS);
-    return await this.#signal.readable() ? this.#shim.waiterPoll(this.#ep, out) : [];
   }
 
   /**
@@ -136,11 +126,10 @@ export class Preread {
     });
   }
 
-  /** Stops the wait (the waiter thread after at most POLL_MS). Waiting
-   * reads are left to their deadlines. */
+  /** Stops the waiter thread (after at most POLL_MS). Waiting reads are left
+   * to their deadlines. */
   async stop(): Promise<void> {
     this.#stopped = true;
-    this.#signal?.close();
     await this.#loop;
     this.#shim.close(this.#ep);
   }
