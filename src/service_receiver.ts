@@ -81,9 +81,9 @@ export function receiveConnections(
 
 /** The channels the daemon opens to us, as they come. */
 async function* acceptChannels(shim: Shim, listener: number): AsyncGenerator<number> {
-  shim.setNonBlocking(listener, true);
   const signal = ReadySignal.open(shim, listener);
-  if (!signal) shim.setNonBlocking(listener, false); // a pool thread waits in accept
+  // With a signal, accepts must not block; without, a pool thread waits in one.
+  if (signal) shim.setNonBlocking(listener, true);
   for (;;) {
     if (!signal) yield await shim.accept(listener);
     else if (await signal.readable()) {

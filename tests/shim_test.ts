@@ -230,16 +230,20 @@ Deno.test("acceptBatch takes every waiting connection of a listener, with both a
   assert.throws(() => shim.listenerFd({ hostname: "127.0.0.1", port: 1 }), /ENOENT/);
 });
 
-Deno.test("injected sockets wake the listener through a doorbell (an eventfd under the listener's epoll token), not a loopback connection", async () => {
+/** Runs a fixture with the shim preloaded; returns the JSON it printed. */
+async function runPreloaded(fixture: string): Promise<Record<string, unknown>> {
   const r = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", join(ROOT_DIR, "tests/fixtures/inject_doorbell.ts")],
+    args: ["run", "-A", join(ROOT_DIR, fixture)],
     env: { LD_PRELOAD: shim.path },
     stdout: "piped",
     stderr: "piped",
   }).output();
-  const out = new TextDecoder().decode(r.stdout);
   assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
-  const got = JSON.parse(out);
+  return JSON.parse(new TextDecoder().decode(r.stdout));
+}
+
+Deno.test("injected sockets wake the listener through a doorbell (an eventfd under the listener's epoll token), not a loopback connection", async () => {
+  const got = await runPreloaded("tests/fixtures/inject_doorbell.ts");
   assert.equal(got.interposer, true);
   assert.equal(got.doorbells, 1, "registering adds one eventfd");
   assert.equal(got.afterUnregister, 0, "unregistering closes it");
@@ -251,14 +255,7 @@ Deno.test("injected sockets wake the listener through a doorbell (an eventfd und
 });
 
 Deno.test("a ReadySignal wakes the event loop while an epoll set has events, with no pool thread, and ends when closed", async () => {
-  const r = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", join(ROOT_DIR, "tests/fixtures/ready_signal.ts")],
-    env: { LD_PRELOAD: shim.path },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
-  assert.deepEqual(JSON.parse(new TextDecoder().decode(r.stdout)), {
+  assert.deepEqual(await runPreloaded("tests/fixtures/ready_signal.ts"), {
     quiet: "pending", // no bytes, no signal
     fired: true,
     unharvested: true, // fires again while the set still holds the event
