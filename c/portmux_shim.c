@@ -39,7 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PM_EXPORT __attribute__((visibility("default")))
+#include "shim_internal.h"
 
 /* ---------- peek ---------- */
 
@@ -109,7 +109,7 @@ static int addr_equals(const struct sockaddr_storage *ss, int family,
 }
 
 /* The port of an IPv4 or IPv6 sockaddr; -1 for another family. */
-static int sockaddr_port(const struct sockaddr_storage *ss) {
+int sockaddr_port(const struct sockaddr_storage *ss) {
   if (ss->ss_family == AF_INET) return ntohs(((const struct sockaddr_in *)ss)->sin_port);
   if (ss->ss_family == AF_INET6) return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
   return -1;
@@ -525,6 +525,9 @@ struct injected_listener {
    * writing to it makes the runtime call accept4 (-1: wake with a loopback
    * connection instead, a "waker"). */
   int efd;
+  /* 1 for an express listener (express_lane.c): the express lane accepts
+   * its connections; the runtime gets only those the lane queues. */
+  int express;
   int head, len;
   int queue[QUEUE_CAP];
 };
@@ -548,6 +551,10 @@ static accept4_fn real_accept4(void) {
   static accept4_fn fn;
   if (!fn) fn = (accept4_fn)dlsym(RTLD_NEXT, "accept4");
   return fn;
+}
+
+int real_accept(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags) {
+  return real_accept4()(fd, addr, addrlen, flags);
 }
 
 /* Signal listeners (pm_signal_register): the fd each one watches, and the
@@ -596,9 +603,15 @@ static void close_waker_locked(int i) {
  * close-on-exec already (pm_inject_push), so the runtime, which asks for
  * both, costs no fcntl here. */
 static int deliver(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags) {
+  if (addr && addrlen && getpeername(fd, addr, addrlen) < 0) {
+    /* The client is gone already: say it as the kernel's accept would (the
+     * runtime goes on to the next). */
+    close(fd);
+    errno = ECONNABORTED;
+    return -1;
+  }
   if (!(flags & SOCK_NONBLOCK)) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   if (!(flags & SOCK_CLOEXEC)) fcntl(fd, F_SETFD, 0);
-  if (addr && addrlen) getpeername(fd, addr, addrlen);
   return fd;
 }
 
@@ -625,8 +638,13 @@ static int pm_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int fla
     return real(fd, addr, addrlen, flags); /* EAGAIN, or a stranger */
   }
   int q = pop_locked(l);
+  int express = l->express;
   pthread_mutex_unlock(&inject_lock);
   if (q >= 0) return deliver(q, addr, addrlen, flags);
+  if (express) { /* its real connections are the express lane's to accept */
+    errno = EAGAIN;
+    return -1;
+  }
 
   for (;;) {
     struct sockaddr_storage ss;
@@ -719,6 +737,30 @@ PM_EXPORT int pm_inject_register(int port) {
   }
   pthread_mutex_unlock(&inject_lock);
   return found;
+}
+
+int inject_register_express(int listener_fd) {
+  pthread_mutex_lock(&inject_lock);
+  int rc = 0;
+  if (find_listener(listener_fd)) rc = -EEXIST;
+  else if (listener_count == MAX_LISTENERS) rc = -ENOSPC;
+  else {
+    /* The doorbell goes in under the listener's token first; then the
+     * listener leaves the runtime's set, so that a new connection no longer
+     * wakes the event loop (the express lane takes it). */
+    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    int set = efd < 0 ? -1 : add_under_token(listener_fd, efd);
+    if (set < 0) {
+      if (efd >= 0) close(efd);
+      rc = -ENOENT;
+    } else {
+      epoll_ctl(set, EPOLL_CTL_DEL, listener_fd, NULL);
+      listeners[listener_count++] =
+          (struct injected_listener){.fd = listener_fd, .efd = efd, .express = 1};
+    }
+  }
+  pthread_mutex_unlock(&inject_lock);
+  return rc;
 }
 
 static double age_ms(const struct timespec *t) {

@@ -1,5 +1,5 @@
 /**
- * Deno.dlopen bindings for the C shim (c/portmux_shim.c), and nothing else:
+ * Deno.dlopen bindings for the C shim (c/), and nothing else:
  * the symbol table, the library path, and the one place where a C return
  * code becomes a named error.
  */
@@ -76,6 +76,24 @@ const SYMBOLS = {
   pm_signal_register: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_signal_unregister(int listener_fd)
   pm_signal_unregister: { parameters: ["i32"], result: "i32" },
+  // int pm_express_table(char *text)
+  pm_express_table: { parameters: ["buffer"], result: "i32" },
+  // int pm_express_listen(int listener_fd)
+  pm_express_listen: { parameters: ["i32"], result: "i32" },
+  // int pm_express_stop(int listener_fd)
+  pm_express_stop: { parameters: ["i32"], result: "i32" },
+  // int pm_express_waiting(void)
+  pm_express_waiting: { parameters: [], result: "i32" },
+  // double pm_express_age_ms(int fd)
+  pm_express_age_ms: { parameters: ["i32"], result: "f64" },
+  // int pm_express_channels(int id, int32_t *pairs, int n)
+  pm_express_channels: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  // int pm_express_events(uint8_t *out, int max, int32_t *dropped)
+  pm_express_events: { parameters: ["buffer", "i32", "buffer"], result: "i32" },
+  // int pm_express_event_size(void)
+  pm_express_event_size: { parameters: [], result: "i32" },
+  // int pm_express_decide(char *table, uint8_t *bytes, int n, char *sni_out)
+  pm_express_decide: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** Linux errno numbers the shim can return, by name. */
@@ -108,6 +126,75 @@ const ERRNO_NAMES: Record<number, string> = {
   111: "ECONNREFUSED",
   115: "EINPROGRESS",
 };
+
+/** What the express lane did with one connection (struct event in
+ * c/express_lane.c). */
+export interface ExpressEvent {
+  readonly outcome: "https" | "handed-off" | "lost" | "accept-failed" | "limit" | "reset";
+  /** Index of the route in the config's route list... */
+  readonly route: number;
+  /** ...of the config the table of this generation was made from. */
+  readonly generation: number;
+  /** The site (https) or the service instance (handed-off). */
+  readonly target: number;
+  readonly peeked: number;
+  readonly client: { hostname: string; port: number };
+  readonly local: { hostname: string; port: number };
+  /** errno name, for lost and accept-failed. */
+  readonly error: string;
+  /** The limit, for limit: 1 max_connections, 2 max_preread, 3 max_per_source. */
+  readonly limit: number;
+  /** Set when the bytes were a ClientHello. */
+  readonly tls: { sni: string | null; alpn: string[] } | null;
+  readonly decideMs: number;
+}
+
+const EXPRESS_OUTCOMES = [
+  ,
+  "https",
+  "handed-off",
+  "lost",
+  "accept-failed",
+  "limit",
+  "reset",
+] as const;
+const EVENT_NAME = 256;
+const EVENT_ADDR = 48;
+
+/** A NUL-ended ASCII string of at most max bytes at `at`. */
+function cTextOf(buf: Uint8Array, at: number, max: number): string {
+  let s = "";
+  for (let i = at; buf[i] !== 0 && i < at + max; i++) s += String.fromCharCode(buf[i]!);
+  return s;
+}
+
+function readExpressEvent(buf: Uint8Array, view: DataView, at: number): ExpressEvent {
+  const i32 = (k: number) => view.getInt32(at + 4 * k, true);
+  const hasSni = i32(7);
+  const alpnAt = at + 40 + 2 * EVENT_ADDR + EVENT_NAME;
+  const alpn: string[] = [];
+  for (let i = alpnAt; buf[i]! > 0 && i < alpnAt + EVENT_NAME;) {
+    const n = buf[i]!;
+    alpn.push(cTextOf(buf.subarray(0, i + 1 + n), i + 1, n));
+    i += 1 + n;
+  }
+  return {
+    outcome: EXPRESS_OUTCOMES[i32(0)] ?? "lost",
+    route: i32(1),
+    target: i32(2),
+    peeked: i32(3),
+    client: { hostname: cTextOf(buf, at + 40, EVENT_ADDR), port: i32(4) },
+    local: { hostname: cTextOf(buf, at + 40 + EVENT_ADDR, EVENT_ADDR), port: i32(5) },
+    error: i32(6) ? ERRNO_NAMES[i32(6)] ?? `errno ${i32(6)}` : "",
+    limit: i32(6),
+    tls: hasSni < 0 ? null : {
+      sni: hasSni ? cTextOf(buf, at + 40 + 2 * EVENT_ADDR, EVENT_NAME) : null,
+      alpn,
+    },
+    decideMs: view.getFloat32(at + 32, true),
+    generation: i32(9),
+  };
+}
 
 /** The (fd, hangup) pairs pm_waiter_wait wrote. */
 function readiness(n: number, out: Int32Array): Readiness[] {
@@ -422,6 +509,72 @@ export class Shim {
    * (src/ready_signal.ts); returns the listener's fd. */
   signalRegister(port: number, watched: number): number {
     return check("signal_register", this.#lib.symbols.pm_signal_register(port, watched));
+  }
+
+  /** Installs the express lane's routing table (src/express_lane.ts writes
+   * it); the lane's thread starts with the first. */
+  expressTable(text: string): void {
+    check("express_table", this.#lib.symbols.pm_express_table(cstr(text)));
+  }
+
+  /** Lets the express lane accept the runtime's listener's connections
+   * (needs the shim preloaded). */
+  expressListen(listenerFd: number): void {
+    check("express_listen", this.#lib.symbols.pm_express_listen(listenerFd));
+  }
+
+  /** Stops the lane accepting on the listener; returns how many
+   * connections it still holds for it (call until 0). */
+  expressStop(listenerFd: number): number {
+    return check("express_stop", this.#lib.symbols.pm_express_stop(listenerFd));
+  }
+
+  /** Connections waiting for their first bytes in the express lane. */
+  expressWaiting(): number {
+    return this.#lib.symbols.pm_express_waiting();
+  }
+
+  /** For a connection the lane passed on: ms since the lane accepted it;
+   * null for any other fd. */
+  expressAgeMs(fd: number): number | null {
+    const age = this.#lib.symbols.pm_express_age_ms(fd);
+    return age < 0 ? null : age;
+  }
+
+  /** The channels the lane may send on for service id: [fd, instance]. */
+  expressChannels(id: number, channels: readonly (readonly [number, number])[]): void {
+    const pairs = new Int32Array(channels.flat());
+    check("express_channels", this.#lib.symbols.pm_express_channels(id, pairs, channels.length));
+  }
+
+  #events = new Uint8Array(0);
+  readonly #dropped = new Int32Array(1);
+
+  /** What the lane did since the last call (at most max connections), and
+   * how many events were lost to a full ring. */
+  expressEvents(max = 1024): { events: ExpressEvent[]; dropped: number } {
+    const size = this.#lib.symbols.pm_express_event_size();
+    if (this.#events.length < size * max) this.#events = new Uint8Array(size * max);
+    const n = this.#lib.symbols.pm_express_events(this.#events, max, this.#dropped);
+    const view = new DataView(this.#events.buffer);
+    const events: ExpressEvent[] = [];
+    for (let i = 0; i < n; i++) events.push(readExpressEvent(this.#events, view, i * size));
+    return { events, dropped: this.#dropped[0]! };
+  }
+
+  /** The lane's decision on bytes, for tests: the route index, "more", or
+   * "daemon" (the lane would pass it on); and the SNI it read. */
+  expressDecide(table: string, bytes: Uint8Array<ArrayBuffer>): {
+    route: number | "more" | "daemon";
+    sni: string;
+  } {
+    const sni = new Uint8Array(EVENT_NAME);
+    const route = this.#lib.symbols.pm_express_decide(cstr(table), bytes, bytes.length, sni);
+    if (route < -3) check("express_decide", route);
+    return {
+      route: route >= 0 ? route : route === -2 ? "more" : "daemon",
+      sni: cTextOf(sni, 0, EVENT_NAME),
+    };
   }
 
   /** Undoes signalRegister (before either fd is closed). */

@@ -51,10 +51,16 @@ export class Admission {
   /**
    * Admits a new connection, or names the limit it would break. The per
    * source limit is skipped for a trusted load balancer (its clients are
-   * counted once their PROXY header names them).
+   * counted once their PROXY header names them). heldElsewhere: connections
+   * the express lane holds, which count against max_connections too.
    */
-  admit(source: string, waitingInPreread: number, trustedPeer: boolean): Lease | LimitName {
-    if (this.total >= this.limits.maxConnections) return "max_connections";
+  admit(
+    source: string,
+    waitingInPreread: number,
+    trustedPeer: boolean,
+    heldElsewhere = 0,
+  ): Lease | LimitName {
+    if (this.total + heldElsewhere >= this.limits.maxConnections) return "max_connections";
     if (waitingInPreread >= this.limits.maxPreread) return "max_preread";
     if (!trustedPeer && this.perSourceFull(source)) return "max_per_source";
     this.total++;

@@ -1,12 +1,14 @@
 /**
- * Builds the C shim (c/portmux_shim.c) into build/libportmux.so with the
+ * Builds the C shim (c/*.c) into build/libportmux.so with the
  * system C compiler ($CC, else cc), when it is missing or older than its
  * source. `--force` rebuilds anyway. Used by `deno task build`, by the
  * launcher and before the tests.
  */
 
 const root = new URL("../", import.meta.url);
-const SOURCE = new URL("c/portmux_shim.c", root).pathname;
+const C_FILES = ["portmux_shim.c", "express_lane.c", "shim_internal.h"]
+  .map((f) => new URL(`c/${f}`, root).pathname);
+const SOURCES = C_FILES.filter((f) => f.endsWith(".c"));
 export const SHIM_OUTPUT = new URL("build/libportmux.so", root).pathname;
 
 function mtime(path: string): number | null {
@@ -17,10 +19,10 @@ function mtime(path: string): number | null {
   }
 }
 
-/** True when the library is missing or older than its source. */
+/** True when the library is missing or older than one of its sources. */
 export function shimIsStale(): boolean {
   const built = mtime(SHIM_OUTPUT);
-  return built === null || built < (mtime(SOURCE) ?? Infinity);
+  return built === null || C_FILES.some((f) => built < (mtime(f) ?? Infinity));
 }
 
 /** Builds the shim if needed (or always, with force); returns its path. */
@@ -41,7 +43,7 @@ export async function buildShim(force = false): Promise<string> {
     "-fvisibility=hidden",
     "-o",
     tmp,
-    SOURCE,
+    ...SOURCES,
     "-ldl",
     "-lpthread",
   ];

@@ -120,7 +120,12 @@ export interface Config {
   readonly source: string;
   readonly listen: readonly Listen[];
   readonly dataDir: string;
-  readonly preread: { readonly timeoutMs: number; readonly maxBytes: number };
+  readonly preread: {
+    readonly timeoutMs: number;
+    readonly maxBytes: number;
+    /** Let the express lane (src/express_lane.ts) take what it can. */
+    readonly express: boolean;
+  };
   readonly limits: Limits;
   /** How long a stop lets HTTPS requests and relays finish. */
   readonly drainTimeoutMs: number;
@@ -334,10 +339,11 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
   const dataDirText = r.string(["data_dir"]);
   const dataDir = dataDirText ? path(dataDirText) : defaultDataDir();
 
-  r.keys(["preread"], ["timeout_ms", "max_bytes"]);
+  r.keys(["preread"], ["timeout_ms", "max_bytes", "express"]);
   const preread = {
     timeoutMs: r.integer(["preread", "timeout_ms"], 1, 600_000) ?? 5000,
     maxBytes: r.integer(["preread", "max_bytes"], 16, 65536) ?? 16384,
+    express: r.boolean(["preread", "express"]) ?? true,
   };
 
   r.keys(["limits"], ["max_connections", "max_preread", "max_per_source"]);
@@ -842,7 +848,11 @@ export function describeConfig(c: Config): Record<string, unknown> {
         : {}),
     })),
     data_dir: c.dataDir,
-    preread: { timeout_ms: c.preread.timeoutMs, max_bytes: c.preread.maxBytes },
+    preread: {
+      timeout_ms: c.preread.timeoutMs,
+      max_bytes: c.preread.maxBytes,
+      express: c.preread.express,
+    },
     drain_timeout_ms: c.drainTimeoutMs,
     admin: c.admin,
     limits: {

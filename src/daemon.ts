@@ -23,6 +23,7 @@ import { HttpsSites, readHttps } from "./https_sites.ts";
 import type { Logger } from "./log.ts";
 import { Preread } from "./preread.ts";
 import { type BuiltinService, startBuiltinServices } from "./builtin_services.ts";
+import { ExpressLane, type LaneReport } from "./express_lane.ts";
 
 /** What became of a connection, as the log says it. */
 type Outcome = "handed-off" | "https" | "proxied" | "closed" | "failed";
@@ -32,6 +33,8 @@ const ACCEPT_RETRY_MS = 100;
  * BURST_MAX at a time, so that the event loop moves on in between. */
 const BURST_BATCH = 64;
 const BURST_MAX = 512;
+const LANE_LAST_PASS_MS = 20;
+const CHANNEL_CHECK_MS = 100;
 
 /** Bytes copied between a client and an upstream until both are done.
  * (Wrapped: an async function returning the bare promise would wait for it.) */
@@ -43,7 +46,10 @@ interface ListenerEntry {
   readonly listener: Deno.TcpListener;
   listen: Listen;
   /** Its fd, when the shim takes the rest of each burst (see #acceptBurst). */
-  readonly fd: number | null;
+  fd: number | null;
+  /** Its fd, when the express lane accepts its connections (the accept
+   * loop then gets only those the lane passes on). */
+  lane: number | null;
 }
 
 /** A classified connection, as the actions get it. */
@@ -94,6 +100,9 @@ export class Daemon {
   #admin: Deno.HttpServer | null = null;
   /** This process's place among --parallel workers; null when alone. */
   #worker: { index: number; count: number } | null = null;
+  /** The express lane (src/express_lane.ts); null when it cannot run. */
+  #lane: ExpressLane | null = null;
+  #channelCheck: ReturnType<typeof setInterval> | undefined;
 
   private constructor(
     config: Config,
@@ -114,6 +123,30 @@ export class Daemon {
     this.#throttled = new ThrottledLog(log);
     this.#declareMetrics();
     this.#updateChannels(config);
+    if (ExpressLane.usable(shim, config)) {
+      this.#lane = new ExpressLane(shim, (r) => this.#reportLane(r));
+      this.#setLaneTable(config);
+      // The lane sends on the channels without asking: keep them ready.
+      this.#channelCheck = setInterval(() => {
+        for (const c of this.#channels.values()) c.maintain();
+      }, CHANNEL_CHECK_MS);
+    }
+  }
+
+  /** Gives the express lane the routes of config. */
+  #setLaneTable(config: Config): void {
+    const ids = new Map([...this.#channels].map(([name, c]) => [name, c.id]));
+    this.#lane?.setTable(config, this.#https?.laneSites ?? null, ids);
+  }
+
+  /** Logs and counts a connection the express lane served or refused. */
+  #reportLane(r: LaneReport): void {
+    if ("limit" in r) {
+      return this.#sayRefused(r.limit, normalizeAddress({ address: r.source, port: 0 }).address);
+    }
+    this.metrics.inc("portmux_connections_total", { route: r.route, outcome: r.outcome });
+    if (r.decideMs !== null) this.metrics.observeDecide(r.decideMs / 1000);
+    this.#log[r.level]("connection", { ...r.fields, outcome: r.outcome });
   }
 
   /** Channels for the config's services: kept where a service is the same,
@@ -175,12 +208,12 @@ export class Daemon {
     m.gauge(
       "portmux_preread_waiting",
       "Connections waiting for their first bytes.",
-      () => this.#preread.waiting,
+      () => this.#preread.waiting + (this.#lane?.waiting ?? 0),
     );
     m.gauge(
       "portmux_connections_held",
       "Connections held (preread and relays).",
-      () => this.#admission.total,
+      () => this.#admission.total + (this.#lane?.waiting ?? 0),
     );
     m.gauge(
       "portmux_open_fds",
@@ -245,11 +278,13 @@ export class Daemon {
         const reusePort = this.#worker !== null;
         const options = { hostname: l.address, port: l.port, reusePort } as Deno.TcpListenOptions;
         const listener = Deno.listen(options);
-        const fresh = { listener, listen: l, fd: this.#burstFd(listener) };
+        const fresh: ListenerEntry = { listener, listen: l, fd: null, lane: null };
         this.#listeners.set(key(l), fresh);
         opened.push(key(l));
         this.#log.info("listening", { address: addressText(displayAddress(fresh.listener.addr)) });
         this.#acceptLoop(fresh);
+        fresh.lane = this.#laneFor(fresh);
+        if (fresh.lane === null) fresh.fd = this.#burstFd(listener);
       }
     } catch (e) {
       for (const k of opened) this.#closeListener(k);
@@ -259,16 +294,43 @@ export class Daemon {
     for (const k of [...this.#listeners.keys()]) if (!wanted.has(k)) this.#closeListener(k);
   }
 
-  #closeListener(key: string): void {
+  /** Closes a listener; one of the express lane's once the lane has
+   * decided on every connection it holds for it. */
+  async #closeListener(key: string): Promise<void> {
     const entry = this.#listeners.get(key);
     if (!entry) return;
     this.#listeners.delete(key);
+    if (entry.lane !== null) {
+      await this.#lane!.stopListening(entry.lane);
+      // A moment for the accept loop to take what the lane passed on last.
+      await new Promise((r) => setTimeout(r, LANE_LAST_PASS_MS));
+      const dropped = this.#shim.injectUnregister(entry.lane);
+      if (dropped) this.#log.warn("express-queue-dropped", { connections: dropped });
+    }
     try {
       entry.listener.close();
     } catch { /* closed */ }
     this.#log.info("listener-closed", {
       address: addressText(displayAddress(entry.listener.addr)),
     });
+  }
+
+  /** Hands the listener to the express lane, if it can take it (not behind
+   * a load balancer: the PROXY header is the daemon's to read). Returns
+   * the listener's fd, or null. */
+  #laneFor(entry: ListenerEntry): number | null {
+    if (!this.#lane || entry.listen.proxyProtocol) return null;
+    try {
+      const fd = this.#shim.listenerFd(entry.listener.addr);
+      this.#lane.listen(fd);
+      return fd;
+    } catch (e) {
+      this.#log.warn("express-lane-off", {
+        address: addressText(displayAddress(entry.listener.addr)),
+        error: String(e),
+      });
+      return null;
+    }
   }
 
   get httpsMode(): string | null {
@@ -291,7 +353,9 @@ export class Daemon {
   async #acceptLoop(entry: ListenerEntry): Promise<void> {
     const listener = entry.listener;
     let failures = 0; // accept errors in the current burst
-    while (!this.#stopping) {
+    // The lane's listener is read until it closes: what the lane passes on
+    // while it stops must still be served.
+    while (!this.#stopping || entry.lane !== null) {
       let conn: Deno.TcpConn;
       try {
         conn = await listener.accept();
@@ -312,15 +376,15 @@ export class Daemon {
         this.#log.info("accept-recovered", { failures });
         failures = 0;
       }
-      this.#admit(conn, entry.listen); // read per connection: a reload may change it
-      if (entry.fd !== null) this.#acceptBurst(entry.fd, entry.listen);
+      this.#admit(conn, entry); // its listen settings are read per connection: a reload may change them
+      if (entry.fd !== null) this.#acceptBurst(entry.fd, entry);
     }
   }
 
   /** Takes the rest of a burst at once: the connections already waiting on
    * the listener are accepted by the shim, without a Deno connection
    * object each (src/client_socket.ts). */
-  #acceptBurst(listenerFd: number, listen: Listen): void {
+  #acceptBurst(listenerFd: number, entry: ListenerEntry): void {
     for (let taken = 0; taken < BURST_MAX && !this.#stopping;) {
       let batch;
       try {
@@ -328,22 +392,24 @@ export class Daemon {
       } catch {
         return; // EMFILE and the like: Deno's next accept meets it, says it and waits
       }
-      for (const a of batch) this.#admit(new ShimClient(a, this.#shim, this.#adopter), listen);
+      for (const a of batch) this.#admit(new ShimClient(a, this.#shim, this.#adopter), entry);
       if (batch.length < BURST_BATCH) return;
       taken += batch.length;
     }
   }
 
   /** Applies the limits to a new connection, then serves it. */
-  #admit(conn: Deno.TcpConn | ShimClient, listen: Listen): void {
+  #admit(conn: Deno.TcpConn | ShimClient, entry: ListenerEntry): void {
+    const listen = entry.listen;
     const peer = displayAddress(conn.remoteAddr).address;
     const trusted = listen.proxyProtocol?.trusted.some((c) => cidrContains(c, peer)) ?? false;
-    const lease = this.#admission.admit(peer, this.#preread.waiting, trusted);
+    const inLane = entry.lane !== null ? this.#lane!.waiting : 0;
+    const lease = this.#admission.admit(peer, this.#preread.waiting + inLane, trusted, inLane);
     if (typeof lease === "string") {
       this.#refuse(conn, lease, peer);
       return;
     }
-    const handling = this.#handle(conn, listen, lease);
+    const handling = this.#handle(conn, entry, lease);
     this.#inFlight.add(handling);
     handling.finally(() => this.#inFlight.delete(handling));
   }
@@ -354,6 +420,10 @@ export class Daemon {
     try {
       conn.close();
     } catch { /* gone */ }
+    this.#sayRefused(limit, source);
+  }
+
+  #sayRefused(limit: LimitName, source: string): void {
     const total = this.metrics.inc("portmux_limit_hits_total", { limit });
     this.#throttled.warn(limit, "limit", { limit, source, total });
   }
@@ -361,10 +431,14 @@ export class Daemon {
   /** Serves one connection; its lease is released when the daemon lets go
    * of it: at once, or when a relay it started ends. The returned promise
    * ends with the decision, not with the relay (stop waits for decisions). */
-  async #handle(conn: Deno.TcpConn | ShimClient, listen: Listen, lease: Lease): Promise<void> {
+  async #handle(
+    conn: Deno.TcpConn | ShimClient,
+    entry: ListenerEntry,
+    lease: Lease,
+  ): Promise<void> {
     let relay: Relay | void = undefined;
     try {
-      relay = await this.#serve(conn, listen, lease);
+      relay = await this.#serve(conn, entry, lease);
     } finally {
       if (relay) {
         const ended = relay.ended;
@@ -380,10 +454,11 @@ export class Daemon {
   /** The path of one connection; returns the relay it leaves running. */
   async #serve(
     accepted: Deno.TcpConn | ShimClient,
-    listen: Listen,
+    entry: ListenerEntry,
     lease: Lease,
   ): Promise<Relay | void> {
-    const started = performance.now();
+    const listen = entry.listen;
+    let started = performance.now();
     let client = displayAddress(accepted.remoteAddr);
     let local = displayAddress(accepted.localAddr);
     const fields: Record<string, unknown> = {
@@ -422,6 +497,13 @@ export class Daemon {
       }
     }
     const fd = conn.fd;
+    if (entry.lane !== null) { // the lane waited for its bytes first: its deadline counts
+      const age = this.#lane!.ageMs(fd);
+      if (age !== null) {
+        started -= age;
+        fields.accepted_by = "express-passed";
+      }
+    }
 
     const { preread: limits, routes } = this.#config;
     const remaining = () => Math.max(1, limits.timeoutMs - (performance.now() - started));
@@ -617,6 +699,7 @@ export class Daemon {
       setTimeout(() => retiring.stop(), next.drainTimeoutMs);
     }
     this.#updateChannels(next);
+    this.#setLaneTable(next);
     this.#admission.limits = next.limits;
     this.#preread.ensureCapacity(Math.max(next.preread.maxBytes, PROXY_HEADER_MAX));
     if (JSON.stringify(next.admin) !== JSON.stringify(this.#config.admin)) {
@@ -649,7 +732,7 @@ export class Daemon {
   }
 
   async #stop(): Promise<void> {
-    for (const key of [...this.#listeners.keys()]) this.#closeListener(key);
+    await Promise.all([...this.#listeners.keys()].map((key) => this.#closeListener(key)));
     await Promise.allSettled([...this.#inFlight]);
     this.#adopterMade?.stop(); // every decision is made: nothing is waiting to be adopted
     await this.#preread.stop();
@@ -666,8 +749,10 @@ export class Daemon {
     }
     clearTimeout(timer);
     for (const b of this.#builtins) await b.stop();
+    clearInterval(this.#channelCheck);
     for (const c of this.#channels.values()) c.close();
     await this.#admin?.shutdown();
+    this.#lane?.close();
     this.#log.info("stats", this.metrics.snapshot());
   }
 }

@@ -201,6 +201,12 @@ export class HttpsFrontend {
     return this.#listenerFd === null ? "bridge" : "inject";
   }
 
+  /** The internal listener's fd, where connections are injected (null in
+   * bridge mode). */
+  get listenerFd(): number | null {
+    return this.#listenerFd;
+  }
+
   /** The internal listener's loopback port. */
   get port(): number {
     return this.#server.addr.port;

@@ -14,6 +14,7 @@ import { reverseProxyHandler } from "./reverse_proxy.ts";
 import { selfSignedCertIn } from "./self_signed_cert.ts";
 import { staticFilesHandler } from "./static_files.ts";
 import { AccessLog } from "./access_log.ts";
+import type { LaneSite } from "./express_lane.ts";
 
 /** What the sites are made of: read from the files each time, so that a
  * reload notices a renewed certificate at the same path. */
@@ -108,6 +109,11 @@ export class HttpsSites {
       for (const s of this.sites) if (s.names.some((p) => nameMatches(p, sni))) return s.frontend;
     }
     return this.sites[0]!.frontend;
+  }
+
+  /** The sites as the express lane sees them (src/express_lane.ts). */
+  get laneSites(): LaneSite[] {
+    return this.sites.map((s) => ({ listenerFd: s.frontend.listenerFd, names: s.names }));
   }
 
   get mode(): string {

@@ -63,9 +63,13 @@ class Instance {
   constructor(readonly socket: string) {}
 }
 
+let lastId = 0;
+
 export class ServiceChannels {
   readonly #instances: Instance[];
   #next = 0;
+  /** Under this id the express lane knows the service's channels. */
+  readonly id = ++lastId;
 
   constructor(
     readonly service: Service,
@@ -92,6 +96,7 @@ export class ServiceChannels {
         if (inst.downUntil > performance.now()) continue;
         if (this.#trySend(inst, fd, record)) {
           this.#next = (this.#next + k + 1) % n;
+          this.#openIdle(); // so that the express lane spreads them too
           return { sent: true, socket: inst.socket, waitedMs: performance.now() - started };
         }
       }
@@ -138,6 +143,7 @@ export class ServiceChannels {
     }
     if (sent < record.length) { // the fd went with the first byte: finish the record later
       inst.tail = record.slice(sent);
+      this.#publish(); // no other record may go on it before the tail
       this.#flushTail(inst);
     }
     inst.backoffMs = 0;
@@ -163,6 +169,7 @@ export class ServiceChannels {
       }
       inst.tail = n < inst.tail.length ? inst.tail.slice(n) : null;
     }
+    this.#publish();
     return true;
   }
 
@@ -201,6 +208,7 @@ export class ServiceChannels {
     }
     inst.downUntil = 0;
     inst.lastError = "";
+    this.#publish();
     return true;
   }
 
@@ -221,12 +229,63 @@ export class ServiceChannels {
     });
   }
 
+  /** Tells the express lane which channels it may send on: those open
+   * and between records. It sends under a lock, so once this returns it
+   * no longer uses a channel left out. */
+  #publish(): void {
+    const usable: [number, number][] = [];
+    const n = this.#instances.length;
+    for (let j = 0; j < n; j++) { // from the instance due next: the lane goes on from there
+      const k = (this.#next + j) % n;
+      const inst = this.#instances[k]!;
+      if (inst.chan !== null && !inst.tail) usable.push([inst.chan, k]);
+    }
+    this.shim.expressChannels(this.id, usable);
+  }
+
   #closeChannel(inst: Instance): void {
     if (inst.chan !== null) {
-      try {
-        this.shim.close(inst.chan);
-      } catch { /* gone */ }
+      const chan = inst.chan;
       inst.chan = null;
+      this.#publish(); // before the number can be reused
+      try {
+        this.shim.close(chan);
+      } catch { /* gone */ }
+    }
+  }
+
+  /**
+   * Keeps the channels of a service in use ready for the express lane,
+   * which sends without this object: a channel whose service went away
+   * (readable: a receiver never writes, so that is its end) is closed and
+   * reopened, and an instance not open yet is opened once its backoff
+   * allows. Called now and then; a service never used is left alone.
+   */
+  maintain(): void {
+    if (!this.#instances.some((i) => i.chan !== null)) return;
+    for (const inst of this.#instances) {
+      if (inst.chan !== null) {
+        let ended = false;
+        try {
+          ended = this.shim.peek(inst.chan, this.#probe)?.length === 0;
+        } catch {
+          ended = true;
+        }
+        if (!ended) continue;
+        this.#closeChannel(inst);
+        this.#markDown(inst, "channel closed by the service", true);
+      }
+    }
+    this.#openIdle();
+  }
+
+  readonly #probe = new Uint8Array(1);
+
+  /** Opens the instances not open yet whose backoff allows. */
+  #openIdle(): void {
+    const now = performance.now();
+    for (const inst of this.#instances) {
+      if (inst.chan === null && inst.downUntil <= now) this.#open(inst);
     }
   }
 

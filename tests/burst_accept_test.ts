@@ -80,6 +80,7 @@ Deno.test("a burst accepted by the shim: HTTPS, handoff, proxy and close all wor
     dataDir: dir,
     config: `
 listen: [{ address: 127.0.0.1, port: 0 }]
+preread: { express: false } # the express lane would take these bursts
 tls: { self_signed: true }
 services: { echo: { builtin: echo } }
 routes:
@@ -123,6 +124,7 @@ Deno.test("limits apply to sockets the shim accepted: the newest over the limit 
   const d = await startDaemon({
     config: `
 listen: [{ address: 127.0.0.1, port: 0 }]
+preread: { express: false }
 limits: { max_per_source: 3 }
 services: { echo: { builtin: echo } }
 routes:

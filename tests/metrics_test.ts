@@ -52,6 +52,7 @@ routes:
     const refused = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
     assert.ok(await seesEnd(refused));
     refused.close();
+    await d.waitFor((l) => l.event === "limit"); // the express lane reports in batches
 
     const res = await fetch(`http://${admin}/metrics`);
     assert.equal(res.headers.get("content-type"), "text/plain; version=0.0.4; charset=utf-8");

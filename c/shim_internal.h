@@ -1,0 +1,33 @@
+/*
+ * What the shim's C files share inside the library (not exported: the
+ * library is built with -fvisibility=hidden).
+ */
+#ifndef PORTMUX_SHIM_INTERNAL_H
+#define PORTMUX_SHIM_INTERNAL_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define PM_EXPORT __attribute__((visibility("default")))
+
+/* The port of an IPv4 or IPv6 sockaddr; -1 for another family. */
+int sockaddr_port(const struct sockaddr_storage *ss);
+
+/* glibc's accept4, bypassing our interposer. */
+int real_accept(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags);
+
+/* Queues a client fd on an injected listener and wakes the runtime
+ * (portmux_shim.c). 0, or -errno. */
+int pm_inject_push(int listener_fd, int client_fd);
+
+/* Sends payload with fd on a channel, without waiting (portmux_shim.c).
+ * Bytes sent, or -errno. */
+int pm_channel_send(int chan, int fd, const uint8_t *payload, int len);
+
+/* Makes listener_fd an express listener: the runtime's accept4 on it
+ * returns only fds that the express lane queues (pm_inject_push), woken
+ * by a doorbell, and the runtime no longer watches the listener itself.
+ * 0, or -errno. */
+int inject_register_express(int listener_fd);
+
+#endif

@@ -1,0 +1,161 @@
+/**
+ * The express lane decides in C; the daemon decides in TypeScript. The
+ * lane must never decide differently: here both look at the same bytes
+ * (real ClientHellos, every truncation of them, random corruptions,
+ * prefixes, garbage) and every decision the lane makes must be the
+ * daemon's. The lane may pass a connection on ("daemon") where it is not
+ * sure; it must still decide the common cases itself.
+ */
+import assert from "node:assert/strict";
+import { decide, type Fallbacks } from "../src/classify.ts";
+import { parseConfig } from "../src/config.ts";
+import { laneTable } from "../src/express_lane.ts";
+import { Shim } from "../ffi/shim.ts";
+import {
+  alpnExtension,
+  buildHello,
+  fixture,
+  FIXTURES,
+  handshakeOf,
+  inRecords,
+  sniExtension,
+} from "./helpers/tls_records.ts";
+
+const enc = new TextEncoder();
+const shim = new Shim();
+
+function config(routesYaml: string) {
+  return parseConfig(
+    `listen: [{ address: 127.0.0.1, port: 1 }]
+tls: { self_signed: true }
+services: { svc: { socket: /run/portmux-test/svc.sock } }
+routes:
+${routesYaml}`,
+    "test",
+    "/tmp",
+  );
+}
+
+const ROUTES = config(`
+  - { name: api, match: { protocol: tls, sni: api.example.com }, action: https }
+  - { name: wild, match: { protocol: tls, sni: "*.example.org", alpn: h2 }, action: https }
+  - { name: priv, match: { prefix: PRIV }, action: handoff, service: svc }
+  - { name: tls, match: { protocol: tls }, action: https }
+  - { name: other, match: { prefix: "GET " }, action: close }
+  - { name: http, match: { protocol: http }, action: close }
+  - { name: late, match: { prefix: SSH- }, action: handoff, service: svc }
+`);
+const TABLE = laneTable(ROUTES, 1, [{ listenerFd: 7, names: [] }], new Map([["svc", 3]]));
+
+const HELLOS = [...Deno.readDirSync(FIXTURES)].map((f) => fixture(f.name.replace(/\.bin$/, "")));
+
+/** Checks one input: returns what the lane said. */
+function agree(bytes: Uint8Array, routes = ROUTES, table = TABLE): number | "more" | "daemon" {
+  const lane = shim.expressDecide(table, Uint8Array.from(bytes));
+  const fallbacks: Fallbacks = routes;
+  const input = { bytes, client: { address: "192.0.2.1", port: 1 }, maxBytes: 16384 };
+  const daemon = decide(routes.routes, fallbacks, input, null);
+  const show = () =>
+    `lane ${JSON.stringify(lane)}, daemon ${daemon?.route.name ?? "more"} on ${bytes.length} bytes`;
+  if (typeof lane.route === "number") {
+    assert.equal(daemon?.reason, "matched", show());
+    assert.equal(daemon.route, routes.routes[lane.route], show());
+    assert.equal(lane.sni, daemon.facts.sni ?? "", show());
+  } else if (lane.route === "more") {
+    assert.equal(daemon, null, show());
+  }
+  return lane.route;
+}
+
+Deno.test("the lane's table: what it evaluates, what it leaves to the daemon", () => {
+  const lines = TABLE.trim().split("\n");
+  assert.equal(lines[0], "limits 16384 5000 20000 50000 1000 1");
+  assert.equal(lines[1], "site 7 ");
+  assert.match(lines[2]!, /^rule 0 https -1 - tls 1 =api\.example\.com -1$/);
+  assert.match(lines[3]!, /^rule 1 https -1 - tls 1 \*\.example\.org 1 6832$/); // "h2"
+  assert.match(lines[4]!, /^rule 2 handoff 3 [0-9a-f]+ prefix 50524956$/);
+  assert.match(lines[6]!, /^rule 4 slow -1 - prefix 47455420$/); // close: the daemon's
+  assert.match(lines[7]!, /^rule 5 slow -1 - opaque$/); // http: not the lane's to read
+  // An access log needs each request's facts from the daemon: no https here.
+  const logged = config(`  - { name: tls, match: { protocol: tls }, action: https }`);
+  const withLog = { ...logged, https: { ...logged.https, accessLog: "/tmp/x.log" } };
+  assert.match(laneTable(withLog, 2, [{ listenerFd: 7, names: [] }], new Map()), /rule 0 slow/);
+  // A site that cannot inject (bridge): same.
+  assert.match(laneTable(logged, 3, [{ listenerFd: null, names: [] }], new Map()), /rule 0 slow/);
+  assert.throws(() => shim.expressDecide("limits 0 1 1 1 1\n", new Uint8Array(1)), /EINVAL/);
+  assert.throws(
+    () => shim.expressDecide(TABLE + "rule 9 https -1 - nonsense\n", new Uint8Array(1)),
+    /EINVAL/,
+  );
+});
+
+Deno.test("the lane decides real ClientHellos as the daemon does, SNI included", () => {
+  for (const hello of HELLOS) {
+    assert.equal(typeof agree(hello), "number", "a whole hello is the lane's");
+  }
+  const api = buildHello([sniExtension("API.Example.COM")]);
+  assert.equal(agree(inRecords(api, [])), 0);
+  const h2 = inRecords(
+    buildHello([sniExtension("www.example.org"), alpnExtension([0x1a, 0x1a], "h2")]),
+    [],
+  );
+  assert.equal(agree(h2), 1);
+  const noH2 = inRecords(
+    buildHello([sniExtension("www.example.org"), alpnExtension("http/1.1")]),
+    [],
+  );
+  assert.equal(agree(noH2), 3);
+  const bare = inRecords(buildHello([sniExtension("example.org"), alpnExtension("h2")]), []);
+  assert.equal(agree(bare), 3, "*.example.org does not name example.org itself");
+  assert.equal(agree(inRecords(buildHello([sniExtension("api.example.com.")]), [])), 0);
+  assert.equal(agree(enc.encode("PRIV and more")), 2);
+  assert.equal(agree(enc.encode("PRI")), "more");
+  assert.equal(agree(enc.encode("GET / HTTP/1.1\r\n")), 4);
+  assert.equal(
+    agree(enc.encode("SSH-2.0-x\r\n")),
+    "daemon",
+    "behind an http route: not the lane's",
+  );
+  assert.equal(agree(new Uint8Array(0)), "more");
+});
+
+Deno.test("every truncation and 20,000 corruptions of real hellos: the lane never decides otherwise", () => {
+  let decided = 0, passed = 0;
+  for (const hello of HELLOS) {
+    for (let n = 0; n <= hello.length; n++) agree(hello.subarray(0, n));
+    // Over several records: the daemon reassembles; the lane passes it on.
+    assert.equal(agree(inRecords(handshakeOf(hello), [40])), "daemon");
+  }
+  let seed = 42;
+  const random = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff;
+  for (let i = 0; i < 20_000; i++) {
+    const bytes = Uint8Array.from(HELLOS[i % HELLOS.length]!);
+    for (let k = 1 + Math.floor(random() * 3); k > 0; k--) {
+      const at = Math.floor(random() * Math.min(bytes.length, i % 2 ? 64 : bytes.length));
+      bytes[at] = Math.floor(random() * 256);
+    }
+    const r = agree(bytes.subarray(0, bytes.length - Math.floor(random() * 4) * (i % 3)));
+    if (typeof r === "number") decided++;
+    else if (r === "daemon") passed++;
+  }
+  // Most corruptions hit bytes the parse does not check (the random, key
+  // shares): those hellos are still the lane's.
+  assert.ok(decided > 5000 && passed > 1000, `decided ${decided}, passed on ${passed}`);
+});
+
+Deno.test("routes the lane cannot read stop it: nothing after them is decided by it", () => {
+  const routes = config(`
+  - { name: from, match: { protocol: tls, source: 10.0.0.0/8 }, action: https }
+  - { name: tls, match: { protocol: tls }, action: https }
+`);
+  const table = laneTable(routes, 1, [{ listenerFd: 7, names: [] }], new Map());
+  for (const hello of HELLOS) assert.equal(agree(hello, routes, table), "daemon");
+  const prefixFirst = config(`
+  - { name: priv, match: { prefix: PRIV }, action: handoff, service: svc }
+  - { name: regex, match: { regex: { expression: "^x" } }, action: close }
+  - { name: tls, match: { protocol: tls }, action: https }
+`);
+  const t2 = laneTable(prefixFirst, 1, [{ listenerFd: 7, names: [] }], new Map([["svc", 1]]));
+  assert.equal(agree(enc.encode("PRIV"), prefixFirst, t2), 0);
+  assert.equal(agree(HELLOS[0]!, prefixFirst, t2), "daemon");
+});
