@@ -11,6 +11,11 @@ import { decide, type Fallbacks } from "../src/classify.ts";
 import { parseConfig } from "../src/config.ts";
 import { laneTable } from "../src/express_lane.ts";
 import { Shim } from "../ffi/shim.ts";
+import { join } from "node:path";
+import { encodeRecord } from "../src/handoff.ts";
+import { run, startDaemon } from "./helpers/daemon.ts";
+import { startPythonService } from "./helpers/python_service.ts";
+import { roundTrip } from "./helpers/client.ts";
 import {
   alpnExtension,
   buildHello,
@@ -158,4 +163,91 @@ Deno.test("routes the lane cannot read stop it: nothing after them is decided by
   const t2 = laneTable(prefixFirst, 1, [{ listenerFd: 7, names: [] }], new Map([["svc", 1]]));
   assert.equal(agree(enc.encode("PRIV"), prefixFirst, t2), 0);
   assert.equal(agree(HELLOS[0]!, prefixFirst, t2), "daemon");
+});
+
+Deno.test("the real daemon: the lane serves HTTPS and handoffs itself, sends the daemon's exact record, and leaves no fd", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-lane-" });
+  const svc = await startPythonService(join(dir, "svc.sock"));
+  const d = await startDaemon({
+    dataDir: dir,
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+tls: { self_signed: true }
+services: { svc: { socket: ${JSON.stringify(svc.socket)} } }
+routes:
+  - { name: web, match: { protocol: tls }, action: https }
+  - { name: private, match: { prefix: PRIV }, action: handoff, service: svc }
+`,
+  });
+  try {
+    const one = async (i: number) => {
+      const c = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+      assert.equal(await roundTrip(c, `PRIV ${i}`, `ECHO:PRIV ${i}`.length), `ECHO:PRIV ${i}`);
+      return c;
+    };
+    (await one(0)).close(); // opens the channel (the daemon's path: the lane has none yet)
+    await new Promise((r) => setTimeout(r, 50));
+    const baseline = d.fdCount();
+    const clients: Deno.Conn[] = [];
+    for (let i = 1; i <= 200; i++) clients.push(await one(i));
+    for (const c of clients) c.close();
+    for (let i = 0; i < 2; i++) {
+      const r = await run("curl", [
+        "-sk",
+        i ? "--http2" : "--http1.1",
+        `https://127.0.0.1:${d.port}/`,
+      ]);
+      assert.match(r.stdout, /portmux/);
+    }
+    await svc.waitForRecords(201);
+    // The record the lane wrote is the one the daemon writes (src/handoff.ts).
+    const laneRecord = svc.records[200]!;
+    const client = laneRecord.client as { address: string; port: number };
+    assert.deepEqual(
+      JSON.parse(new TextDecoder().decode(encodeRecord({
+        v: 1,
+        route: "private",
+        service: "svc",
+        client,
+        local: { address: "127.0.0.1", port: d.port },
+        peeked: 8,
+      }))),
+      laneRecord,
+    );
+    const line = await d.connection(client.port);
+    assert.equal(line.accepted_by, "express");
+    assert.equal(line.outcome, "handed-off");
+    assert.equal(line.socket, svc.socket);
+    await d.waitFor((l) => l.event === "connection" && l.route === "web" && l.alpn !== undefined);
+    const lines = d.logs.filter((l) => l.event === "connection");
+    const byLane = lines.filter((l) => l.accepted_by === "express");
+    assert.ok(byLane.length >= 195, `the lane served ${byLane.length} of ${lines.length}`);
+    assert.equal(lines.filter((l) => l.outcome === "failed").length, 0);
+    assert.ok(await d.settleFds(baseline) <= baseline, "no fd left behind");
+  } finally {
+    await d.stop();
+    await svc.stop();
+  }
+});
+
+Deno.test("preread.express: false turns the lane off: the daemon's path serves everything", async () => {
+  const d = await startDaemon({
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+preread: { express: false }
+services: { echo: { builtin: echo } }
+routes:
+  - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }
+`,
+  });
+  try {
+    for (let i = 0; i < 3; i++) {
+      const c = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+      assert.equal(await roundTrip(c, "PRIV x", 6), "PRIV x");
+      c.close();
+      assert.notEqual((await d.connection(c.localAddr.port)).accepted_by, "express");
+    }
+  } finally {
+    await d.stop();
+  }
 });
