@@ -197,6 +197,23 @@ export async function startEchoService(dir: string) {
   return { port, socket, child };
 }
 
+/** The same echo in Python (bench/echo_service.py), a receiver that does
+ * nothing but recvmsg: shows what the daemon itself adds. */
+export async function startPythonEchoService(dir: string) {
+  const socket = join(dir, "echo-py.sock");
+  const port = freePort();
+  const child = new Deno.Command("python3", {
+    args: [join(ROOT, "bench/echo_service.py"), String(port), socket],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  if ((await reader.read()).value?.trim() !== "ready") {
+    throw new Error("bench/echo_service.py did not start");
+  }
+  return { port, socket, child };
+}
+
 /** The direct HTTPS baseline: Deno.serve alone, with the certificate portmux
  * made in dir (start portmux first). */
 export async function startHttpsBackend(dir: string) {

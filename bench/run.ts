@@ -26,6 +26,7 @@ import {
   startEchoService,
   startHttpsBackend,
   startPortmux,
+  startPythonEchoService,
 } from "./load.ts";
 import { machineLine, writeSection } from "./results.ts";
 
@@ -57,6 +58,14 @@ const echo = echoService.child;
 const portmuxPort = freePort();
 const daemon = await startPortmux(dir, benchConfig(portmuxPort, dir, socket));
 const backend = await startHttpsBackend(dir);
+// The same measure of latency with a minimal receiver, through a second
+// portmux: what the daemon adds, without the Deno receiver's own cost.
+const pyEcho = await startPythonEchoService(dir);
+const pyPortmuxPort = freePort();
+const pyDaemon = await startPortmux(
+  join(dir, "py"),
+  benchConfig(pyPortmuxPort, join(dir, "py"), pyEcho.socket),
+);
 const httpsPort = backend.port;
 const httpsDirect = backend.child;
 const caCert = await Deno.readTextFile(join(dir, "self-signed-cert.pem"));
@@ -104,6 +113,21 @@ try {
     lowerIsBetter: true,
   });
 
+  const [pd, pp] = await alternate(
+    () => sequentialLatency(pyEcho.port),
+    () => sequentialLatency(pyPortmuxPort),
+  );
+  const pyAdded = (median(pp) - median(pd)) * 1000;
+  rows.push({
+    metric: `handoff: the same, to a minimal Python receiver (portmux adds ${
+      pyAdded.toFixed(0)
+    } µs)`,
+    direct: median(pd),
+    portmux: median(pp),
+    unit: "ms",
+    lowerIsBetter: true,
+  });
+
   console.error("bulk...");
   const [bd, bp] = await alternate(
     () => bulkLoad(echoPort, ""),
@@ -130,6 +154,10 @@ try {
 } finally {
   daemon.kill("SIGTERM");
   await daemon.status;
+  pyDaemon.kill("SIGTERM");
+  await pyDaemon.status;
+  pyEcho.child.kill();
+  await pyEcho.child.status;
   echo.kill();
   httpsDirect.kill();
   await echo.status;

@@ -34,7 +34,7 @@ const ACCEPT_RETRY_MS = 100;
 const BURST_BATCH = 64;
 const BURST_MAX = 512;
 const LANE_LAST_PASS_MS = 20;
-const CHANNEL_CHECK_MS = 100;
+const CHANNEL_CHECK_MS = 250;
 
 /** Bytes copied between a client and an upstream until both are done.
  * (Wrapped: an async function returning the bare promise would wait for it.) */

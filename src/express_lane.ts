@@ -41,7 +41,7 @@ export type LaneReport = {
 
 const LIMITS: readonly LimitName[] = ["max_connections", "max_preread", "max_per_source"];
 
-const DRAIN_MS = 20;
+const DRAIN_MS = 50;
 const STOP_POLL_MS = 5;
 
 const encoder = new TextEncoder();
