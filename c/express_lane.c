@@ -377,6 +377,7 @@ static int lane_ep = -1;
 #define X_MAX_LISTENERS 32
 static struct lane_listener {
   int fd, accepting, pending;
+  int pass_all; /* every connection goes to the daemon (it reads a PROXY header first) */
   int64_t resume_ns; /* after an accept error: pause until then */
 } lane_listeners[X_MAX_LISTENERS];
 static int lane_listener_count;
@@ -744,6 +745,11 @@ static void accept_from(int li) {
     c->in_epoll = 0;
     address_key(&peer, c->source);
     memcpy(&c->peer, &peer, sizeof c->peer);
+    if (l->pass_all) {
+      c->state = C_NONE;
+      pass_to_daemon(fd, c);
+      continue;
+    }
     /* Over a limit, the newest connection is closed, as the daemon does
      * (src/admission.ts), and said through the ring. */
     enum limit over = pending_total >= table->max_connections ? L_MAX_CONNECTIONS
@@ -905,6 +911,17 @@ PM_EXPORT int pm_express_stop(int listener_fd) {
   }
   pthread_mutex_unlock(&lane_lock);
   return rc;
+}
+
+/* on = 1: the lane passes every connection of the listener to the daemon
+ * at once (a reload gave it the PROXY protocol, which the daemon reads).
+ * 0, or -ENOENT. */
+PM_EXPORT int pm_express_pass_all(int listener_fd, int on) {
+  pthread_mutex_lock(&lane_lock);
+  struct lane_listener *l = find_lane_listener(listener_fd);
+  if (l) l->pass_all = on;
+  pthread_mutex_unlock(&lane_lock);
+  return l ? 0 : -ENOENT;
 }
 
 /* Connections waiting for their first bytes in the lane, all listeners. */

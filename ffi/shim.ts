@@ -82,6 +82,8 @@ const SYMBOLS = {
   pm_express_listen: { parameters: ["i32"], result: "i32" },
   // int pm_express_stop(int listener_fd)
   pm_express_stop: { parameters: ["i32"], result: "i32" },
+  // int pm_express_pass_all(int listener_fd, int on)
+  pm_express_pass_all: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_express_waiting(void)
   pm_express_waiting: { parameters: [], result: "i32" },
   // double pm_express_age_ms(int fd)
@@ -527,6 +529,11 @@ export class Shim {
    * connections it still holds for it (call until 0). */
   expressStop(listenerFd: number): number {
     return check("express_stop", this.#lib.symbols.pm_express_stop(listenerFd));
+  }
+
+  /** on: the lane passes every connection of the listener to the daemon. */
+  expressPassAll(listenerFd: number, on: boolean): void {
+    check("express_pass_all", this.#lib.symbols.pm_express_pass_all(listenerFd, on ? 1 : 0));
   }
 
   /** Connections waiting for their first bytes in the express lane. */

@@ -272,6 +272,7 @@ export class Daemon {
         const entry = this.#listeners.get(key(l));
         if (entry) {
           entry.listen = l;
+          if (entry.lane !== null) this.#lane!.passAll(entry.lane, l.proxyProtocol !== null);
           continue;
         }
         // Workers share the port: the kernel spreads connections over them.

@@ -42,6 +42,13 @@ export type LaneReport = {
 const LIMITS: readonly LimitName[] = ["max_connections", "max_preread", "max_per_source"];
 
 const DRAIN_MS = 50;
+/** What c/express_lane.c has room for (X_MAX_RULES, X_MAX_NAMES, X_NAME,
+ * X_MAX_SITES, X_HEAD): past them a rule is left to the daemon. */
+const MAX_RULES = 64;
+const MAX_NAMES = 16;
+const MAX_NAME_BYTES = 255;
+const MAX_SITES = 16;
+const MAX_HEAD_BYTES = 1023;
 const STOP_POLL_MS = 5;
 
 const encoder = new TextEncoder();
@@ -52,15 +59,24 @@ const pattern = (p: NamePattern) => "exact" in p ? `=${p.exact}` : `*${p.suffix}
 function laneMatch(route: Route): string | null {
   const m = route.match!;
   const keys = Object.entries(m).filter(([, v]) => v !== undefined).map(([k]) => k);
-  if (keys.length === 1 && m.prefix) return `prefix ${hex(m.prefix)}`;
+  if (keys.length === 1 && m.prefix) {
+    return m.prefix.length <= MAX_NAME_BYTES + 1 ? `prefix ${hex(m.prefix)}` : null;
+  }
   if (m.protocol !== "tls" || keys.some((k) => !["protocol", "sni", "alpn"].includes(k))) {
     return null;
   }
+  if (!fits(m.sni?.map(pattern)) || !fits(m.alpn)) return null;
   const sni = m.sni ? `${m.sni.length} ${m.sni.map(pattern).join(" ")}` : "-1";
   const alpn = m.alpn
     ? `${m.alpn.length} ${m.alpn.map((a) => hex(encoder.encode(a))).join(" ")}`
     : "-1";
   return `tls ${sni} ${alpn}`;
+}
+
+/** A list of names the C table has room for. */
+function fits(names: readonly string[] | undefined): boolean {
+  return !names ||
+    (names.length <= MAX_NAMES && names.every((n) => encoder.encode(n).length < MAX_NAME_BYTES));
 }
 
 /**
@@ -77,13 +93,17 @@ export function laneTable(
   const lines = [
     `limits ${preread.maxBytes} ${preread.timeoutMs} ${limits.maxPreread} ${limits.maxConnections} ${limits.maxPerSource} ${generation}`,
   ];
-  const injecting = sites !== null && sites.every((s) => s.listenerFd !== null);
+  const injecting = sites !== null && sites.length <= MAX_SITES &&
+    sites.every((s) => s.listenerFd !== null && fits(s.names.map(pattern)));
   if (injecting) {
     for (const s of sites) lines.push(`site ${s.listenerFd} ${s.names.map(pattern).join(" ")}`);
   }
+  let rules = 0;
   config.routes.forEach((route, index) => {
-    if (!route.match) return; // reached only as a fallback: the daemon's
-    const match = laneMatch(route) ?? "opaque";
+    if (!route.match || rules === MAX_RULES) return; // no match: reached only as a fallback
+    // The last rule there is room for stops the lane, if more routes follow.
+    const last = ++rules === MAX_RULES && config.routes.slice(index + 1).some((r) => r.match);
+    const match = last ? "opaque" : laneMatch(route) ?? "opaque";
     const a = route.action;
     let action = "slow -1 -";
     if (a.kind === "https" && injecting && config.https.accessLog === null) {
@@ -91,10 +111,14 @@ export function laneTable(
     } else if (a.kind === "handoff" && serviceIds.has(a.service.name)) {
       // The record up to the client's address; the lane writes the rest
       // (the same JSON as encodeRecord in src/handoff.ts).
-      const head = `{"v":1,"route":${JSON.stringify(route.name)},"service":${
-        JSON.stringify(a.service.name)
-      },"client":`;
-      action = `handoff ${serviceIds.get(a.service.name)} ${hex(encoder.encode(head))}`;
+      const head = encoder.encode(
+        `{"v":1,"route":${JSON.stringify(route.name)},"service":${
+          JSON.stringify(a.service.name)
+        },"client":`,
+      );
+      if (head.length <= MAX_HEAD_BYTES) {
+        action = `handoff ${serviceIds.get(a.service.name)} ${hex(head)}`;
+      }
     }
     lines.push(`rule ${index} ${action} ${match}`);
   });
@@ -137,6 +161,13 @@ export class ExpressLane {
    * (the daemon's own accept loop then takes them all, as without it). */
   listen(listenerFd: number): void {
     this.#shim.expressListen(listenerFd);
+  }
+
+  /** Lets the daemon see every connection of the listener first (on), or
+   * lets the lane decide again (off): a reload may give a listener the
+   * PROXY protocol, whose header only the daemon reads. */
+  passAll(listenerFd: number, on: boolean): void {
+    this.#shim.expressPassAll(listenerFd, on);
   }
 
   /** Stops accepting on the listener and waits until every connection the

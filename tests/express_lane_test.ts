@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { encodeRecord } from "../src/handoff.ts";
 import { run, startDaemon } from "./helpers/daemon.ts";
 import { startPythonService } from "./helpers/python_service.ts";
-import { roundTrip } from "./helpers/client.ts";
+import { readAtLeast, roundTrip } from "./helpers/client.ts";
 import {
   alpnExtension,
   buildHello,
@@ -92,6 +92,26 @@ Deno.test("the lane's table: what it evaluates, what it leaves to the daemon", (
     () => shim.expressDecide(TABLE + "rule 9 https -1 - nonsense\n", new Uint8Array(1)),
     /EINVAL/,
   );
+});
+
+Deno.test("a config larger than the lane's table: the rest is left to the daemon, nothing fails", () => {
+  const prefixes = Array.from(
+    { length: 70 },
+    (_, i) => `  - { name: r${i}, match: { prefix: "P${i}x" }, action: close }`,
+  );
+  const names = Array.from({ length: 20 }, (_, i) => `a${i}.example`).join(", ");
+  const big = config(
+    `  - { name: sni, match: { protocol: tls, sni: [${names}] }, action: https }\n` +
+      prefixes.join("\n"),
+  );
+  const table = laneTable(big, 1, [{ listenerFd: 7, names: [] }], new Map());
+  assert.match(table, /^rule 0 https -1 - opaque$/m, "20 names: more than the lane holds");
+  for (const hello of HELLOS) assert.equal(agree(hello, big, table), "daemon");
+  const small = config(prefixes.join("\n"));
+  const t2 = laneTable(small, 1, [{ listenerFd: 7, names: [] }], new Map());
+  assert.equal(agree(enc.encode("P3x"), small, t2), 3);
+  assert.equal(agree(enc.encode("P62x"), small, t2), 62);
+  assert.equal(agree(enc.encode("P69x"), small, t2), "daemon", "past the 64th rule");
 });
 
 Deno.test("the lane decides real ClientHellos as the daemon does, SNI included", () => {
@@ -247,6 +267,43 @@ routes:
       c.close();
       assert.notEqual((await d.connection(c.localAddr.port)).accepted_by, "express");
     }
+  } finally {
+    await d.stop();
+  }
+});
+
+Deno.test("a reload that gives a lane listener the PROXY protocol: the daemon reads the header first", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-lane-proxy-" });
+  const config = (proxy: string) => `
+listen: [{ address: 127.0.0.1, port: 0${proxy} }]
+services: { echo: { builtin: echo } }
+routes:
+  - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }
+  # Would take the PROXY header itself, if the lane looked at it.
+  - { name: looks-like-proxy, match: { prefix: PROXY }, action: handoff, service: echo }
+`;
+  const d = await startDaemon({ dataDir: dir, config: config("") });
+  const send = async (bytes: string) => {
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+    await c.write(enc.encode(bytes));
+    assert.equal(await readAtLeast(c, 6), "PRIV x");
+    c.close();
+    return c.localAddr.port;
+  };
+  try {
+    const before = d.logs.filter((l) => l.event === "reloaded").length;
+    await send("PRIV x"); // opens the channel
+    assert.equal((await d.connection(await send("PRIV x"))).accepted_by, "express");
+    await Deno.writeTextFile(
+      join(dir, "config.yaml"),
+      config(", proxy_protocol: { trusted: [127.0.0.1/32] }"),
+    );
+    Deno.kill(d.pid, "SIGHUP");
+    await d.waitFor(() => d.logs.filter((l) => l.event === "reloaded").length > before);
+    await send("PROXY TCP4 192.0.2.9 127.0.0.1 5555 443\r\nPRIV x");
+    const line = await d.waitFor((l) => l.event === "connection" && l.client === "192.0.2.9:5555");
+    assert.equal(line.outcome, "handed-off");
+    assert.equal(line.proxied_by?.toString().startsWith("127.0.0.1:"), true);
   } finally {
     await d.stop();
   }
