@@ -41,7 +41,12 @@ export type LaneReport = {
 
 const LIMITS: readonly LimitName[] = ["max_connections", "max_preread", "max_per_source"];
 
-const DRAIN_MS = 50;
+/** The lane's events are read every DRAIN_BUSY_MS while it works (small
+ * batches: a large one, formatted at once, delays everything behind it on
+ * a busy machine: p99 1.5 ms at 50 ms against 0.9 ms at 10 ms), and less
+ * often while it is idle, up to every DRAIN_IDLE_MS. */
+const DRAIN_BUSY_MS = 10;
+const DRAIN_IDLE_MS = 200;
 /** What c/express_lane.c has room for (X_MAX_RULES, X_MAX_NAMES, X_NAME,
  * X_MAX_SITES, X_HEAD): past them a rule is left to the daemon. */
 const MAX_RULES = 64;
@@ -131,7 +136,8 @@ export class ExpressLane {
   /** The config each table generation was made from (events name it). */
   readonly #configs = new Map<number, Config>();
   #generation = 0;
-  #timer: ReturnType<typeof setInterval> | null = null;
+  #timer: ReturnType<typeof setTimeout> | null = null;
+  #delay = DRAIN_BUSY_MS;
 
   constructor(shim: Shim, report: (r: LaneReport) => void) {
     this.#shim = shim;
@@ -154,7 +160,7 @@ export class ExpressLane {
     this.#configs.set(generation, config);
     // Events of a table two reloads old are long read.
     this.#configs.delete(generation - 2);
-    this.#timer ??= setInterval(() => this.drain(), DRAIN_MS);
+    this.#timer ??= setTimeout(() => this.#tick(), this.#delay);
   }
 
   /** Lets the lane accept this listener's connections; throws if it cannot
@@ -190,8 +196,15 @@ export class ExpressLane {
     return this.#shim.expressAgeMs(fd);
   }
 
-  /** Reports what the lane did since the last call. */
-  drain(): void {
+  #tick(): void {
+    const busy = this.drain() > 0;
+    this.#delay = busy ? DRAIN_BUSY_MS : Math.min(DRAIN_IDLE_MS, this.#delay * 2);
+    this.#timer = setTimeout(() => this.#tick(), this.#delay);
+  }
+
+  /** Reports what the lane did since the last call; returns how much. */
+  drain(): number {
+    let reported = 0;
     for (;;) {
       const { events, dropped } = this.#shim.expressEvents();
       if (dropped > 0) {
@@ -207,7 +220,8 @@ export class ExpressLane {
         });
       }
       for (const e of events) this.#report(this.#describe(e));
-      if (events.length === 0) return;
+      reported += events.length;
+      if (events.length === 0) return reported;
     }
   }
 
@@ -271,7 +285,7 @@ export class ExpressLane {
 
   /** Stops reading events (after a last read). */
   close(): void {
-    if (this.#timer !== null) clearInterval(this.#timer);
+    if (this.#timer !== null) clearTimeout(this.#timer);
     this.#timer = null;
     this.drain();
   }
