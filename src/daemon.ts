@@ -123,13 +123,32 @@ export class Daemon {
     this.#throttled = new ThrottledLog(log);
     this.#declareMetrics();
     this.#updateChannels(config);
-    if (ExpressLane.usable(shim, config)) {
-      this.#lane = new ExpressLane(shim, (r) => this.#reportLane(r));
-      this.#setLaneTable(config);
-      // The lane sends on the channels without asking: keep them ready.
-      this.#channelCheck = setInterval(() => {
-        for (const c of this.#channels.values()) c.maintain();
-      }, CHANNEL_CHECK_MS);
+    if (ExpressLane.usable(shim, config)) this.#startLane(config);
+  }
+
+  #startLane(config: Config): void {
+    this.#lane = new ExpressLane(this.#shim, (r) => this.#reportLane(r));
+    this.#setLaneTable(config);
+    // The lane sends on the channels without asking: keep them ready.
+    this.#channelCheck = setInterval(() => {
+      for (const c of this.#channels.values()) c.maintain();
+    }, CHANNEL_CHECK_MS);
+  }
+
+  /**
+   * Applies preread.express and proxy_protocol to the listeners (a reload
+   * may change either): a listener without the PROXY protocol joins the
+   * lane when it is on; one of the lane's passes every connection to the
+   * daemon while the lane is off or the listener has the PROXY protocol
+   * (whose header only the daemon reads).
+   */
+  #applyExpress(config: Config): void {
+    const on = config.preread.express;
+    if (on && !this.#lane && ExpressLane.usable(this.#shim, config)) this.#startLane(config);
+    for (const entry of this.#listeners.values()) {
+      const proxied = entry.listen.proxyProtocol !== null;
+      if (entry.lane !== null) this.#lane!.passAll(entry.lane, proxied || !on);
+      else if (on && !proxied && (entry.lane = this.#laneFor(entry)) !== null) entry.fd = null;
     }
   }
 
@@ -271,8 +290,7 @@ export class Daemon {
       for (const l of listen) {
         const entry = this.#listeners.get(key(l));
         if (entry) {
-          entry.listen = l;
-          if (entry.lane !== null) this.#lane!.passAll(entry.lane, l.proxyProtocol !== null);
+          entry.listen = l; // proxy_protocol and the lane: #applyExpress
           continue;
         }
         // Workers share the port: the kernel spreads connections over them.
@@ -320,7 +338,7 @@ export class Daemon {
    * a load balancer: the PROXY header is the daemon's to read). Returns
    * the listener's fd, or null. */
   #laneFor(entry: ListenerEntry): number | null {
-    if (!this.#lane || entry.listen.proxyProtocol) return null;
+    if (!this.#lane || entry.listen.proxyProtocol !== null) return null;
     try {
       const fd = this.#shim.listenerFd(entry.listener.addr);
       this.#lane.listen(fd);
@@ -701,6 +719,7 @@ export class Daemon {
     }
     this.#updateChannels(next);
     this.#setLaneTable(next);
+    this.#applyExpress(next);
     this.#admission.limits = next.limits;
     this.#preread.ensureCapacity(Math.max(next.preread.maxBytes, PROXY_HEADER_MAX));
     if (JSON.stringify(next.admin) !== JSON.stringify(this.#config.admin)) {

@@ -308,3 +308,40 @@ routes:
     await d.stop();
   }
 });
+
+Deno.test("a reload turns the lane off and on (preread.express), for a lane started either way", async () => {
+  for (const startOn of [true, false]) {
+    const dir = await Deno.makeTempDir({ prefix: "portmux-lane-toggle-" });
+    const config = (on: boolean) => `
+listen: [{ address: 127.0.0.1, port: 0 }]
+preread: { express: ${on} }
+services: { echo: { builtin: echo } }
+routes:
+  - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }
+`;
+    const d = await startDaemon({ dataDir: dir, config: config(startOn) });
+    const takenBy = async () => {
+      const c = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+      assert.equal(await roundTrip(c, "PRIV x", 6), "PRIV x");
+      c.close();
+      return (await d.connection(c.localAddr.port)).accepted_by;
+    };
+    const reload = async (on: boolean) => {
+      const before = d.logs.filter((l) => l.event === "reloaded").length;
+      await Deno.writeTextFile(join(dir, "config.yaml"), config(on));
+      Deno.kill(d.pid, "SIGHUP");
+      await d.waitFor(() => d.logs.filter((l) => l.event === "reloaded").length > before);
+    };
+    try {
+      await takenBy(); // opens the channel
+      assert.equal(await takenBy() === "express", startOn);
+      await reload(!startOn);
+      await takenBy();
+      assert.equal(await takenBy() === "express", !startOn, `after turning it ${!startOn}`);
+      await reload(startOn);
+      assert.equal(await takenBy() === "express", startOn, `back to ${startOn}`);
+    } finally {
+      await d.stop();
+    }
+  }
+});
