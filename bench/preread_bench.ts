@@ -111,8 +111,9 @@ routes:
     return [
       `Memory: daemon RSS ${rssBefore.toFixed(1)} MiB before, ${rssHeld.toFixed(1)} MiB with ` +
       `${IDLE} silent clients waiting in preread: **${Math.round(perConn)} bytes per idle ` +
-      `connection** (the Deno connection, the epoll registrations, the timer and the closure; ` +
-      `peek buffers are shared).`,
+      `connection** (they wait in the express lane: an epoll entry and its few bytes of state ` +
+      `each; with the lane off, each was a Deno connection, its epoll registrations, a timer ` +
+      `and a closure: 9676 bytes in the last run that way).`,
       "",
       `Classifying a well-behaved client (500 handoffs one after another, median) with ${IDLE} ` +
       `idle clients held, against none held (target: within 2x):`,
