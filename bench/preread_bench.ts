@@ -112,8 +112,8 @@ routes:
       `Memory: daemon RSS ${rssBefore.toFixed(1)} MiB before, ${rssHeld.toFixed(1)} MiB with ` +
       `${IDLE} silent clients waiting in preread: **${Math.round(perConn)} bytes per idle ` +
       `connection** (they wait in the express lane: an epoll entry and its few bytes of state ` +
-      `each; with the lane off, each was a Deno connection, its epoll registrations, a timer ` +
-      `and a closure: 9676 bytes in the last run that way).`,
+      `each; with the lane off, each is a Deno connection, its epoll registrations, a timer ` +
+      `and a closure).`,
       "",
       `Classifying a well-behaved client (500 handoffs one after another, median) with ${IDLE} ` +
       `idle clients held, against none held (target: within 2x):`,
