@@ -175,6 +175,24 @@ static int parse_line(struct table *t, char *line) {
   return 0;
 }
 
+/* The table in text (its lines: parse_line); NULL with *rc = -EINVAL for a
+ * text it cannot read (a bad line, or no limits line), -ENOMEM. */
+static struct table *parse_table(const char *text, int *rc) {
+  struct table *t = calloc(1, sizeof *t);
+  char *copy = strdup(text);
+  *rc = t && copy ? 0 : -ENOMEM;
+  char *save, *line = *rc ? NULL : strtok_r(copy, "\n", &save);
+  for (; line && *rc == 0; line = strtok_r(NULL, "\n", &save))
+    if (parse_line(t, line)) *rc = -EINVAL;
+  if (*rc == 0 && t->peek_max == 0) *rc = -EINVAL;
+  free(copy);
+  if (*rc) {
+    free(t);
+    return NULL;
+  }
+  return t;
+}
+
 /* ---------- the ClientHello, the common case only ---------- */
 
 /* What a hello told: the SNI (lower case, "" when none) and the ALPN list
@@ -348,20 +366,14 @@ static int decide(const struct table *t, const uint8_t *b, int n, struct hello *
  * route, or -2 (more bytes needed) or -3 (the daemon decides); the SNI
  * ("" when none) goes to sni_out (X_NAME bytes). -EINVAL: a bad table. */
 PM_EXPORT int pm_express_decide(const char *table_text, const uint8_t *b, int n, char *sni_out) {
-  struct table *t = calloc(1, sizeof *t);
-  char *text = strdup(table_text);
-  int rc = t && text ? 0 : -ENOMEM;
-  char *save, *line = rc ? NULL : strtok_r(text, "\n", &save);
-  for (; line && rc == 0; line = strtok_r(NULL, "\n", &save))
-    if (parse_line(t, line)) rc = -EINVAL;
-  if (rc == 0) {
-    struct hello h = {0};
-    int tls_seen = 0;
-    int d = decide(t, b, n, &h, &tls_seen);
-    rc = d >= 0 ? t->rules[d].route : d == DECIDE_MORE ? -2 : -3;
-    strcpy(sni_out, tls_seen && h.has_sni ? h.sni : "");
-  }
-  free(text);
+  int rc;
+  struct table *t = parse_table(table_text, &rc);
+  if (!t) return rc;
+  struct hello h = {0};
+  int tls_seen = 0;
+  int d = decide(t, b, n, &h, &tls_seen);
+  rc = d >= 0 ? t->rules[d].route : d == DECIDE_MORE ? -2 : -3;
+  strcpy(sni_out, tls_seen && h.has_sni ? h.sni : "");
   free(t);
   return rc;
 }
@@ -492,17 +504,11 @@ static void address_key(const struct sockaddr_storage *ss, uint8_t out[16]) {
   }
 }
 
-#define X_ADDR 48
+#define X_ADDR PM_ADDR_TEXT
 static int address_text(const struct sockaddr_storage *ss, char out[X_ADDR]) {
-  out[0] = 0;
-  if (ss->ss_family == AF_INET) {
-    inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out, X_ADDR);
-  } else {
-    const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
-    if (IN6_IS_ADDR_V4MAPPED(a)) inet_ntop(AF_INET, &a->s6_addr[12], out, X_ADDR);
-    else inet_ntop(AF_INET6, a, out, X_ADDR);
-  }
-  return sockaddr_port(ss);
+  int port = addr_text(ss, out);
+  if (strncmp(out, "::ffff:", 7) == 0 && strchr(out, '.')) memmove(out, out + 7, strlen(out + 7) + 1);
+  return port;
 }
 
 /* ---------- the event ring, read by the daemon ---------- */
@@ -659,21 +665,28 @@ static int send_to_service(struct service *s, int fd, const char *rec, int len) 
   return -1;
 }
 
+/* Puts a described event in the ring, once its connection was delivered. */
+static void emit(const struct event *described, enum outcome o, int target) {
+  struct event *e = new_event(o);
+  if (e) *e = *described, e->outcome = o, e->target = target;
+}
+
 static void deliver(int fd, struct conn *c, int rule_index, int peeked, const struct hello *h,
                     int tls) {
   const struct rule *r = &table->rules[rule_index];
+  struct event ev = {0}; /* described before the fd goes: it may be closed at once after */
   if (r->action == A_HTTPS) {
     struct site *site = pick_site(h);
     if (site) {
-      struct event *e = new_event(O_HTTPS);
-      if (e) describe(e, fd, c, r->route, peeked, h, tls), e->target = (int)(site - table->sites);
+      describe(&ev, fd, c, r->route, peeked, h, tls);
       forget(fd, c);
-      if (pm_inject_push(site->listener_fd, fd) == 0) return;
-      if (e) ring_len--; /* not delivered after all: take back its event, the newest */
+      if (pm_inject_push(site->listener_fd, fd) == 0) {
+        emit(&ev, O_HTTPS, (int)(site - table->sites));
+        return;
+      }
     }
   } else if (r->action == A_HANDOFF) {
     struct service *s = find_service(r->service);
-    struct event ev = {0};
     if (s && s->count > 0) {
       describe(&ev, fd, c, r->route, peeked, h, tls);
       char rec[X_HEAD + 256];
@@ -687,8 +700,7 @@ static void deliver(int fd, struct conn *c, int rule_index, int peeked, const st
       if (instance >= 0) {
         forget(fd, c);
         close(fd); /* the service has its own; ours is not Deno's: no FIN */
-        struct event *e = new_event(O_HANDED_OFF);
-        if (e) *e = ev, e->outcome = O_HANDED_OFF, e->target = instance;
+        emit(&ev, O_HANDED_OFF, instance);
         return;
       }
     }
@@ -839,22 +851,9 @@ static void *lane_thread(void *arg) {
 /* Installs a new routing table (its text: see parse_line). The lane starts
  * with the first one. 0, or -EINVAL for a table it cannot read. */
 PM_EXPORT int pm_express_table(const char *text) {
-  struct table *t = calloc(1, sizeof *t);
-  char *copy = strdup(text);
-  if (!t || !copy) {
-    free(t), free(copy);
-    return -ENOMEM;
-  }
-  int rc = 0;
-  char *save;
-  for (char *line = strtok_r(copy, "\n", &save); line && rc == 0; line = strtok_r(NULL, "\n", &save))
-    if (parse_line(t, line)) rc = -EINVAL;
-  free(copy);
-  if (rc == 0 && t->peek_max == 0) rc = -EINVAL; /* no limits line */
-  if (rc) {
-    free(t);
-    return rc;
-  }
+  int rc;
+  struct table *t = parse_table(text, &rc);
+  if (!t) return rc;
   pthread_mutex_lock(&lane_lock);
   if (lane_ep < 0) {
     lane_ep = epoll_create1(EPOLL_CLOEXEC);

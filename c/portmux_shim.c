@@ -205,8 +205,7 @@ PM_EXPORT int pm_listener_fd(const char *host, int port) {
 
 /* Writes "address" of a sockaddr into out (PM_ADDR_TEXT bytes, NUL-ended)
  * and returns its port. */
-#define PM_ADDR_TEXT 48
-static int addr_text(const struct sockaddr_storage *ss, char out[PM_ADDR_TEXT]) {
+int addr_text(const struct sockaddr_storage *ss, char out[PM_ADDR_TEXT]) {
   out[0] = 0;
   if (ss->ss_family == AF_INET)
     inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out, PM_ADDR_TEXT);

@@ -13,6 +13,11 @@
 /* The port of an IPv4 or IPv6 sockaddr; -1 for another family. */
 int sockaddr_port(const struct sockaddr_storage *ss);
 
+/* Writes a sockaddr's address as text into out (PM_ADDR_TEXT bytes,
+ * NUL-ended) and returns its port. */
+#define PM_ADDR_TEXT 48
+int addr_text(const struct sockaddr_storage *ss, char out[PM_ADDR_TEXT]);
+
 /* glibc's accept4, bypassing our interposer. */
 int real_accept(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags);
 

@@ -161,10 +161,14 @@ const EXPRESS_OUTCOMES = [
   "reset",
 ] as const;
 const EVENT_NAME = 256;
-const EVENT_ADDR = 48;
 
-/** A NUL-ended ASCII string of at most max bytes at `at`. */
-function cTextOf(buf: Uint8Array, at: number, max: number): string {
+/** Addresses as the shim writes them: NUL-ended text of ADDR_TEXT bytes
+ * (PM_ADDR_TEXT). */
+const ADDR_TEXT = 48;
+
+/** A NUL-ended ASCII string of at most max bytes at `at` (addresses:
+ * digits, dots, colons; names from a ClientHello). */
+function cText(buf: Uint8Array, at: number, max = ADDR_TEXT): string {
   let s = "";
   for (let i = at; buf[i] !== 0 && i < at + max; i++) s += String.fromCharCode(buf[i]!);
   return s;
@@ -173,11 +177,11 @@ function cTextOf(buf: Uint8Array, at: number, max: number): string {
 function readExpressEvent(buf: Uint8Array, view: DataView, at: number): ExpressEvent {
   const i32 = (k: number) => view.getInt32(at + 4 * k, true);
   const hasSni = i32(7);
-  const alpnAt = at + 40 + 2 * EVENT_ADDR + EVENT_NAME;
+  const alpnAt = at + 40 + 2 * ADDR_TEXT + EVENT_NAME;
   const alpn: string[] = [];
   for (let i = alpnAt; buf[i]! > 0 && i < alpnAt + EVENT_NAME;) {
     const n = buf[i]!;
-    alpn.push(cTextOf(buf.subarray(0, i + 1 + n), i + 1, n));
+    alpn.push(cText(buf, i + 1, n));
     i += 1 + n;
   }
   return {
@@ -185,12 +189,12 @@ function readExpressEvent(buf: Uint8Array, view: DataView, at: number): ExpressE
     route: i32(1),
     target: i32(2),
     peeked: i32(3),
-    client: { hostname: cTextOf(buf, at + 40, EVENT_ADDR), port: i32(4) },
-    local: { hostname: cTextOf(buf, at + 40 + EVENT_ADDR, EVENT_ADDR), port: i32(5) },
+    client: { hostname: cText(buf, at + 40), port: i32(4) },
+    local: { hostname: cText(buf, at + 40 + ADDR_TEXT), port: i32(5) },
     error: i32(6) ? ERRNO_NAMES[i32(6)] ?? `errno ${i32(6)}` : "",
     limit: i32(6),
     tls: hasSni < 0 ? null : {
-      sni: hasSni ? cTextOf(buf, at + 40 + 2 * EVENT_ADDR, EVENT_NAME) : null,
+      sni: hasSni ? cText(buf, at + 40 + 2 * ADDR_TEXT, EVENT_NAME) : null,
       alpn,
     },
     decideMs: view.getFloat32(at + 32, true),
@@ -240,15 +244,7 @@ function hostCstr(host: string): Uint8Array<ArrayBuffer> {
 
 /** pm_accept_batch's entry: fd, peer port, local port, then both
  * addresses as NUL-ended text of ADDR_TEXT bytes. */
-const ADDR_TEXT = 48;
 const ACCEPTED_BYTES = 12 + 2 * ADDR_TEXT;
-
-/** A NUL-ended ASCII string at `at` (addresses: digits, dots, colons). */
-function cText(buf: Uint8Array, at: number): string {
-  let s = "";
-  for (let i = at; buf[i] !== 0 && i < at + ADDR_TEXT; i++) s += String.fromCharCode(buf[i]!);
-  return s;
-}
 
 /** A connection accepted by the shim: its fd (ours to close) and addresses. */
 export interface AcceptedSocket {
@@ -555,12 +551,14 @@ export class Shim {
   }
 
   #events = new Uint8Array(0);
+  /** sizeof(struct event), asked once. */
+  #eventSize: number | null = null;
   readonly #dropped = new Int32Array(1);
 
   /** What the lane did since the last call (at most max connections), and
    * how many events were lost to a full ring. */
   expressEvents(max = 1024): { events: ExpressEvent[]; dropped: number } {
-    const size = this.#lib.symbols.pm_express_event_size();
+    const size = this.#eventSize ??= this.#lib.symbols.pm_express_event_size();
     if (this.#events.length < size * max) this.#events = new Uint8Array(size * max);
     const n = this.#lib.symbols.pm_express_events(this.#events, max, this.#dropped);
     const view = new DataView(this.#events.buffer);
@@ -580,7 +578,7 @@ export class Shim {
     if (route < -3) check("express_decide", route);
     return {
       route: route >= 0 ? route : route === -2 ? "more" : "daemon",
-      sni: cTextOf(sni, 0, EVENT_NAME),
+      sni: cText(sni, 0, EVENT_NAME),
     };
   }
 

@@ -163,9 +163,21 @@ export class Daemon {
     if ("limit" in r) {
       return this.#sayRefused(r.limit, normalizeAddress({ address: r.source, port: 0 }).address);
     }
-    this.metrics.inc("portmux_connections_total", { route: r.route, outcome: r.outcome });
     if (r.decideMs !== null) this.metrics.observeDecide(r.decideMs / 1000);
-    this.#log[r.level]("connection", { ...r.fields, outcome: r.outcome });
+    this.#connectionLine(r.level, r.outcome, { ...r.fields, outcome: r.outcome });
+  }
+
+  /** A connection's one line, and its count by route and outcome. */
+  #connectionLine(
+    level: "info" | "warn" | "error",
+    outcome: string,
+    line: Record<string, unknown>,
+  ): void {
+    this.metrics.inc("portmux_connections_total", {
+      route: String(line.route ?? "none"),
+      outcome,
+    });
+    this.#log[level]("connection", line);
   }
 
   /** Channels for the config's services: kept where a service is the same,
@@ -485,12 +497,8 @@ export class Daemon {
       local: addressText(local),
     };
     const done = (outcome: Outcome, more: Record<string, unknown> = {}) => {
-      this.metrics.inc("portmux_connections_total", {
-        route: String(fields.route ?? "none"),
-        outcome,
-      });
       const level = outcome === "failed" ? "error" : more.handoff_error ? "warn" : "info";
-      this.#log[level]("connection", {
+      this.#connectionLine(level, outcome, {
         ...fields,
         outcome,
         ms: Math.round((performance.now() - started) * 100) / 100,

@@ -19,6 +19,7 @@ import type { ExpressEvent, Shim } from "../ffi/shim.ts";
 import type { Config, Route } from "./config.ts";
 import type { NamePattern } from "./name_pattern.ts";
 import type { LimitName } from "./admission.ts";
+import { addressText } from "./address.ts";
 
 /** An HTTPS site as the lane sees it: its injected listener (null when it
  * cannot inject) and the server names that pick it. */
@@ -34,8 +35,6 @@ export type LaneReport = {
   readonly outcome: "https" | "handed-off" | "closed" | "failed";
   /** How long the decision took, for the histogram (null: none made). */
   readonly decideMs: number | null;
-  /** The route's name, for the counter ("none" if there was none). */
-  readonly route: string;
   readonly fields: Record<string, unknown>;
 } | { readonly limit: LimitName; readonly source: string };
 
@@ -211,7 +210,6 @@ export class ExpressLane {
         this.#report({
           level: "error",
           outcome: "failed",
-          route: "none",
           decideMs: null,
           fields: {
             accepted_by: "express",
@@ -237,19 +235,17 @@ export class ExpressLane {
       return {
         level: "error",
         outcome: "failed",
-        route: "none",
         decideMs: null,
         fields: { ...base, error },
       };
     }
     const addr = (a: { hostname: string; port: number }) =>
-      a.hostname.includes(":") ? `[${a.hostname}]:${a.port}` : `${a.hostname}:${a.port}`;
+      addressText({ address: a.hostname, port: a.port });
     const where = { client: addr(e.client), local: addr(e.local), ...base };
     if (e.outcome === "reset") { // as the daemon says it: a reset ends the stream
       return {
         level: "info",
         outcome: "closed",
-        route: "none",
         decideMs: null,
         fields: { ...where, reason: "eof", peeked: 0, error: e.error },
       };
@@ -274,13 +270,7 @@ export class ExpressLane {
         waited_ms: 0,
       });
     }
-    return {
-      level: "info",
-      outcome: e.outcome,
-      route: String(fields.route),
-      decideMs: e.decideMs,
-      fields,
-    };
+    return { level: "info", outcome: e.outcome, decideMs: e.decideMs, fields };
   }
 
   /** Stops reading events (after a last read). */
