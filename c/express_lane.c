@@ -951,6 +951,17 @@ PM_EXPORT double pm_express_age_ms(int fd) {
   return age;
 }
 
+/* The instance the lane sends to next for the service with this id, or -1
+ * when it has no channel for it: the daemon's own sends go on from there,
+ * so that both keep one round robin. */
+PM_EXPORT int pm_express_next_instance(int id) {
+  pthread_mutex_lock(&lane_lock);
+  struct service *s = find_service(id);
+  int instance = s && s->count > 0 ? s->instance[s->next % s->count] : -1;
+  pthread_mutex_unlock(&lane_lock);
+  return instance;
+}
+
 /* The channels (fd, instance pairs) the lane may use for the service with
  * this id; n = 0 takes them all away. The daemon lists only channels it
  * opened and checked, and takes one away before it closes it. */

@@ -90,6 +90,8 @@ const SYMBOLS = {
   pm_express_age_ms: { parameters: ["i32"], result: "f64" },
   // int pm_express_channels(int id, int32_t *pairs, int n)
   pm_express_channels: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  // int pm_express_next_instance(int id)
+  pm_express_next_instance: { parameters: ["i32"], result: "i32" },
   // int pm_express_events(uint8_t *out, int max, int32_t *dropped)
   pm_express_events: { parameters: ["buffer", "i32", "buffer"], result: "i32" },
   // int pm_express_event_size(void)
@@ -548,6 +550,11 @@ export class Shim {
   expressChannels(id: number, channels: readonly (readonly [number, number])[]): void {
     const pairs = new Int32Array(channels.flat());
     check("express_channels", this.#lib.symbols.pm_express_channels(id, pairs, channels.length));
+  }
+
+  /** The instance the lane sends to next for this service id (-1: none). */
+  expressNextInstance(id: number): number {
+    return this.#lib.symbols.pm_express_next_instance(id);
   }
 
   #events = new Uint8Array(0);

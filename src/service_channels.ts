@@ -91,12 +91,15 @@ export class ServiceChannels {
     const deadline = started + waitMs;
     for (;;) {
       const n = this.#instances.length;
+      const laneNext = this.shim.expressNextInstance(this.id);
+      if (laneNext >= 0) this.#next = laneNext; // one round robin with the express lane
       for (let k = 0; k < n; k++) {
         const inst = this.#instances[(this.#next + k) % n]!;
         if (inst.downUntil > performance.now()) continue;
         if (this.#trySend(inst, fd, record)) {
           this.#next = (this.#next + k + 1) % n;
           this.#openIdle(); // so that the express lane spreads them too
+          this.#publish(); // the lane goes on from the instance due next
           return { sent: true, socket: inst.socket, waitedMs: performance.now() - started };
         }
       }
