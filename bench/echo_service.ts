@@ -3,13 +3,13 @@
  * "direct" and "through portmux" run the same service code:
  *   - a TCP port (the baseline: clients connect straight to it);
  *   - a Unix socket that takes connections handed off by portmux.
- * Both adopt the client socket in node:net and echo every byte.
+ * Both give the echo a node:net Socket, through a callback.
  *
  *   deno run -A bench/echo_service.ts --tcp-port N --socket PATH
  */
 import net from "node:net";
 import { Shim } from "../ffi/shim.ts";
-import { receiveConnections } from "../src/service_receiver.ts";
+import { serveHandoffs } from "../src/service_receiver.ts";
 
 const arg = (name: string) => Deno.args[Deno.args.indexOf(name) + 1]!;
 
@@ -21,8 +21,7 @@ function echo(socket: net.Socket): void {
 
 const server = net.createServer(echo);
 await new Promise<void>((r) => server.listen(Number(arg("--tcp-port")), "127.0.0.1", r));
-const handedOff = receiveConnections(new Shim(), arg("--socket"), {
+await serveHandoffs(new Shim(), arg("--socket"), (connection) => echo(connection.adopt()), {
   onProblem: (message) => console.error(message),
 });
 console.log("ready");
-for await (const connection of handedOff) echo(connection.adopt());

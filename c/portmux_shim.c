@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -174,7 +175,7 @@ PM_EXPORT int pm_find_fd(const char *local_host, int local_port,
 /* Our listening socket on port (and, if family is not 0, on that address),
  * found among the process's fds: the runtime does not expose a listener's
  * fd. Returns the fd or -ENOENT. */
-static int find_listening_fd(int family, const uint8_t bytes[16], int port) {
+int find_listening_fd(int family, const uint8_t bytes[16], int port) {
   DIR *d = opendir("/proc/self/fd");
   if (!d) return -errno;
   int found = -ENOENT, fd;
@@ -391,6 +392,17 @@ PM_EXPORT int pm_dup(int fd) {
 }
 
 PM_EXPORT int pm_close(int fd) { return close(fd) < 0 ? -errno : 0; }
+
+/* Makes a listener hold new connections in the kernel until their first
+ * bytes arrive, or for about a second (TCP_DEFER_ACCEPT); 0 turns it off.
+ * 0, or -errno. */
+PM_EXPORT int pm_defer_accept(int listener_fd, int seconds) {
+  return setsockopt(listener_fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &seconds, sizeof seconds) < 0 ? -errno : 0;
+}
+
+/* Shuts a socket down both ways: a thread blocked in accept or recv on it
+ * returns. 0, or -errno. */
+PM_EXPORT int pm_shutdown(int fd) { return shutdown(fd, SHUT_RDWR) < 0 ? -errno : 0; }
 
 /* Writes len bytes (blocking). Used by the demo service's echo loop. */
 PM_EXPORT int pm_write(int fd, const uint8_t *buf, int len) {
@@ -620,6 +632,8 @@ static int deliver(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags)
  * to a process that connects to the internal port directly). */
 static int pm_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags) {
   accept4_fn real = real_accept4();
+  int received;
+  if (receiver_accept(fd, addr, addrlen, flags, &received)) return received; /* handoff_receiver.c */
   pthread_mutex_lock(&inject_lock);
   struct signal_listener *sig = find_signal(fd);
   int watched = sig ? sig->watched : -1;
@@ -684,7 +698,7 @@ PM_EXPORT int pm_interposer_active(void) {
  * the runtime calls accept4. The set and token are read from
  * /proc/self/fdinfo. Returns the set, or -1 when the listener was not
  * found. */
-static int add_under_token(int listener_fd, int fd) {
+int add_under_token(int listener_fd, int fd) {
   int sets[64], count;
   pthread_mutex_lock(&epoll_lock);
   rescan_epolls();

@@ -35,4 +35,17 @@ int pm_channel_send(int chan, int fd, const uint8_t *payload, int len);
  * 0, or -errno. */
 int inject_register_express(int listener_fd);
 
+/* Our listening socket on port (and on that address, unless family is 0),
+ * found among the process's fds. The fd, or -ENOENT. */
+int find_listening_fd(int family, const uint8_t bytes[16], int port);
+
+/* Adds fd to the runtime's epoll set under the token the runtime gave
+ * listener_fd (edge-triggered), so that fd readable makes the runtime call
+ * accept4 on the listener. Returns the set, or -1. */
+int add_under_token(int listener_fd, int fd);
+
+/* For a receiving listener (handoff_receiver.c): sets *fd to what accept4
+ * returns (-1 with errno set) and returns 1; 0 for any other listener. */
+int receiver_accept(int listener, struct sockaddr *addr, socklen_t *addrlen, int flags, int *fd);
+
 #endif

@@ -38,6 +38,10 @@ const SYMBOLS = {
   pm_dup: { parameters: ["i32"], result: "i32" },
   // int pm_close(int fd)
   pm_close: { parameters: ["i32"], result: "i32" },
+  // int pm_defer_accept(int listener_fd, int seconds)
+  pm_defer_accept: { parameters: ["i32", "i32"], result: "i32" },
+  // int pm_shutdown(int fd)
+  pm_shutdown: { parameters: ["i32"], result: "i32" },
   // int pm_set_nonblocking(int fd, int on)
   pm_set_nonblocking: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_unix_listen(char *path, int backlog)
@@ -76,6 +80,14 @@ const SYMBOLS = {
   pm_signal_register: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_signal_unregister(int listener_fd)
   pm_signal_unregister: { parameters: ["i32"], result: "i32" },
+  // int pm_receiver_open(int port, int unix_fd, int sender_uid)
+  pm_receiver_open: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  // int pm_receiver_take(int listener, int remote_port, char *out, int cap)
+  pm_receiver_take: { parameters: ["i32", "i32", "buffer", "i32"], result: "i32" },
+  // int pm_receiver_problems(int listener, char *out, int cap)
+  pm_receiver_problems: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  // int pm_receiver_close(int listener)
+  pm_receiver_close: { parameters: ["i32"], result: "i32" },
   // int pm_express_table(char *text)
   pm_express_table: { parameters: ["buffer"], result: "i32" },
   // int pm_express_listen(int listener_fd)
@@ -427,6 +439,17 @@ export class Shim {
     check("close", this.#lib.symbols.pm_close(fd));
   }
 
+  /** Makes the listener hold new connections in the kernel until their
+   * first bytes arrive (or about a second), or stops it. */
+  deferAccept(listenerFd: number, on: boolean): void {
+    check("defer_accept", this.#lib.symbols.pm_defer_accept(listenerFd, on ? 1 : 0));
+  }
+
+  /** Shuts fd down both ways: a pending accept() or read on it returns. */
+  shutdown(fd: number): void {
+    check("shutdown", this.#lib.symbols.pm_shutdown(fd));
+  }
+
   setNonBlocking(fd: number, on: boolean): void {
     check("set_nonblocking", this.#lib.symbols.pm_set_nonblocking(fd, on ? 1 : 0));
   }
@@ -592,5 +615,43 @@ export class Shim {
   /** Undoes signalRegister (before either fd is closed). */
   signalUnregister(listenerFd: number): void {
     check("signal_unregister", this.#lib.symbols.pm_signal_unregister(listenerFd));
+  }
+
+  /** Makes our listener on 127.0.0.1:port accept the clients handed off on
+   * the channels that connect to unixFd (which it now owns), from processes
+   * of senderUid (-1: anyone). Needs the shim preloaded
+   * (c/handoff_receiver.c). Returns the listener's fd. */
+  receiverOpen(port: number, unixFd: number, senderUid: number): number {
+    return check("receiver_open", this.#lib.symbols.pm_receiver_open(port, unixFd, senderUid));
+  }
+
+  readonly #record = new Uint8Array(64 * 1024);
+  readonly #decoder = new TextDecoder();
+
+  /** The record of a client the receiver's listener just accepted, by the
+   * client's port; null if it has none. */
+  receiverTake(listener: number, remotePort: number): string | null {
+    const n = this.#lib.symbols.pm_receiver_take(
+      listener,
+      remotePort,
+      this.#record,
+      this.#record.length,
+    );
+    if (n === -2) return null; // ENOENT
+    return this.#decoder.decode(this.#record.subarray(0, check("receiver_take", n)));
+  }
+
+  /** What went wrong in the receiver since the last call. */
+  receiverProblems(listener: number): string[] {
+    const n = check(
+      "receiver_problems",
+      this.#lib.symbols.pm_receiver_problems(listener, this.#record, this.#record.length),
+    );
+    return n === 0 ? [] : this.#decoder.decode(this.#record.subarray(0, n)).trimEnd().split("\n");
+  }
+
+  /** Stops the receiver (before its listener is closed). */
+  receiverClose(listener: number): void {
+    check("receiver_close", this.#lib.symbols.pm_receiver_close(listener));
   }
 }

@@ -42,8 +42,9 @@ async function startChild(name: string, script: string, socket: string): Promise
     stdin: "piped",
     stdout: "piped",
     stderr: "inherit",
-    // The interposer is for the daemon alone.
-    env: { LD_PRELOAD: "", ...(self ? { PORTMUX_ROLE: "echo-service" } : {}) },
+    // With the daemon's shim preloaded, its receiver accepts handed-off
+    // clients in the runtime's own accept (src/service_receiver.ts).
+    env: self ? { PORTMUX_ROLE: "echo-service" } : {},
   }).spawn();
   const stdin = child.stdin.getWriter();
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();

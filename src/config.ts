@@ -125,6 +125,9 @@ export interface Config {
     readonly maxBytes: number;
     /** Let the express lane (src/express_lane.ts) take what it can. */
     readonly express: boolean;
+    /** Accept a connection once its first bytes are in (TCP_DEFER_ACCEPT),
+     * or after about a second for a client that waits for the server. */
+    readonly deferAccept: boolean;
   };
   readonly limits: Limits;
   /** How long a stop lets HTTPS requests and relays finish. */
@@ -339,11 +342,12 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
   const dataDirText = r.string(["data_dir"]);
   const dataDir = dataDirText ? path(dataDirText) : defaultDataDir();
 
-  r.keys(["preread"], ["timeout_ms", "max_bytes", "express"]);
+  r.keys(["preread"], ["timeout_ms", "max_bytes", "express", "defer_accept"]);
   const preread = {
     timeoutMs: r.integer(["preread", "timeout_ms"], 1, 600_000) ?? 5000,
     maxBytes: r.integer(["preread", "max_bytes"], 16, 65536) ?? 16384,
     express: r.boolean(["preread", "express"]) ?? true,
+    deferAccept: r.boolean(["preread", "defer_accept"]) ?? false,
   };
 
   r.keys(["limits"], ["max_connections", "max_preread", "max_per_source"]);
@@ -852,6 +856,7 @@ export function describeConfig(c: Config): Record<string, unknown> {
       timeout_ms: c.preread.timeoutMs,
       max_bytes: c.preread.maxBytes,
       express: c.preread.express,
+      defer_accept: c.preread.deferAccept,
     },
     drain_timeout_ms: c.drainTimeoutMs,
     admin: c.admin,

@@ -276,7 +276,7 @@ export class Daemon {
     const daemon = new Daemon(config, log, shim, https, builtins, metrics);
     daemon.#worker = worker;
     try {
-      daemon.#openListeners(config.listen);
+      daemon.#openListeners(config);
     } catch (e) {
       await daemon.stop();
       throw e;
@@ -295,7 +295,8 @@ export class Daemon {
    * are, and closes those no longer listed. A listener is known by its
    * configured address and port (so one on port 0 is kept by a reload).
    * Throws if one cannot open; the others are then as they were. */
-  #openListeners(listen: readonly Listen[]): void {
+  #openListeners(config: Config): void {
+    const listen = config.listen;
     const key = (l: Listen) => `${l.address}|${l.port}`;
     const opened: string[] = [];
     try {
@@ -323,6 +324,26 @@ export class Daemon {
     }
     const wanted = new Set(listen.map(key));
     for (const k of [...this.#listeners.keys()]) if (!wanted.has(k)) this.#closeListener(k);
+    for (const entry of this.#listeners.values()) {
+      this.#deferAccept(entry, config.preread.deferAccept);
+    }
+  }
+
+  /** Lets the kernel accept a connection once its first bytes are in: one
+   * wake-up and one look per connection instead of two (a client that
+   * waits for the server is accepted after about a second). */
+  #deferAccept(entry: ListenerEntry, on: boolean): void {
+    try {
+      this.#shim.deferAccept(
+        entry.fd ?? entry.lane ?? this.#shim.listenerFd(entry.listener.addr),
+        on,
+      );
+    } catch (e) {
+      this.#log.warn("defer-accept-off", {
+        address: addressText(displayAddress(entry.listener.addr)),
+        error: String(e),
+      });
+    }
   }
 
   /** Closes a listener; one of the express lane's once the lane has
@@ -713,7 +734,7 @@ export class Daemon {
         await HttpsSites.start(material, this.#shim, this.#log, this.metrics);
     }
     try {
-      this.#openListeners(next.listen);
+      this.#openListeners(next);
     } catch (e) {
       if (old) { // undo: the old server goes on
         await this.#https?.stop();

@@ -9,7 +9,7 @@
  *   deno run -A src/demo_echo_service.ts --socket PATH [--exit-with-stdin]
  */
 import { Shim } from "../ffi/shim.ts";
-import { receiveConnections } from "./service_receiver.ts";
+import { serveHandoffs } from "./service_receiver.ts";
 
 const at = Deno.args.indexOf("--socket");
 const path = at >= 0 ? Deno.args[at + 1] : undefined;
@@ -26,12 +26,9 @@ if (Deno.args.includes("--exit-with-stdin")) {
   })();
 }
 
-const connections = receiveConnections(new Shim(), path, {
-  onProblem: (message) => console.error(`echo service: ${message}`),
-});
-console.log("ready");
-for await (const connection of connections) {
+await serveHandoffs(new Shim(), path, (connection) => {
   const socket = connection.adopt();
   socket.on("error", () => socket.destroy());
   socket.pipe(socket); // echo; ends our side when the client ends its own
-}
+}, { onProblem: (message) => console.error(`echo service: ${message}`) });
+console.log("ready");

@@ -1,34 +1,35 @@
 /**
  * The receiving end of handoffs, for protocol services written in Deno:
  * listens on the Unix socket, takes each client socket with its record
- * (docs/handoff.md), and yields connections that ordinary Deno/Node code
- * can read and write.
+ * (docs/handoff.md), and gives the service a node:net Socket on it, as a
+ * node:net server gives the connections it accepts.
  *
- *   import { receiveConnections } from "portmux/src/service_receiver.ts";
- *   for await (const c of receiveConnections(new Shim(), "/run/my.sock")) {
+ *   import { serveHandoffs } from "portmux/src/service_receiver.ts";
+ *   await serveHandoffs(new Shim(), "/run/my.sock", (c) => {
  *     const socket = c.adopt(); // a node:net Socket on the client's connection
  *     console.log("client", c.record.client);
- *   }
+ *   });
  *
- * Per channel: one wait for readability, then every record that is there
- * is taken without waiting. With the shim preloaded (LD_PRELOAD), the
- * event loop itself waits (src/ready_signal.ts); otherwise a pool thread
- * does, which costs a thread hop per wait. Records and fds are paired by
- * RecordAssembler, which survives split, merged and truncated control
- * data.
+ * Two ways, the same connections:
+ *   - with the shim preloaded (LD_PRELOAD, as src/launch.ts and the bench
+ *     run services), a private node:net server accepts the handed-off
+ *     clients itself: the shim reads the channels inside the runtime's
+ *     accept (c/handoff_receiver.c), so a client costs the service what a
+ *     direct one does, plus a record lookup;
+ *   - without it, JavaScript reads the channels (a pool thread waits), and
+ *     RecordAssembler pairs records and fds.
+ * Both survive split, merged and truncated control data, and a service out
+ * of fds: what cannot be taken is dropped, closed, and told to onProblem.
  */
 import net from "node:net";
 import type { Shim } from "../ffi/shim.ts";
-import type { HandoffRecord } from "./handoff.ts";
+import { decodeRecord, type HandoffRecord } from "./handoff.ts";
 import { RecordAssembler } from "./handoff_records.ts";
-import { ReadySignal } from "./ready_signal.ts";
 
 export interface ReceivedConnection {
-  /** The client's TCP socket; the receiver owns it. It is non-blocking
-   * (O_NONBLOCK is shared with the sender's copy, DESIGN.md fact 5). */
-  readonly fd: number;
   readonly record: HandoffRecord;
-  /** The fd as a node:net Socket (reads start at the client's first byte). */
+  /** The client's connection as a node:net Socket (reads start at the
+   * client's first byte); the service owns it. */
   adopt(): net.Socket;
 }
 
@@ -39,57 +40,127 @@ export interface ReceiverOptions {
   readonly onProblem?: (message: string) => void;
 }
 
-const WAIT_MS = 1000;
+export interface HandoffReceiver {
+  /** The private loopback port whose accept the shim feeds (it refuses
+   * anyone who connects to it); null without the shim preloaded. */
+  readonly port: number | null;
+  /** Stops receiving; connections already given out stay open. */
+  close(): Promise<void>;
+}
 
-/** Listens at path now (throws ShimError if it cannot) and returns the
- * connections as they arrive. */
-export function receiveConnections(
+const WAIT_MS = 1000;
+/** How often the shim's problems are told (they are rare). */
+const PROBLEMS_MS = 500;
+
+/** Listens at path (throws ShimError if it cannot) and calls onConnection
+ * with each connection handed off there. */
+export async function serveHandoffs(
   shim: Shim,
   path: string,
+  onConnection: (connection: ReceivedConnection) => void,
   opts: ReceiverOptions = {},
-): AsyncIterable<ReceivedConnection> {
-  const listener = shim.unixListen(path);
+): Promise<HandoffReceiver> {
+  const unixFd = shim.unixListen(path);
   const senderUid = opts.senderUid ?? Deno.uid() ?? -1;
   const problem = opts.onProblem ?? (() => {});
-  const queue: ReceivedConnection[] = [];
-  let wake: (() => void) | null = null;
-  const deliver = (fd: number, record: HandoffRecord) => {
-    queue.push({ fd, record, adopt: () => new net.Socket({ fd, readable: true, writable: true }) });
-    wake?.();
-  };
-  (async () => {
-    for await (const channel of acceptChannels(shim, listener)) {
-      const peer = shim.peerCred(channel);
-      if (senderUid >= 0 && peer.uid !== senderUid) {
-        problem(`refused a channel from uid ${peer.uid} (pid ${peer.pid})`);
-        shim.close(channel); // only the daemon's user may hand us sockets
-        continue;
-      }
-      readChannel(shim, channel, deliver, problem).catch((e) => problem(String(e)));
+  try {
+    return shim.interposerActive()
+      ? await acceptInRuntime(shim, unixFd, senderUid, onConnection, problem)
+      : readInJavaScript(shim, unixFd, senderUid, onConnection, problem);
+  } catch (e) {
+    shim.close(unixFd);
+    throw e;
+  }
+}
+
+/** The preloaded way: a private server whose accept the shim feeds. */
+async function acceptInRuntime(
+  shim: Shim,
+  unixFd: number,
+  senderUid: number,
+  onConnection: (connection: ReceivedConnection) => void,
+  problem: (message: string) => void,
+): Promise<HandoffReceiver> {
+  let listener = -1;
+  const server = net.createServer((socket) => {
+    const text = shim.receiverTake(listener, socket.remotePort ?? 0);
+    let record: HandoffRecord | null = null;
+    try {
+      if (text === null) throw new Error("a connection came without its record");
+      record = decodeRecord(text);
+    } catch (e) {
+      problem(`handoff dropped: ${(e as Error).message}`);
+      socket.destroy();
+      return;
     }
-  })().catch((e) => problem(`accepting channels stopped: ${e}`));
+    onConnection({ record, adopt: () => socket });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", resolve);
+  });
+  const port = (server.address() as net.AddressInfo).port;
+  try {
+    listener = shim.receiverOpen(port, unixFd, senderUid);
+  } catch (e) {
+    server.close();
+    throw e;
+  }
+  const tell = () => shim.receiverProblems(listener).forEach(problem);
+  const timer = setInterval(tell, PROBLEMS_MS);
+  Deno.unrefTimer(timer);
   return {
-    async *[Symbol.asyncIterator]() {
-      for (;;) {
-        const next = queue.shift();
-        if (next) yield next;
-        else await new Promise<void>((r) => wake = r);
-      }
+    port,
+    async close() {
+      clearInterval(timer);
+      tell();
+      shim.receiverClose(listener); // closes the Unix socket and the channels
+      await new Promise((r) => server.close(r));
     },
   };
 }
 
-/** The channels the daemon opens to us, as they come. */
-async function* acceptChannels(shim: Shim, listener: number): AsyncGenerator<number> {
-  const signal = ReadySignal.open(shim, listener);
-  // With a signal, accepts must not block; without, a pool thread waits in one.
-  if (signal) shim.setNonBlocking(listener, true);
-  for (;;) {
-    if (!signal) yield await shim.accept(listener);
-    else if (await signal.readable()) {
-      for (let c = shim.acceptNow(listener); c !== null; c = shim.acceptNow(listener)) yield c;
+/** The way without the preloaded shim: JavaScript reads the channels. */
+function readInJavaScript(
+  shim: Shim,
+  unixFd: number,
+  senderUid: number,
+  onConnection: (connection: ReceivedConnection) => void,
+  problem: (message: string) => void,
+): HandoffReceiver {
+  let closed = false;
+  const channels = new Set<number>();
+  const deliver = (fd: number, record: HandoffRecord) =>
+    onConnection({ record, adopt: () => new net.Socket({ fd, readable: true, writable: true }) });
+  const takeChannel = (channel: number) => {
+    const peer = shim.peerCred(channel);
+    if (senderUid >= 0 && peer.uid !== senderUid) {
+      problem(`refused a channel from uid ${peer.uid} (pid ${peer.pid})`);
+      shim.close(channel); // only the daemon's user may hand us sockets
+      return;
     }
-  }
+    channels.add(channel);
+    readChannel(shim, channel, deliver, problem)
+      .catch((e) => problem(String(e)))
+      .finally(() => channels.delete(channel));
+  };
+  (async () => {
+    try {
+      while (!closed) takeChannel(await shim.accept(unixFd));
+    } finally {
+      shim.close(unixFd);
+    }
+  })().catch((e) => closed || problem(`accepting channels stopped: ${e}`));
+  return {
+    port: null,
+    close() {
+      closed = true;
+      // The pending accept and every channel's reader return, and close.
+      shim.shutdown(unixFd);
+      for (const channel of channels) shim.shutdown(channel);
+      return Promise.resolve();
+    },
+  };
 }
 
 /** Reads records and fds from one channel until it ends. */
@@ -102,14 +173,11 @@ async function readChannel(
   const buf = new Uint8Array(64 * 1024);
   const fds = new Int32Array(16);
   const records = new RecordAssembler();
-  let signal: ReadySignal | null = null;
   try {
-    signal = ReadySignal.open(shim, channel);
     for (;;) {
       const got = shim.channelRecv(channel, buf, fds);
       if (got === null) {
-        if (signal) await signal.readable();
-        else await shim.waitReadable(channel, WAIT_MS);
+        await shim.waitReadable(channel, WAIT_MS);
         continue;
       }
       if (got.count === 0) break; // the daemon closed the channel
@@ -122,7 +190,6 @@ async function readChannel(
       }
     }
   } finally {
-    signal?.close();
     for (const fd of records.leftoverFds()) shim.close(fd); // never leak an fd
     shim.close(channel);
   }

@@ -20,7 +20,12 @@ function errorOf(text: string): string {
 Deno.test("parseConfig() reads a valid config into typed values with defaults", () => {
   const c = parseConfig(VALID, "test.yaml", "/tmp");
   assert.deepEqual(c.listen, [{ address: "127.0.0.1", port: 8443, proxyProtocol: null }]);
-  assert.deepEqual(c.preread, { timeoutMs: 5000, maxBytes: 16384, express: true });
+  assert.deepEqual(c.preread, {
+    timeoutMs: 5000,
+    maxBytes: 16384,
+    express: true,
+    deferAccept: false,
+  });
   assert.equal(c.routes[0]?.action.kind, "handoff");
   assert.equal(c.services.get("svc")?.uid, Deno.uid());
   assert.equal(c.defaultRoute.action.kind, "close");

@@ -63,7 +63,7 @@ Deno.test("20,000 handoffs to the Deno example service: every byte arrives and c
   }
 });
 
-Deno.test("the Deno example service with the shim preloaded (it waits on its own event loop): 3,000 handoffs, none lost", async () => {
+Deno.test("the Deno example service without the shim preloaded (JavaScript reads its channels): 3,000 handoffs, none lost", async () => {
   const dir = await Deno.makeTempDir({ prefix: "portmux-preloaded-receiver-" });
   const socket = join(dir, "svc.sock");
   const service = new Deno.Command(Deno.execPath(), {
@@ -74,7 +74,7 @@ Deno.test("the Deno example service with the shim preloaded (it waits on its own
       "--socket",
       socket,
     ],
-    env: { LD_PRELOAD: shimPath() },
+    env: { LD_PRELOAD: "" },
     stdout: "piped",
   }).spawn();
   const out = service.stdout.pipeThrough(new TextDecoderStream()).getReader();
@@ -300,7 +300,16 @@ Deno.test("trust: a foreign listener on the socket path, or a socket in a folder
   });
 });
 
-Deno.test("a receiver out of fds drops what it cannot take, says so, and serves again when fds free up", async () => {
+for (const preloaded of [true, false]) {
+  Deno.test(
+    `a receiver out of fds drops what it cannot take, says so, and serves again when fds free up (${
+      preloaded ? "shim preloaded" : "JavaScript reads the channel"
+    })`,
+    () => outOfFds(preloaded),
+  );
+}
+
+async function outOfFds(preloaded: boolean): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "portmux-receiver-fds-" });
   const socket = join(dir, "svc.sock");
   const script = new URL("../bench/echo_service.ts", import.meta.url).pathname;
@@ -309,11 +318,15 @@ Deno.test("a receiver out of fds drops what it cannot take, says so, and serves 
       "-c",
       `ulimit -n 60 && exec "${Deno.execPath()}" run -A "${script}" --tcp-port 0 --socket "${socket}"`,
     ],
+    env: { LD_PRELOAD: preloaded ? shimPath() : "" },
     stdout: "piped",
     stderr: "piped",
   }).spawn();
   const out = service.stdout.pipeThrough(new TextDecoderStream()).getReader();
   assert.equal((await out.read()).value?.trim(), "ready");
+  // Deno sets up its signal handling about 500 ms after it starts, and
+  // panics if it has no fd left for it then: let it, before the flood.
+  await new Promise((r) => setTimeout(r, 1000));
   const stderr: string[] = [];
   (async () => {
     for await (const chunk of service.stderr.pipeThrough(new TextDecoderStream())) {
@@ -350,4 +363,4 @@ Deno.test("a receiver out of fds drops what it cannot take, says so, and serves 
     await service.status;
     await out.cancel();
   }
-});
+}

@@ -190,3 +190,32 @@ s.close()
     await d.stop();
   }
 });
+
+Deno.test("preread.defer_accept: a client is accepted once its first bytes are in; a silent one about a second late, then decided", async () => {
+  const d = await startDaemon({
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+preread: { timeout_ms: 200, defer_accept: true }
+tls: { self_signed: true }
+services: { svc: { builtin: echo } }
+routes:
+  - { name: private, match: { prefix: PRIV }, action: handoff, service: svc }
+default: close
+`,
+  });
+  try {
+    const talker = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+    assert.equal(await roundTrip(talker, "PRIV hi", 7), "PRIV hi");
+    talker.close();
+    const silent = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+    const connected = Date.now();
+    const line = await d.connection(silent.localAddr.port);
+    // Accepted at once, it would be decided after timeout_ms (200 ms); the
+    // kernel held it until its first retransmitted handshake (~1 s).
+    assert.ok(Date.now() - connected >= 800, `decided after ${Date.now() - connected} ms`);
+    assert.equal(line.route, "default");
+    silent.close();
+  } finally {
+    await d.stop();
+  }
+});
