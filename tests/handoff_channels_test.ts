@@ -43,17 +43,22 @@ routes:
 `;
 }
 
+/** n clients, 50 at a time, each with its payload echoed back whole. */
+async function everyEchoed(port: number, n: number, timeoutMs: number): Promise<void> {
+  const load = loadClients("echo", port, n, 50);
+  const result = await load.waitFor("echoed", timeoutMs);
+  await load.done();
+  assert.deepEqual(
+    { ok: result.ok, bad: result.bad, errors: result.errors },
+    { ok: n, bad: 0, errors: 0 },
+    String(result.first_error),
+  );
+}
+
 Deno.test("20,000 handoffs to the Deno example service: every byte arrives and comes back, none lost", async () => {
   const d = await startDaemon({ config: handoffTo("services: { svc: { builtin: echo } }") });
   try {
-    const load = loadClients("echo", d.port, 20_000, 50);
-    const result = await load.waitFor("echoed", 180_000);
-    await load.done();
-    assert.deepEqual(
-      { ok: result.ok, bad: result.bad, errors: result.errors },
-      { ok: 20_000, bad: 0, errors: 0 },
-      String(result.first_error),
-    );
+    await everyEchoed(d.port, 20_000, 180_000);
     await logged(d, 20_000);
     assert.equal(lines(d, (l) => l.outcome === "handed-off").length, 20_000);
     // One channel carried them all: the service was connected to once.
@@ -84,14 +89,7 @@ Deno.test("the Deno example service without the shim preloaded (JavaScript reads
     config: handoffTo(`services: { svc: { socket: ${JSON.stringify(socket)} } }`),
   });
   try {
-    const load = loadClients("echo", d.port, 3_000, 50);
-    const result = await load.waitFor("echoed", 120_000);
-    await load.done();
-    assert.deepEqual(
-      { ok: result.ok, bad: result.bad, errors: result.errors },
-      { ok: 3_000, bad: 0, errors: 0 },
-      String(result.first_error),
-    );
+    await everyEchoed(d.port, 3_000, 120_000);
   } finally {
     await d.stop();
     service.kill();

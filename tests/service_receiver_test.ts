@@ -10,6 +10,7 @@ import { Shim, ShimError, shimPath } from "../ffi/shim.ts";
 import { detach, internalFd } from "../src/conn_fd.ts";
 import { encodeRecord } from "../src/handoff.ts";
 import { enc, readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
+import { readLines } from "./helpers/lines.ts";
 
 const shim = new Shim();
 const me = { uid: Deno.uid() ?? -1, gid: Deno.gid() ?? -1, pid: -1 };
@@ -55,14 +56,7 @@ async function startService(socket: string, ...args: string[]): Promise<Service>
     stdout: "piped",
   }).spawn();
   const events: Record<string, unknown>[] = [];
-  const reading = (async () => {
-    let rest = "";
-    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
-      const lines = (rest + chunk).split("\n");
-      rest = lines.pop()!;
-      for (const line of lines) events.push(JSON.parse(line));
-    }
-  })();
+  const reading = readLines(child.stdout, (line) => events.push(JSON.parse(line)));
   const waitFor = async (pred: (e: Record<string, unknown>) => boolean, what: string) => {
     const end = Date.now() + 10_000;
     while (!events.some(pred)) {

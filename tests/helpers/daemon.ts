@@ -4,6 +4,7 @@
  * (the bridge fallback).
  */
 import { join } from "node:path";
+import { readLines } from "./lines.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
@@ -35,7 +36,7 @@ export class TestDaemon {
 
   constructor(child: Deno.ChildProcess) {
     this.#child = child;
-    const out = this.#readLines(child.stdout, (line) => {
+    const out = readLines(child.stdout, (line) => {
       let parsed: LogLine;
       try {
         parsed = JSON.parse(line);
@@ -45,18 +46,8 @@ export class TestDaemon {
       this.logs.push(parsed);
       this.#waiters = this.#waiters.filter((w) => !(w.pred(parsed) && (w.resolve(parsed), true)));
     });
-    const err = this.#readLines(child.stderr, (line) => this.stderr.push(line));
+    const err = readLines(child.stderr, (line) => this.stderr.push(line));
     this.#done = Promise.all([out, err]).then(() => {});
-  }
-
-  async #readLines(stream: ReadableStream<Uint8Array>, onLine: (l: string) => void) {
-    let rest = "";
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-      const lines = (rest + chunk).split("\n");
-      rest = lines.pop()!;
-      lines.forEach(onLine);
-    }
-    if (rest) onLine(rest);
   }
 
   /** The first log line (past or future) that pred accepts. */

@@ -1,5 +1,7 @@
 /** Runs tests/services/load_clients.py (load from a process of its own). */
 
+import { readLines } from "./lines.ts";
+
 const LOAD = new URL("../services/load_clients.py", import.meta.url).pathname;
 
 /** Starts load_clients.py; its JSON lines arrive in `lines`. */
@@ -11,14 +13,7 @@ export function loadClients(...args: (string | number)[]) {
     stderr: "inherit",
   }).spawn();
   const lines: Record<string, unknown>[] = [];
-  const reading = (async () => {
-    let rest = "";
-    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
-      const parts = (rest + chunk).split("\n");
-      rest = parts.pop()!;
-      for (const p of parts) lines.push(JSON.parse(p));
-    }
-  })();
+  const reading = readLines(child.stdout, (line) => lines.push(JSON.parse(line)));
   return {
     lines,
     async waitFor(event: string, timeoutMs = 60_000) {

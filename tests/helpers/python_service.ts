@@ -1,5 +1,7 @@
 /** Runs tests/services/recv_fds_service.py and reads the records it got. */
 
+import { readLines } from "./lines.ts";
+
 const SCRIPT = new URL("../services/recv_fds_service.py", import.meta.url).pathname;
 
 export interface PythonService {
@@ -23,18 +25,11 @@ export async function startPythonService(
   const records: Record<string, unknown>[] = [];
   let ready!: () => void;
   const isReady = new Promise<void>((r) => ready = r);
-  const reading = (async () => {
-    let rest = "";
-    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
-      const lines = (rest + chunk).split("\n");
-      rest = lines.pop()!;
-      for (const line of lines) {
-        const msg = JSON.parse(line);
-        if (msg.event === "ready") ready();
-        else records.push(msg.record);
-      }
-    }
-  })();
+  const reading = readLines(child.stdout, (line) => {
+    const msg = JSON.parse(line);
+    if (msg.event === "ready") ready();
+    else records.push(msg.record);
+  });
   await isReady;
   return {
     socket,
