@@ -189,7 +189,7 @@ routes:
 export async function startEchoService(dir: string) {
   const socket = join(dir, "echo.sock");
   const port = freePort();
-  // Preloaded, its receiver waits on its own event loop (src/ready_signal.ts).
+  // Preloaded, its receiver is fed in its runtime's own accept (c/handoff_receiver.c).
   const child = await spawnReady("bench/echo_service.ts", [
     "--tcp-port",
     String(port),

@@ -216,28 +216,11 @@ static int read_channel(struct receiver *r, int k) {
       if (!text) return problem(r, "a channel dropped: out of memory"), end_channel(r, k), 0;
       c->text = text, c->cap = cap;
     }
-    struct iovec iov = {.iov_base = c->text + c->len, .iov_len = (size_t)(c->cap - c->len)};
-    union {
-      struct cmsghdr h;
-      char buf[CMSG_SPACE(16 * sizeof(int))];
-    } ctl;
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
-    ssize_t n = recvmsg(c->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 1;
-    int fds[16], nfds = 0;
-    if (n >= 0)
-      for (struct cmsghdr *h = CMSG_FIRSTHDR(&msg); h; h = CMSG_NXTHDR(&msg, h)) {
-        if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS) continue;
-        int got = (int)((h->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-        for (int i = 0; i < got; i++) {
-          int fd;
-          memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
-          if (nfds < 16) fds[nfds++] = fd;
-          else close(fd);
-        }
-      }
-    take_fds(r, c, fds, nfds, n >= 0 && (msg.msg_flags & MSG_CTRUNC));
+    int32_t fds[16], info[2];
+    int n = pm_channel_recv(c->fd, (uint8_t *)c->text + c->len, c->cap - c->len, fds, 16, info);
+    if (n == -EINTR) continue;
+    if (n == -EAGAIN || n == -EWOULDBLOCK) return 1;
+    if (n >= 0) take_fds(r, c, fds, info[0], info[1]);
     if (n <= 0) return end_channel(r, k), 0;
     c->len += (int)n;
   }
@@ -343,13 +326,12 @@ PM_EXPORT int pm_receiver_open(int port, int unix_fd, int sender_uid) {
   pthread_mutex_lock(&rx_lock);
   if (rc >= 0 && (find_receiver(lfd) || atomic_load(&receiver_count) == RX_MAX)) rc = -EEXIST;
   if (rc >= 0) {
-    /* Our set goes in under the listener's token first; then the listener
-     * leaves the runtime's set and stops listening, so that nobody who
-     * connects to it directly is ever served (they are refused). */
-    r->runtime_set = add_under_token(lfd, r->set);
+    /* Our set takes the listener's place in the runtime's set, and the
+     * listener stops listening, so that nobody who connects to it directly
+     * is ever served (they are refused). */
+    r->runtime_set = take_listener_token(lfd, r->set);
     if (r->runtime_set < 0) rc = -ENOENT;
     else {
-      epoll_ctl(r->runtime_set, EPOLL_CTL_DEL, lfd, NULL);
       shutdown(lfd, SHUT_RD);
       receivers[atomic_load(&receiver_count)] = r;
       atomic_fetch_add(&receiver_count, 1);

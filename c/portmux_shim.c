@@ -10,9 +10,8 @@
  *     runtime's: for a registered internal listener it returns client fds
  *     queued by the daemon ("accept injection", DESIGN.md fact 4), and an
  *     eventfd in the runtime's epoll set tells the runtime to call it; for
- *     a signal listener its accept4 fails while a watched fd is readable,
- *     so the event loop waits on that fd without a thread ("readiness
- *     signals").
+ *     a protocol service's receiving listener it returns handed-off
+ *     clients read from the channels (handoff_receiver.c).
  *
  * Every function returns a negative errno on failure; ffi/shim.ts names it.
  * The C side makes syscalls only: policy lives in TypeScript.
@@ -568,20 +567,6 @@ int real_accept(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags) {
   return real_accept4()(fd, addr, addrlen, flags);
 }
 
-/* Signal listeners (pm_signal_register): the fd each one watches, and the
- * runtime's epoll set it was added to. */
-#define MAX_SIGNALS 64
-static struct signal_listener {
-  int fd, watched, set;
-} signals[MAX_SIGNALS];
-static int signal_count;
-
-static struct signal_listener *find_signal(int fd) {
-  for (int i = 0; i < signal_count; i++)
-    if (signals[i].fd == fd) return &signals[i];
-  return NULL;
-}
-
 static struct injected_listener *find_listener(int fd) {
   for (int i = 0; i < listener_count; i++)
     if (listeners[i].fd == fd) return &listeners[i];
@@ -635,20 +620,10 @@ static int pm_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int fla
   int received;
   if (receiver_accept(fd, addr, addrlen, flags, &received)) return received; /* handoff_receiver.c */
   pthread_mutex_lock(&inject_lock);
-  struct signal_listener *sig = find_signal(fd);
-  int watched = sig ? sig->watched : -1;
-  struct injected_listener *l = sig ? NULL : find_listener(fd);
+  struct injected_listener *l = find_listener(fd);
   if (!l) {
     pthread_mutex_unlock(&inject_lock);
-    if (watched >= 0) {
-      /* Not consumed: the JavaScript side reads the watched fd itself. */
-      struct pollfd p = {.fd = watched, .events = POLLIN};
-      if (poll(&p, 1, 0) == 1 && !(p.revents & POLLNVAL)) {
-        errno = ECONNABORTED;
-        return -1;
-      }
-    }
-    return real(fd, addr, addrlen, flags); /* EAGAIN, or a stranger */
+    return real(fd, addr, addrlen, flags);
   }
   int q = pop_locked(l);
   int express = l->express;
@@ -698,7 +673,7 @@ PM_EXPORT int pm_interposer_active(void) {
  * the runtime calls accept4. The set and token are read from
  * /proc/self/fdinfo. Returns the set, or -1 when the listener was not
  * found. */
-int add_under_token(int listener_fd, int fd) {
+static int add_under_token(int listener_fd, int fd) {
   int sets[64], count;
   pthread_mutex_lock(&epoll_lock);
   rescan_epolls();
@@ -724,6 +699,12 @@ int add_under_token(int listener_fd, int fd) {
     if (added != -2) return added;
   }
   return -1;
+}
+
+int take_listener_token(int listener_fd, int fd) {
+  int set = add_under_token(listener_fd, fd); /* first: no event is lost in between */
+  if (set >= 0) epoll_ctl(set, EPOLL_CTL_DEL, listener_fd, NULL);
+  return set;
 }
 
 /* A doorbell for the listener: an eventfd added under its token. A write to
@@ -758,16 +739,14 @@ int inject_register_express(int listener_fd) {
   if (find_listener(listener_fd)) rc = -EEXIST;
   else if (listener_count == MAX_LISTENERS) rc = -ENOSPC;
   else {
-    /* The doorbell goes in under the listener's token first; then the
-     * listener leaves the runtime's set, so that a new connection no longer
-     * wakes the event loop (the express lane takes it). */
+    /* The doorbell takes the listener's place in the runtime's set, so that
+     * a new connection no longer wakes the event loop (the express lane
+     * takes it). */
     int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    int set = efd < 0 ? -1 : add_under_token(listener_fd, efd);
-    if (set < 0) {
+    if (efd < 0 || take_listener_token(listener_fd, efd) < 0) {
       if (efd >= 0) close(efd);
       rc = -ENOENT;
     } else {
-      epoll_ctl(set, EPOLL_CTL_DEL, listener_fd, NULL);
       listeners[listener_count++] =
           (struct injected_listener){.fd = listener_fd, .efd = efd, .express = 1};
     }
@@ -862,46 +841,4 @@ PM_EXPORT int pm_inject_unregister(int listener_fd) {
     if (wakers[i].listener_fd == listener_fd) close_waker_locked(i); else i++;
   pthread_mutex_unlock(&inject_lock);
   return closed;
-}
-
-/* ---------- readiness signals (the LD_PRELOAD side) ----------
- *
- * Waiting for an fd with a nonblocking FFI call costs a thread hop: a pool
- * thread blocks in poll, then wakes the event loop. A signal listener
- * saves it. It is a private loopback listener; the watched fd is added to
- * the runtime's epoll set under the listener's token, so the runtime's own
- * epoll_wait sees it; and while the watched fd is readable, accept4 on the
- * listener fails with ECONNABORTED. The pending accept() rejects: that is
- * the signal. The watched fd may be an epoll set (readable while it has
- * events). */
-
-/* Makes the listener on 127.0.0.1:port (or [::1]:port) a signal for
- * watched. Returns the listener's fd. */
-PM_EXPORT int pm_signal_register(int port, int watched) {
-  int lfd = find_listening_fd(0, NULL, port);
-  if (lfd < 0) return lfd;
-  int set = add_under_token(lfd, watched);
-  if (set < 0) return -ENOENT;
-  int rc = lfd;
-  pthread_mutex_lock(&inject_lock);
-  if (signal_count == MAX_SIGNALS) rc = -ENOSPC;
-  else signals[signal_count++] = (struct signal_listener){.fd = lfd, .watched = watched, .set = set};
-  pthread_mutex_unlock(&inject_lock);
-  if (rc < 0) epoll_ctl(set, EPOLL_CTL_DEL, watched, NULL);
-  return rc;
-}
-
-/* Undoes pm_signal_register (before the listener or the watched fd is
- * closed: either number may be reused). Returns 0, or -ENOENT. */
-PM_EXPORT int pm_signal_unregister(int listener_fd) {
-  int rc = -ENOENT;
-  pthread_mutex_lock(&inject_lock);
-  struct signal_listener *sig = find_signal(listener_fd);
-  if (sig) {
-    epoll_ctl(sig->set, EPOLL_CTL_DEL, sig->watched, NULL);
-    *sig = signals[--signal_count];
-    rc = 0;
-  }
-  pthread_mutex_unlock(&inject_lock);
-  return rc;
 }

@@ -29,6 +29,11 @@ int pm_inject_push(int listener_fd, int client_fd);
  * Bytes sent, or -errno. */
 int pm_channel_send(int chan, int fd, const uint8_t *payload, int len);
 
+/* Receives bytes and up to max_fds fds from a channel, without waiting
+ * (portmux_shim.c); info[0] = fds received, info[1] = 1 if control data
+ * was truncated (MSG_CTRUNC). Bytes received, or -errno. */
+int pm_channel_recv(int sock, uint8_t *buf, int len, int32_t *fds, int max_fds, int32_t *info);
+
 /* Makes listener_fd an express listener: the runtime's accept4 on it
  * returns only fds that the express lane queues (pm_inject_push), woken
  * by a doorbell, and the runtime no longer watches the listener itself.
@@ -39,10 +44,12 @@ int inject_register_express(int listener_fd);
  * found among the process's fds. The fd, or -ENOENT. */
 int find_listening_fd(int family, const uint8_t bytes[16], int port);
 
-/* Adds fd to the runtime's epoll set under the token the runtime gave
- * listener_fd (edge-triggered), so that fd readable makes the runtime call
- * accept4 on the listener. Returns the set, or -1. */
-int add_under_token(int listener_fd, int fd);
+/* Puts fd in listener_fd's place in the runtime's epoll set: fd goes in
+ * under the token the runtime gave the listener (edge-triggered), so that
+ * fd readable makes the runtime call accept4 on the listener; then the
+ * listener leaves the set, and its own connections no longer wake the
+ * runtime. Returns the set, or -1. */
+int take_listener_token(int listener_fd, int fd);
 
 /* For a receiving listener (handoff_receiver.c): sets *fd to what accept4
  * returns (-1 with errno set) and returns 1; 0 for any other listener. */

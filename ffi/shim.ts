@@ -62,12 +62,6 @@ const SYMBOLS = {
   pm_waiter_del: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_waiter_wait(int ep, int32_t *out, int max, int timeout_ms): blocks
   pm_waiter_wait: { parameters: ["i32", "buffer", "i32", "i32"], result: "i32", nonblocking: true },
-  // the same with timeout 0: returns at once
-  pm_waiter_poll: {
-    name: "pm_waiter_wait",
-    parameters: ["i32", "buffer", "i32", "i32"],
-    result: "i32",
-  },
   // int pm_interposer_active(void)
   pm_interposer_active: { parameters: [], result: "i32" },
   // int pm_inject_register(int port)
@@ -76,10 +70,6 @@ const SYMBOLS = {
   pm_inject_push: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_inject_unregister(int listener_fd)
   pm_inject_unregister: { parameters: ["i32"], result: "i32" },
-  // int pm_signal_register(int port, int watched)
-  pm_signal_register: { parameters: ["i32", "i32"], result: "i32" },
-  // int pm_signal_unregister(int listener_fd)
-  pm_signal_unregister: { parameters: ["i32"], result: "i32" },
   // int pm_receiver_open(int port, int unix_fd, int sender_uid)
   pm_receiver_open: { parameters: ["i32", "i32", "i32"], result: "i32" },
   // int pm_receiver_take(int listener, int remote_port, char *out, int cap)
@@ -499,12 +489,6 @@ export class Shim {
     return readiness(check("waiter_wait", n), out);
   }
 
-  /** What waiterWait reports, without waiting. */
-  waiterPoll(ep: number, out: Int32Array<ArrayBuffer>): Readiness[] {
-    const n = this.#lib.symbols.pm_waiter_poll(ep, out, out.length / 2, 0);
-    return readiness(check("waiter_wait", n), out);
-  }
-
   /** True when the library was preloaded, so accept injection works. */
   interposerActive(): boolean {
     return this.#lib.symbols.pm_interposer_active() === 1;
@@ -526,12 +510,6 @@ export class Shim {
    * and returns how many. */
   injectUnregister(listenerFd: number): number {
     return check("inject_unregister", this.#lib.symbols.pm_inject_unregister(listenerFd));
-  }
-
-  /** Makes the loopback listener on port a readiness signal for watched
-   * (src/ready_signal.ts); returns the listener's fd. */
-  signalRegister(port: number, watched: number): number {
-    return check("signal_register", this.#lib.symbols.pm_signal_register(port, watched));
   }
 
   /** Installs the express lane's routing table (src/express_lane.ts writes
@@ -610,11 +588,6 @@ export class Shim {
       route: route >= 0 ? route : route === -2 ? "more" : "daemon",
       sni: cText(sni, 0, EVENT_NAME),
     };
-  }
-
-  /** Undoes signalRegister (before either fd is closed). */
-  signalUnregister(listenerFd: number): void {
-    check("signal_unregister", this.#lib.symbols.pm_signal_unregister(listenerFd));
   }
 
   /** Makes our listener on 127.0.0.1:port accept the clients handed off on

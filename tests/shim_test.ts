@@ -253,16 +253,3 @@ Deno.test("injected sockets wake the listener through a doorbell (an eventfd und
     "each injected socket is accepted, in order",
   );
 });
-
-Deno.test("a ReadySignal wakes the event loop while an epoll set has events, with no pool thread, and ends when closed", async () => {
-  assert.deepEqual(await runPreloaded("tests/fixtures/ready_signal.ts"), {
-    quiet: "pending", // no bytes, no signal
-    fired: true,
-    unharvested: true, // fires again while the set still holds the event
-    events: [true],
-    harvested: "pending", // taken: quiet until new bytes come
-    firedAgain: true,
-    newThreads: 0,
-    afterClose: false,
-  });
-});
