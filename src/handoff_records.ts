@@ -29,6 +29,8 @@ const MAX_RECORD = 64 * 1024;
 export class RecordAssembler {
   readonly #decoder = new TextDecoder();
   #text = "";
+  /** Dropping the rest of a record that was too long, up to its newline. */
+  #skipping = false;
   /** fds (or LOST) waiting for their record, in order. */
   readonly #fds: (number | "lost")[] = [];
 
@@ -42,13 +44,24 @@ export class RecordAssembler {
     while ((nl = this.#text.indexOf("\n")) >= 0) {
       const line = this.#text.slice(0, nl);
       this.#text = this.#text.slice(nl + 1);
-      out.push(this.#pair(line));
+      if (this.#skipping) this.#skipping = false; // the end of the dropped record
+      else out.push(this.#pair(line));
     }
-    if (this.#text.length > MAX_RECORD) {
-      this.#text = "";
-      out.push({ record: null, fd: null, problem: "a record longer than 64 KiB: dropped" });
-    }
+    if (this.#skipping) this.#text = "";
+    else if (this.#text.length > MAX_RECORD) out.push(this.#dropOverlong());
     return out;
+  }
+
+  /** A record too long to be ours: its fd goes with it (closed), and its
+   * remaining bytes are skipped, so the next record keeps its own fd. */
+  #dropOverlong(): Received {
+    this.#text = "";
+    this.#skipping = true;
+    const fd = this.#fds.shift();
+    const problem = "a record longer than 64 KiB: dropped";
+    return typeof fd === "number"
+      ? { record: null, fd: null, problem, discard: fd }
+      : { record: null, fd: null, problem };
   }
 
   #pair(line: string): Received {

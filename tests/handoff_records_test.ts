@@ -63,3 +63,19 @@ Deno.test("RecordAssembler hands back an fd whose record is unreadable, and fds 
   assert.deepEqual(a.push(partial, [11], false), []); // a record cut short by a dying sender
   assert.deepEqual(a.leftoverFds(), [11]);
 });
+
+Deno.test("RecordAssembler drops a record longer than 64 KiB with its fd, and the next record keeps its own", () => {
+  const a = new RecordAssembler();
+  const long = new TextEncoder().encode("x".repeat(70 * 1024) + "\n");
+  const out = [
+    ...a.push(long.subarray(0, 40 * 1024), [10], false),
+    ...a.push(long.subarray(40 * 1024, 68 * 1024), [], false),
+    ...a.push(long.subarray(68 * 1024), [], false), // the rest, up to its newline: skipped
+    ...a.push(bytes(rec(2)), [11], false),
+  ];
+  assert.equal(out.length, 2);
+  assert.match((out[0] as { problem: string }).problem, /longer than 64 KiB/);
+  assert.equal((out[0] as { discard?: number }).discard, 10);
+  assert.deepEqual(out[1], { record: rec(2), fd: 11 });
+  assert.deepEqual(a.leftoverFds(), []);
+});
