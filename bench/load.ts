@@ -173,8 +173,6 @@ export function benchConfig(port: number, dataDir: string, socket: string): stri
 listen: [{ address: 127.0.0.1, port: ${port} }]
 data_dir: ${JSON.stringify(dataDir)}
 limits: { max_per_source: 100000, max_preread: 100000, max_connections: 100000 }
-# Every client here speaks first: let the kernel accept each one with its bytes.
-preread: { defer_accept: true }
 tls: { self_signed: true }
 https: { handler: ${JSON.stringify(join(ROOT, "bench/hello_handler.ts"))} }
 services: { echo: { socket: ${JSON.stringify(socket)} } }

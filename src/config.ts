@@ -126,7 +126,9 @@ export interface Config {
     /** Let the express lane (src/express_lane.ts) take what it can. */
     readonly express: boolean;
     /** Accept a connection once its first bytes are in (TCP_DEFER_ACCEPT),
-     * or after about a second for a client that waits for the server. */
+     * or after about a second for a client that waits for the server.
+     * "auto" (the default) is resolved here: on unless a route serves the
+     * clients that send nothing (on_timeout), who would wait that second. */
     readonly deferAccept: boolean;
   };
   readonly limits: Limits;
@@ -347,7 +349,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     timeoutMs: r.integer(["preread", "timeout_ms"], 1, 600_000) ?? 5000,
     maxBytes: r.integer(["preread", "max_bytes"], 16, 65536) ?? 16384,
     express: r.boolean(["preread", "express"]) ?? true,
-    deferAccept: r.boolean(["preread", "defer_accept"]) ?? false,
+    deferAccept: false, // resolved below, once on_timeout is known
   };
 
   r.keys(["limits"], ["max_connections", "max_preread", "max_per_source"]);
@@ -556,6 +558,10 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
   };
   const defaultRoute = namedRoute("default", { name: "default", action: { kind: "close" } });
   const timeoutRoute = namedRoute("on_timeout", defaultRoute);
+  const deferAccept = r.value(["preread", "defer_accept"]) ?? "auto";
+  if (deferAccept === "auto") preread.deferAccept = timeoutRoute.action.kind === "close";
+  else if (typeof deferAccept === "boolean") preread.deferAccept = deferAccept;
+  else r.fail(["preread", "defer_accept"], "expected true, false or auto");
 
   r.keys(["log"], ["level"]);
   const level = r.string(["log", "level"]) ?? "info";

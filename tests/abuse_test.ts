@@ -17,9 +17,11 @@ function rssBytes(pid: number): number {
   return Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]) * 1024;
 }
 
+// defer_accept off: these clients are to be accepted before they send, so
+// the daemon (not the kernel) is what holds them.
 const SERVING = (timeoutMs: number, limits = "") => `
 listen: [{ address: 127.0.0.1, port: 0 }]
-preread: { timeout_ms: ${timeoutMs} }
+preread: { timeout_ms: ${timeoutMs}, defer_accept: false }
 ${limits}
 tls: { self_signed: true }
 services: { echo: { builtin: echo } }

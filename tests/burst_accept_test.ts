@@ -124,7 +124,7 @@ Deno.test("limits apply to sockets the shim accepted: the newest over the limit 
   const d = await startDaemon({
     config: `
 listen: [{ address: 127.0.0.1, port: 0 }]
-preread: { express: false }
+preread: { express: false, defer_accept: false } # the silent clients must be accepted
 limits: { max_per_source: 3 }
 services: { echo: { builtin: echo } }
 routes:

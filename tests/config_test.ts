@@ -24,12 +24,26 @@ Deno.test("parseConfig() reads a valid config into typed values with defaults", 
     timeoutMs: 5000,
     maxBytes: 16384,
     express: true,
-    deferAccept: false,
+    deferAccept: true, // auto: nothing is served to a client that sends nothing
   });
   assert.equal(c.routes[0]?.action.kind, "handoff");
   assert.equal(c.services.get("svc")?.uid, Deno.uid());
   assert.equal(c.defaultRoute.action.kind, "close");
   assert.equal(c.tls, null);
+});
+
+Deno.test("preread.defer_accept: auto is off only when a route serves clients that send nothing", () => {
+  const deferred = (extra: string) =>
+    parseConfig(VALID + extra, "test.yaml", "/tmp").preread.deferAccept;
+  const waiter = "  - { name: w, action: handoff, service: svc }\n";
+  assert.equal(deferred(""), true);
+  assert.equal(deferred("on_timeout: close\n"), true);
+  assert.equal(deferred(waiter + "on_timeout: w\n"), false);
+  assert.equal(deferred(waiter + "default: w\n"), false, "on_timeout falls back to default");
+  assert.equal(deferred(waiter + "default: w\non_timeout: close\n"), true);
+  assert.equal(deferred(waiter + "on_timeout: w\npreread: { defer_accept: true }\n"), true);
+  assert.equal(deferred("preread: { defer_accept: false }\n"), false);
+  assert.equal(deferred("preread: { defer_accept: auto }\n"), true);
 });
 
 Deno.test("config/example.yaml documents a config that loads", async () => {
@@ -199,6 +213,11 @@ Deno.test("each config mistake gets one line naming the field and its line", asy
       "wait_ms on a close route",
       VALID + "  - { name: c, match: { prefix: X }, action: close, wait_ms: 5 }\n",
       /routes\[1\]\.wait_ms: only a handoff route has wait_ms/,
+    ],
+    [
+      "a defer_accept that is not a boolean or auto",
+      VALID + "preread: { defer_accept: yes please }\n",
+      /preread\.defer_accept: expected true, false or auto/,
     ],
     [
       "an on_timeout that names no route",

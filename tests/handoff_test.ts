@@ -166,7 +166,8 @@ Deno.test("a prefix that arrives split over several segments is waited for, then
 
 Deno.test("a client that resets during the preread is closed as ended (eof), not as a failure", async () => {
   const d = await startDaemon({
-    config: PRIVATE_PROTO_TO_ECHO,
+    // Accepted before it sends anything, so the reset reaches the daemon.
+    config: PRIVATE_PROTO_TO_ECHO + "preread: { defer_accept: false }\n",
   });
   try {
     // python3 sets SO_LINGER 0: close() then sends RST instead of FIN. With
@@ -191,16 +192,17 @@ s.close()
   }
 });
 
-Deno.test("preread.defer_accept: a client is accepted once its first bytes are in; a silent one about a second late, then decided", async () => {
+/** How long the daemon took to decide on a client that sends nothing. */
+async function silentClientDecided(extraConfig: string, deferAccept = "auto") {
   const d = await startDaemon({
     config: `
 listen: [{ address: 127.0.0.1, port: 0 }]
-preread: { timeout_ms: 200, defer_accept: true }
-tls: { self_signed: true }
+preread: { timeout_ms: 200, defer_accept: ${deferAccept} }
 services: { svc: { builtin: echo } }
 routes:
   - { name: private, match: { prefix: PRIV }, action: handoff, service: svc }
-default: close
+  - { name: waiting, action: handoff, service: svc }
+${extraConfig}
 `,
   });
   try {
@@ -210,12 +212,26 @@ default: close
     const silent = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
     const connected = Date.now();
     const line = await d.connection(silent.localAddr.port);
-    // Accepted at once, it would be decided after timeout_ms (200 ms); the
-    // kernel held it until its first retransmitted handshake (~1 s).
-    assert.ok(Date.now() - connected >= 800, `decided after ${Date.now() - connected} ms`);
-    assert.equal(line.route, "default");
     silent.close();
+    return { ms: Date.now() - connected, route: line.route };
   } finally {
     await d.stop();
   }
+}
+
+Deno.test("preread.defer_accept (auto by default): a client is accepted once its first bytes are in; a silent one about a second late, unless a route serves silent clients", async () => {
+  // Nothing serves a silent client: deferred. Accepted at once, it would be
+  // decided after timeout_ms (200 ms); the kernel held it until its first
+  // retransmitted handshake (~1 s).
+  const closed = await silentClientDecided("default: close");
+  assert.ok(closed.ms >= 800, `decided after ${closed.ms} ms`);
+  assert.equal(closed.route, "default");
+  // on_timeout serves it: not deferred, decided at timeout_ms.
+  const served = await silentClientDecided("on_timeout: waiting");
+  assert.ok(served.ms < 800, `decided after ${served.ms} ms`);
+  assert.equal(served.route, "waiting");
+  // Forced on, the silent client that on_timeout serves waits too.
+  const forced = await silentClientDecided("on_timeout: waiting", "true");
+  assert.ok(forced.ms >= 800, `decided after ${forced.ms} ms`);
+  assert.equal(forced.route, "waiting");
 });

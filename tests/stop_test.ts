@@ -21,7 +21,7 @@ async function slowHandler(ms: number): Promise<string> {
 
 const config = (handler: string, drainMs: number) => `
 listen: [{ address: 127.0.0.1, port: 0 }]
-preread: { timeout_ms: 1500 }
+preread: { timeout_ms: 1500, defer_accept: false } # the silent client is accepted at once
 drain_timeout_ms: ${drainMs}
 tls: { self_signed: true }
 https: { handler: ${JSON.stringify(handler)} }
