@@ -78,6 +78,10 @@ const SYMBOLS = {
   pm_receiver_problems: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   // int pm_receiver_close(int listener)
   pm_receiver_close: { parameters: ["i32"], result: "i32" },
+  // int pm_relay_start(int a, int b)
+  pm_relay_start: { parameters: ["i32", "i32"], result: "i32" },
+  // int pm_relay_wait(int64_t *out, int max, int timeout_ms): blocks
+  pm_relay_wait: { parameters: ["buffer", "i32", "i32"], result: "i32", nonblocking: true },
   // int pm_express_table(char *text)
   pm_express_table: { parameters: ["buffer"], result: "i32" },
   // int pm_express_listen(int listener_fd)
@@ -195,7 +199,7 @@ function readExpressEvent(buf: Uint8Array, view: DataView, at: number): ExpressE
     peeked: i32(3),
     client: { hostname: cText(buf, at + 40), port: i32(4) },
     local: { hostname: cText(buf, at + 40 + ADDR_TEXT), port: i32(5) },
-    error: i32(6) ? ERRNO_NAMES[i32(6)] ?? `errno ${i32(6)}` : "",
+    error: i32(6) ? errnoName(i32(6)) : "",
     limit: i32(6),
     tls: hasSni < 0 ? null : {
       sni: hasSni ? cText(buf, at + 40 + 2 * ADDR_TEXT, EVENT_NAME) : null,
@@ -213,10 +217,14 @@ function readiness(n: number, out: Int32Array): Readiness[] {
   return ready;
 }
 
+function errnoName(errno: number): string {
+  return ERRNO_NAMES[errno] ?? `errno ${errno}`;
+}
+
 /** A failed shim call: `code` is the errno name ("ECONNREFUSED"). */
 export class ShimError extends Error {
   constructor(readonly call: string, readonly errno: number) {
-    const code = ERRNO_NAMES[errno] ?? `errno ${errno}`;
+    const code = errnoName(errno);
     super(`${call}: ${code}`);
     this.name = "ShimError";
     this.code = code;
@@ -279,6 +287,15 @@ export interface Endpoint {
 export interface Readiness {
   fd: number;
   hangup: boolean;
+}
+
+/** How a relay ended: error null when both directions ended, else what
+ * ended it early (the errno name); the bytes copied each way. */
+export interface RelayEnd {
+  id: number;
+  error: string | null;
+  aToB: number;
+  bToA: number;
 }
 
 /** The loaded shim; each method throws ShimError on failure. */
@@ -487,6 +504,33 @@ export class Shim {
   ): Promise<Readiness[]> {
     const n = await this.#lib.symbols.pm_waiter_wait(ep, out, out.length / 2, timeoutMs);
     return readiness(check("waiter_wait", n), out);
+  }
+
+  /** Copies a to b and b to a in the shim's relay thread (c/relay.c) until
+   * both ways ended, then closes both; returns the relay's id. The relay
+   * owns a and b from here on; if this throws, the caller still does. */
+  relayStart(a: number, b: number): number {
+    return check("relay_start", this.#lib.symbols.pm_relay_start(a, b));
+  }
+
+  /** Waits up to timeoutMs for relays to end; out holds 4 numbers per
+   * report. */
+  async relayWait(out: BigInt64Array<ArrayBuffer>, timeoutMs: number): Promise<RelayEnd[]> {
+    const n = check(
+      "relay_wait",
+      await this.#lib.symbols.pm_relay_wait(out, out.length / 4, timeoutMs),
+    );
+    const ends: RelayEnd[] = [];
+    for (let i = 0; i < n; i++) {
+      const errno = Number(out[4 * i + 1]);
+      ends.push({
+        id: Number(out[4 * i]),
+        error: errno === 0 ? null : errnoName(errno),
+        aToB: Number(out[4 * i + 2]),
+        bToA: Number(out[4 * i + 3]),
+      });
+    }
+    return ends;
   }
 
   /** True when the library was preloaded, so accept injection works. */

@@ -6,7 +6,13 @@
  */
 
 const root = new URL("../", import.meta.url);
-const C_FILES = ["portmux_shim.c", "express_lane.c", "handoff_receiver.c", "shim_internal.h"]
+const C_FILES = [
+  "portmux_shim.c",
+  "express_lane.c",
+  "handoff_receiver.c",
+  "relay.c",
+  "shim_internal.h",
+]
   .map((f) => new URL(`c/${f}`, root).pathname);
 const SOURCES = C_FILES.filter((f) => f.endsWith(".c"));
 export const SHIM_OUTPUT = new URL("build/libportmux.so", root).pathname;

@@ -12,7 +12,7 @@
  * Both kinds offer the same operations, so the actions do not care.
  */
 import type { AcceptedSocket, Shim } from "../ffi/shim.ts";
-import { detach, internalFd } from "./conn_fd.ts";
+import { detach } from "./conn_fd.ts";
 
 export interface ClientSocket {
   readonly fd: number;
@@ -29,8 +29,6 @@ export interface ClientSocket {
   /** After its fd was sent to a service (which holds its own copy): lets
    * go of ours without a FIN. */
   letGo(): void;
-  /** The socket as a Deno.TcpConn, to copy bytes (proxy action). */
-  toConn(): Promise<Deno.TcpConn>;
 }
 
 const tcp = (at: { hostname: string; port: number }): Deno.NetAddr => ({
@@ -70,10 +68,6 @@ export class DenoClient implements ClientSocket {
     this.#shim.release(this.fd);
     this.conn.close();
   }
-
-  toConn(): Promise<Deno.TcpConn> {
-    return Promise.resolve(this.conn);
-  }
 }
 
 export class ShimClient implements ClientSocket {
@@ -82,15 +76,12 @@ export class ShimClient implements ClientSocket {
   readonly remoteAddr: Deno.NetAddr;
   readonly localAddr: Deno.NetAddr;
   readonly #shim: Shim;
-  readonly #adopter: () => ConnAdopter;
 
-  /** adopter: the daemon's, made when first needed. */
-  constructor(accepted: AcceptedSocket, shim: Shim, adopter: () => ConnAdopter) {
+  constructor(accepted: AcceptedSocket, shim: Shim) {
     this.fd = accepted.fd;
     this.remoteAddr = tcp(accepted.remote);
     this.localAddr = tcp(accepted.local);
     this.#shim = shim;
-    this.#adopter = adopter;
   }
 
   close(): void {
@@ -103,80 +94,5 @@ export class ShimClient implements ClientSocket {
 
   letGo(): void {
     this.#shim.close(this.fd); // the service's copy keeps the connection open
-  }
-
-  toConn(): Promise<Deno.TcpConn> {
-    return this.#adopter().adopt(this.fd);
-  }
-}
-
-/**
- * Turns bare sockets into Deno.TcpConn objects: a private loopback
- * listener whose accept4 the shim feeds with them (the injection HTTPS
- * uses, DESIGN.md fact 4). Strangers connecting to it are dropped by the
- * shim.
- */
-const ADOPT_TIMEOUT_MS = 5000;
-
-export class ConnAdopter {
-  readonly #shim: Shim;
-  readonly #listener: Deno.TcpListener;
-  readonly #listenerFd: number;
-  /** By fd: who waits for that socket as a TcpConn. */
-  readonly #waiting = new Map<number, (conn: Deno.TcpConn) => void>();
-
-  constructor(shim: Shim) {
-    this.#shim = shim;
-    this.#listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    this.#listenerFd = shim.injectRegister(this.#listener.addr.port);
-    this.#acceptLoop();
-  }
-
-  /** fd as a TcpConn; the TcpConn owns it from then on. If this throws, fd
-   * was closed, or will be when the listener hands it out. */
-  adopt(fd: number): Promise<Deno.TcpConn> {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        // Never seen: a socket handed out later finds nobody waiting and is closed.
-        this.#waiting.delete(fd);
-        reject(new Error(`the socket was not adopted within ${ADOPT_TIMEOUT_MS} ms`));
-      }, ADOPT_TIMEOUT_MS);
-      this.#waiting.set(fd, (conn) => {
-        clearTimeout(timer);
-        resolve(conn);
-      });
-      try {
-        this.#shim.injectPush(this.#listenerFd, fd);
-      } catch (e) {
-        clearTimeout(timer);
-        this.#waiting.delete(fd);
-        this.#shim.close(fd);
-        reject(e);
-      }
-    });
-  }
-
-  async #acceptLoop(): Promise<void> {
-    try {
-      for await (const conn of this.#listener) {
-        // The shim hands out the very fd it was given.
-        const fd = internalFd(conn);
-        const take = fd === undefined ? undefined : this.#waiting.get(fd);
-        if (!take) {
-          conn.close();
-          continue;
-        }
-        this.#waiting.delete(fd!);
-        take(conn);
-      }
-    } catch { /* closed by stop() */ }
-  }
-
-  /** Stops adopting (call when no connection is being accepted any more). */
-  stop(): void {
-    this.#shim.injectUnregister(this.#listenerFd);
-    try {
-      this.#listener.close();
-    } catch { /* closed */ }
   }
 }

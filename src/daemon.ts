@@ -11,12 +11,12 @@ import type { Address } from "./address.ts";
 import { detectProxyHeader } from "./detect/proxy_protocol.ts";
 import { cidrContains } from "./ip.ts";
 import { openUpstream } from "./tcp_proxy.ts";
-import { pipeBoth } from "./pipe.ts";
+import { detachConn, relay } from "./relay.ts";
 import { Admission, type Lease, type LimitName } from "./admission.ts";
 import { ThrottledLog } from "./throttled_log.ts";
 import { Metrics } from "./metrics.ts";
 import { connFd } from "./conn_fd.ts";
-import { type ClientSocket, ConnAdopter, DenoClient, ShimClient } from "./client_socket.ts";
+import { type ClientSocket, DenoClient, ShimClient } from "./client_socket.ts";
 import { encodeRecord } from "./handoff.ts";
 import { ServiceChannels } from "./service_channels.ts";
 import { HttpsSites, readHttps } from "./https_sites.ts";
@@ -93,8 +93,6 @@ export class Daemon {
   readonly #channels = new Map<string, ServiceChannels>();
   /** Makes bare sockets into TcpConns when an action needs one (made when
    * first needed). */
-  readonly #adopter = (): ConnAdopter => this.#adopterMade ??= new ConnAdopter(this.#shim);
-  #adopterMade: ConnAdopter | null = null;
   #stopping = false;
   #stopped: Promise<void> | null = null;
   #admin: Deno.HttpServer | null = null;
@@ -444,7 +442,7 @@ export class Daemon {
       } catch {
         return; // EMFILE and the like: Deno's next accept meets it, says it and waits
       }
-      for (const a of batch) this.#admit(new ShimClient(a, this.#shim, this.#adopter), entry);
+      for (const a of batch) this.#admit(new ShimClient(a, this.#shim), entry);
       if (batch.length < BURST_BATCH) return;
       taken += batch.length;
     }
@@ -695,15 +693,22 @@ export class Daemon {
               `upstream ${target} unreachable (${(e as Error).message}); connection closed`,
             );
           }
-          done("proxied", { upstream: target });
-          let own: Deno.TcpConn;
+          let server: number, own: number;
           try {
-            own = await conn.toConn();
+            server = detachConn(this.#shim, upstream);
           } catch (e) {
-            upstream.close();
+            conn.close();
+            throw new Error(`taking over the upstream socket: ${e}`);
+          }
+          try {
+            own = conn.detach();
+          } catch (e) {
+            this.#shim.close(server);
             throw new Error(`taking over the client socket: ${e}`);
           }
-          return { ended: pipeBoth(own, upstream) }; // as long as the two talk
+          done("proxied", { upstream: target });
+          // As long as the two talk; a relay that cannot start closes both.
+          return { ended: relay(this.#shim, own, server).then(() => {}, () => {}) };
         }
       }
     } catch (e) {
@@ -783,7 +788,6 @@ export class Daemon {
   async #stop(): Promise<void> {
     await Promise.all([...this.#listeners.keys()].map((key) => this.#closeListener(key)));
     await Promise.allSettled([...this.#inFlight]);
-    this.#adopterMade?.stop(); // every decision is made: nothing is waiting to be adopted
     await this.#preread.stop();
     const drained = Promise.allSettled([this.#https?.stop(), ...this.#relays]);
     let timer: ReturnType<typeof setTimeout> | undefined;

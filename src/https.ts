@@ -17,7 +17,7 @@ import type { ClientSocket } from "./client_socket.ts";
 import type { Logger } from "./log.ts";
 import type { CounterSeries, Metrics } from "./metrics.ts";
 import type { AccessLog } from "./access_log.ts";
-import { pipeBoth } from "./pipe.ts";
+import { detachConn, relay } from "./relay.ts";
 
 /** What a user module exports as default: the Deno convention. */
 export interface HttpsHandler {
@@ -251,25 +251,37 @@ export class HttpsFrontend {
   }
 
   async #bridge(socket: ClientSocket, facts: PeerFacts): Promise<void> {
-    const client = facts.client;
-    let conn: Deno.TcpConn, upstream: Deno.TcpConn;
-    try {
-      conn = await socket.toConn();
-    } catch (e) {
-      this.#log.error("https-bridge-failed", { client: addressText(client), error: String(e) });
-      return;
-    }
+    const failed = (e: unknown) =>
+      this.#log.error("https-bridge-failed", {
+        client: addressText(facts.client),
+        error: String(e),
+      });
+    let upstream: Deno.TcpConn;
     try {
       upstream = await Deno.connect({ hostname: "127.0.0.1", port: this.port });
     } catch (e) {
-      conn.close();
-      this.#log.error("https-bridge-failed", { client: addressText(client), error: String(e) });
-      return;
+      socket.close();
+      return failed(e);
     }
     const key = upstream.localAddr.port;
+    let client: number, internal: number;
+    try {
+      internal = detachConn(this.#shim, upstream);
+    } catch (e) {
+      socket.close();
+      return failed(e);
+    }
+    try {
+      client = socket.detach();
+    } catch (e) {
+      this.#shim.close(internal);
+      return failed(e);
+    }
     this.#bridged.set(key, facts);
     try {
-      await pipeBoth(conn, upstream);
+      await relay(this.#shim, client, internal);
+    } catch (e) {
+      failed(e);
     } finally {
       this.#bridged.delete(key);
     }

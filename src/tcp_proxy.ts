@@ -8,7 +8,7 @@
 import type { Address } from "./address.ts";
 import type { Upstream } from "./config.ts";
 import { encodeProxyV2 } from "./detect/proxy_protocol.ts";
-import { closeQuietly } from "./pipe.ts";
+import { closeQuietly } from "./relay.ts";
 
 const CONNECT_TIMEOUT_MS = 5000;
 

@@ -1,0 +1,127 @@
+/**
+ * The shim's relay (c/relay.c through src/relay.ts), in-process: two real
+ * loopback connections, x to a and b to y; a and b are taken out of Deno's
+ * hands and relayed, and the test talks through x and y.
+ */
+import assert from "node:assert/strict";
+import { Shim } from "../ffi/shim.ts";
+import { detachConn, relay } from "../src/relay.ts";
+import { readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
+
+const shim = new Shim();
+const enc = new TextEncoder();
+
+async function connected(): Promise<[Deno.TcpConn, Deno.TcpConn]> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const pair = await Promise.all([
+    Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port }),
+    listener.accept(),
+  ]);
+  listener.close();
+  return pair;
+}
+
+/** x and y talk through a relay. */
+async function relayed() {
+  const [x, a] = await connected();
+  const [y, b] = await connected();
+  const ended = relay(shim, detachConn(shim, a), detachConn(shim, b));
+  return { x, y, ended };
+}
+
+/** Byte i of a stream: a pattern that shows any loss, repeat or reorder. */
+const patternByte = (i: number, seed: number) => (i * 7 + (i >> 16) + seed) & 0xff;
+
+async function sendPattern(conn: Deno.Conn, total: number, seed: number): Promise<void> {
+  const chunk = new Uint8Array(256 * 1024);
+  for (let sent = 0; sent < total;) {
+    const n = Math.min(chunk.length, total - sent);
+    for (let i = 0; i < n; i++) chunk[i] = patternByte(sent + i, seed);
+    await writeAll(conn, chunk.subarray(0, n));
+    sent += n;
+  }
+}
+
+/** Reads to the end of the stream; throws at the first byte out of pattern. */
+async function receivePattern(conn: Deno.Conn, seed: number): Promise<number> {
+  const buf = new Uint8Array(64 * 1024);
+  let at = 0;
+  for (;;) {
+    const n = await conn.read(buf);
+    if (n === null) return at;
+    for (let i = 0; i < n; i++) {
+      if (buf[i] !== patternByte(at + i, seed)) throw new Error(`byte ${at + i} is wrong`);
+    }
+    at += n;
+  }
+}
+
+Deno.test("relay: both ways at once, in order, past a reader that waits (the relay holds, then goes on), and reports the bytes", async () => {
+  const { x, y, ended } = await relayed();
+  const down = 48 * 1024 * 1024, up = 8 * 1024 * 1024;
+  // y starts reading late: by then every buffer on the way is full and
+  // the relay holds what b did not take.
+  const xSends = sendPattern(x, down, 1).then(() => x.closeWrite());
+  const ySends = sendPattern(y, up, 2).then(() => y.closeWrite());
+  const xReceives = receivePattern(x, 2);
+  await new Promise((r) => setTimeout(r, 300));
+  const yReceived = await receivePattern(y, 1);
+  await Promise.all([xSends, ySends]);
+  assert.equal(yReceived, down);
+  assert.equal(await xReceives, up);
+  const end = await ended;
+  assert.deepEqual({ error: end.error, aToB: end.aToB, bToA: end.bToA }, {
+    error: null,
+    aToB: down,
+    bToA: up,
+  });
+  x.close();
+  y.close();
+});
+
+Deno.test("relay: a half-close goes through, and the other direction goes on", async () => {
+  const { x, y, ended } = await relayed();
+  await writeAll(x, enc.encode("last words"));
+  await x.closeWrite();
+  assert.equal(await readAtLeast(y, 10), "last words");
+  assert.ok(await seesEnd(y), "y sees x's end");
+  await writeAll(y, enc.encode("a reply after that"));
+  assert.equal(await readAtLeast(x, 18), "a reply after that");
+  y.close();
+  assert.ok(await seesEnd(x), "y's end reaches x");
+  assert.equal((await ended).error, null);
+  x.close();
+});
+
+Deno.test("relay: a reset on one side ends both, with the reason", async () => {
+  const { x, y, ended } = await relayed();
+  await writeAll(y, enc.encode("never read"));
+  await new Promise((r) => setTimeout(r, 100)); // in x's receive buffer
+  x.close(); // with unread data: the kernel resets the connection
+  // Deno's close half-closes first: a is in CLOSE_WAIT when the reset
+  // comes, which Linux reports as EPIPE (ECONNRESET in other states).
+  const end = await ended;
+  assert.ok(end.error === "ECONNRESET" || end.error === "EPIPE", `ended by ${end.error}`);
+  assert.ok(await seesEnd(y), "y's connection is closed");
+  y.close();
+});
+
+Deno.test("relay: 300 relays opened and ended leave no fd behind", async () => {
+  const fds = () => [...Deno.readDirSync("/proc/self/fd")].length;
+  const one = async () => {
+    const r = await relayed();
+    await writeAll(r.x, enc.encode("ping"));
+    assert.equal(await readAtLeast(r.y, 4), "ping");
+    r.x.close();
+    r.y.close();
+    return (await r.ended).error;
+  };
+  await one(); // the relay thread's epoll set and bell, made once
+  const before = fds();
+  for (let round = 0; round < 10; round++) {
+    const errors = await Promise.all(Array.from({ length: 30 }, one));
+    // A close races the relay's copy: the end may come as a reset.
+    for (const e of errors) assert.ok(e === null || e === "ECONNRESET" || e === "EPIPE", `${e}`);
+  }
+  assert.equal(fds(), before);
+});
