@@ -269,6 +269,34 @@ static int prepare(int fd) {
   return 0;
 }
 
+/* Queues a prepared relay for the relay thread; returns its id. */
+static int enqueue(struct relay *r) {
+  int e;
+  pthread_mutex_lock(&lock);
+  if ((e = start_thread()) < 0) {
+    pthread_mutex_unlock(&lock);
+    return e;
+  }
+  int32_t id = r->id = next_id;
+  next_id = next_id == INT32_MAX ? 1 : next_id + 1;
+  int ring = new_list == NULL; /* else it rang already, and is not answered yet */
+  r->next = new_list;
+  new_list = r;
+  pthread_mutex_unlock(&lock);
+  uint64_t one = 1;
+  if (ring && write(bell, &one, sizeof one) < 0) { /* EAGAIN: rung already */
+  }
+  return id;
+}
+
+static struct relay *make(int a, int b) {
+  struct relay *r = calloc(1, sizeof *r);
+  if (!r) return NULL;
+  r->d[0] = (struct direction){.from = a, .to = b};
+  r->d[1] = (struct direction){.from = b, .to = a};
+  return r;
+}
+
 /* Copies a to b and b to a until both directions ended, then closes both.
  * Returns the relay's id (> 0), after which the relay owns a and b and
  * reports its end to pm_relay_wait(); or -errno, and the caller still owns
@@ -276,25 +304,42 @@ static int prepare(int fd) {
 PM_EXPORT int pm_relay_start(int a, int b) {
   int e;
   if ((e = prepare(a)) < 0 || (e = prepare(b)) < 0) return e;
-  struct relay *r = calloc(1, sizeof *r);
+  struct relay *r = make(a, b);
   if (!r) return -ENOMEM;
-  r->d[0] = (struct direction){.from = a, .to = b};
-  r->d[1] = (struct direction){.from = b, .to = a};
-  pthread_mutex_lock(&lock);
-  if ((e = start_thread()) < 0) {
-    pthread_mutex_unlock(&lock);
-    free(r);
+  if ((e = enqueue(r)) < 0) free(r);
+  return e;
+}
+
+/* The same, with b a new connection to 127.0.0.1:port (the HTTPS bridge's
+ * internal server), made without waiting: a's bytes are held until it is
+ * established, and a refusal ends the relay (ECONNREFUSED). *local_port
+ * gets b's own port, by which the server can tell who it serves. Returns
+ * the relay's id, after which it owns a; or -errno, and the caller still
+ * owns a. */
+PM_EXPORT int pm_relay_to_loopback(int a, int port, int32_t *local_port) {
+  int e = prepare(a);
+  if (e < 0) return e;
+  int b = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (b < 0) return -errno;
+  int one = 1;
+  setsockopt(b, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  struct sockaddr_in me;
+  socklen_t len = sizeof me;
+  struct relay *r = NULL;
+  if ((connect(b, (struct sockaddr *)&to, sizeof to) < 0 && errno != EINPROGRESS) ||
+      getsockname(b, (struct sockaddr *)&me, &len) < 0) {
+    e = -errno;
+  } else if (!(r = make(a, b))) {
+    e = -ENOMEM;
+  } else if ((e = enqueue(r)) > 0) {
+    *local_port = ntohs(me.sin_port);
     return e;
   }
-  int32_t id = r->id = next_id;
-  next_id = next_id == INT32_MAX ? 1 : next_id + 1;
-  r->next = new_list;
-  new_list = r;
-  pthread_mutex_unlock(&lock);
-  uint64_t one = 1;
-  if (write(bell, &one, sizeof one) < 0) { /* EAGAIN: the bell is rung already */
-  }
-  return id;
+  free(r);
+  close(b);
+  return e;
 }
 
 /* Waits up to timeout_ms for relays to end; copies up to max reports (4

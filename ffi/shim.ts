@@ -80,6 +80,8 @@ const SYMBOLS = {
   pm_receiver_close: { parameters: ["i32"], result: "i32" },
   // int pm_relay_start(int a, int b)
   pm_relay_start: { parameters: ["i32", "i32"], result: "i32" },
+  // int pm_relay_to_loopback(int a, int port, int32_t *local_port)
+  pm_relay_to_loopback: { parameters: ["i32", "i32", "buffer"], result: "i32" },
   // int pm_relay_wait(int64_t *out, int max, int timeout_ms): blocks
   pm_relay_wait: { parameters: ["buffer", "i32", "i32"], result: "i32", nonblocking: true },
   // int pm_express_table(char *text)
@@ -511,6 +513,18 @@ export class Shim {
    * owns a and b from here on; if this throws, the caller still does. */
   relayStart(a: number, b: number): number {
     return check("relay_start", this.#lib.symbols.pm_relay_start(a, b));
+  }
+
+  /** The same, with b a new connection to 127.0.0.1:port made by the
+   * shim; returns the relay's id and b's own port. The relay owns a from
+   * here on; if this throws, the caller still does. */
+  relayToLoopback(a: number, port: number): { id: number; localPort: number } {
+    const localPort = new Int32Array(1);
+    const id = check(
+      "relay_to_loopback",
+      this.#lib.symbols.pm_relay_to_loopback(a, port, localPort),
+    );
+    return { id, localPort: localPort[0]! };
   }
 
   /** Waits up to timeoutMs for relays to end; out holds 4 numbers per

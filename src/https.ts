@@ -11,13 +11,13 @@
  *   loopback connection; the handler gets the real client address through a
  *   map keyed by the bridge's port, and a direct connection gets a 403.
  */
-import type { Shim } from "../ffi/shim.ts";
+import type { RelayEnd, Shim } from "../ffi/shim.ts";
 import { type Address, addressText, displayAddress } from "./address.ts";
 import type { ClientSocket } from "./client_socket.ts";
 import type { Logger } from "./log.ts";
 import type { CounterSeries, Metrics } from "./metrics.ts";
 import type { AccessLog } from "./access_log.ts";
-import { detachConn, relay } from "./relay.ts";
+import { relayToLoopback } from "./relay.ts";
 
 /** What a user module exports as default: the Deno convention. */
 export interface HttpsHandler {
@@ -250,40 +250,27 @@ export class HttpsFrontend {
     }
   }
 
+  /** Relays the still-encrypted bytes to the internal server over a
+   * loopback connection the shim makes; the handler knows the client by
+   * that connection's port. */
   async #bridge(socket: ClientSocket, facts: PeerFacts): Promise<void> {
     const failed = (e: unknown) =>
       this.#log.error("https-bridge-failed", {
         client: addressText(facts.client),
         error: String(e),
       });
-    let upstream: Deno.TcpConn;
+    let bridge: { localPort: number; ended: Promise<RelayEnd> };
     try {
-      upstream = await Deno.connect({ hostname: "127.0.0.1", port: this.port });
+      bridge = relayToLoopback(this.#shim, socket.detach(), this.port);
     } catch (e) {
-      socket.close();
       return failed(e);
     }
-    const key = upstream.localAddr.port;
-    let client: number, internal: number;
+    this.#bridged.set(bridge.localPort, facts);
     try {
-      internal = detachConn(this.#shim, upstream);
-    } catch (e) {
-      socket.close();
-      return failed(e);
-    }
-    try {
-      client = socket.detach();
-    } catch (e) {
-      this.#shim.close(internal);
-      return failed(e);
-    }
-    this.#bridged.set(key, facts);
-    try {
-      await relay(this.#shim, client, internal);
-    } catch (e) {
-      failed(e);
+      const end = await bridge.ended;
+      if (end.error === "ECONNREFUSED") failed("the internal server refused the bridge");
     } finally {
-      this.#bridged.delete(key);
+      this.#bridged.delete(bridge.localPort);
     }
   }
 

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { Shim } from "../ffi/shim.ts";
-import { detachConn, relay } from "../src/relay.ts";
+import { detachConn, relay, relayToLoopback } from "../src/relay.ts";
 import { readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
 
 const shim = new Shim();
@@ -124,4 +124,26 @@ Deno.test("relay: 300 relays opened and ended leave no fd behind", async () => {
     for (const e of errors) assert.ok(e === null || e === "ECONNRESET" || e === "EPIPE", `${e}`);
   }
   assert.equal(fds(), before);
+});
+
+Deno.test("relayToLoopback: the shim connects to the port; the server sees the reported local port; a refusal ends the relay", async () => {
+  const server = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const [x, a] = await connected();
+  await writeAll(x, enc.encode("early bytes")); // sent before the connection to the server is made
+  const bridge = relayToLoopback(shim, detachConn(shim, a), server.addr.port);
+  const inside = await server.accept();
+  assert.equal(inside.remoteAddr.port, bridge.localPort);
+  assert.equal(await readAtLeast(inside, 11), "early bytes");
+  await writeAll(inside, enc.encode("answer"));
+  assert.equal(await readAtLeast(x, 6), "answer");
+  inside.close();
+  x.close();
+  assert.equal((await bridge.ended).error, null);
+  server.close();
+
+  const [x2, a2] = await connected();
+  const refused = relayToLoopback(shim, detachConn(shim, a2), server.addr.port); // closed now
+  assert.equal((await refused.ended).error, "ECONNREFUSED");
+  assert.ok(await seesEnd(x2), "the client is closed");
+  x2.close();
 });
