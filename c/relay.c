@@ -110,7 +110,8 @@ static int pump(struct direction *d, char *buf) {
   for (int round = 0; !d->ended; round++) {
     if (d->held) {
       ssize_t w = send(d->to, d->held + d->held_off, (size_t)(d->held_len - d->held_off), MSG_NOSIGNAL);
-      if (w < 0) return errno == EAGAIN || errno == EINTR ? 0 : -errno;
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) return errno == EAGAIN ? 0 : -errno;
       d->held_off += (int)w;
       if (d->held_off < d->held_len) continue; /* likely EAGAIN next: then wait */
       free(d->held);
@@ -123,14 +124,18 @@ static int pump(struct direction *d, char *buf) {
       return 1;
     }
     if (round >= PUMP_ROUNDS) return 2;
-    ssize_t n = recv(d->from, buf, CHUNK, 0);
+    ssize_t n;
+    do n = recv(d->from, buf, CHUNK, 0);
+    while (n < 0 && errno == EINTR);
     if (n == 0) {
       d->eof = 1;
       continue;
     }
-    if (n < 0) return errno == EAGAIN || errno == EINTR ? 0 : -errno;
+    if (n < 0) return errno == EAGAIN ? 0 : -errno;
     d->bytes += n;
-    ssize_t w = send(d->to, buf, (size_t)n, MSG_NOSIGNAL);
+    ssize_t w;
+    do w = send(d->to, buf, (size_t)n, MSG_NOSIGNAL);
+    while (w < 0 && errno == EINTR);
     if (w < 0 && errno != EAGAIN) return -errno;
     if (w < 0) w = 0;
     if (w < n) {

@@ -123,7 +123,9 @@ Deno.test("relay: 300 relays opened and ended leave no fd behind", async () => {
     // A close races the relay's copy: the end may come as a reset.
     for (const e of errors) assert.ok(e === null || e === "ECONNRESET" || e === "EPIPE", `${e}`);
   }
-  assert.equal(fds(), before);
+  // Not above the baseline (it may be below: fds of the tests before this
+  // one can still be closing when the baseline is taken).
+  assert.ok(fds() <= before, `${fds()} fds open, ${before} before`);
 });
 
 Deno.test("relayToLoopback: the shim connects to the port; the server sees the reported local port; a refusal ends the relay", async () => {
