@@ -91,8 +91,6 @@ export class Daemon {
   readonly metrics: Metrics;
   readonly #throttled: ThrottledLog;
   readonly #channels = new Map<string, ServiceChannels>();
-  /** Makes bare sockets into TcpConns when an action needs one (made when
-   * first needed). */
   #stopping = false;
   #stopped: Promise<void> | null = null;
   #admin: Deno.HttpServer | null = null;

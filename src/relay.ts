@@ -83,9 +83,3 @@ export function detachConn(shim: Shim, conn: Deno.TcpConn): number {
   }
   return detach(shim, conn, fd);
 }
-
-export function closeQuietly(c: Deno.Conn): void {
-  try {
-    c.close();
-  } catch { /* already closed */ }
-}

@@ -8,9 +8,14 @@
 import type { Address } from "./address.ts";
 import type { Upstream } from "./config.ts";
 import { encodeProxyV2 } from "./detect/proxy_protocol.ts";
-import { closeQuietly } from "./relay.ts";
 
 const CONNECT_TIMEOUT_MS = 5000;
+
+function closeQuietly(c: Deno.Conn): void {
+  try {
+    c.close();
+  } catch { /* already closed */ }
+}
 
 /** Connects to the upstream (throws on refusal or after 5 s) and writes
  * the PROXY header if asked. */
