@@ -6,25 +6,15 @@
 import assert from "node:assert/strict";
 import { Shim } from "../ffi/shim.ts";
 import { detachConn, relay, relayToLoopback } from "../src/relay.ts";
-import { readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
+import { connectedPair, readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
 
 const shim = new Shim();
 const enc = new TextEncoder();
 
-async function connected(): Promise<[Deno.TcpConn, Deno.TcpConn]> {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const pair = await Promise.all([
-    Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port }),
-    listener.accept(),
-  ]);
-  listener.close();
-  return pair;
-}
-
 /** x and y talk through a relay. */
 async function relayed() {
-  const [x, a] = await connected();
-  const [y, b] = await connected();
+  const [x, a] = await connectedPair();
+  const [y, b] = await connectedPair();
   const ended = relay(shim, detachConn(shim, a), detachConn(shim, b));
   return { x, y, ended };
 }
@@ -130,7 +120,7 @@ Deno.test("relay: 300 relays opened and ended leave no fd behind", async () => {
 
 Deno.test("relayToLoopback: the shim connects to the port; the server sees the reported local port; a refusal ends the relay", async () => {
   const server = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const [x, a] = await connected();
+  const [x, a] = await connectedPair();
   await writeAll(x, enc.encode("early bytes")); // sent before the connection to the server is made
   const bridge = relayToLoopback(shim, detachConn(shim, a), server.addr.port);
   const inside = await server.accept();
@@ -143,7 +133,7 @@ Deno.test("relayToLoopback: the shim connects to the port; the server sees the r
   assert.equal((await bridge.ended).error, null);
   server.close();
 
-  const [x2, a2] = await connected();
+  const [x2, a2] = await connectedPair();
   const refused = relayToLoopback(shim, detachConn(shim, a2), server.addr.port); // closed now
   assert.equal((await refused.ended).error, "ECONNREFUSED");
   assert.ok(await seesEnd(x2), "the client is closed");

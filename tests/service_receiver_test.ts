@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { Shim, ShimError, shimPath } from "../ffi/shim.ts";
 import { detach, internalFd } from "../src/conn_fd.ts";
 import { encodeRecord } from "../src/handoff.ts";
-import { enc, readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
+import { connectedPair, enc, readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
 import { readLines } from "./helpers/lines.ts";
 
 const shim = new Shim();
@@ -82,12 +82,7 @@ async function startService(socket: string, ...args: string[]): Promise<Service>
 /** A client connected to a listener of ours, and the fd of our side,
  * taken from Deno as the daemon takes it (send() gives it away). */
 async function client(): Promise<{ client: Deno.TcpConn; fd: number; close(): void }> {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const [c, conn] = await Promise.all([
-    Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port }),
-    listener.accept(),
-  ]);
-  listener.close();
+  const [c, conn] = await connectedPair();
   return {
     client: c,
     fd: detach(shim, conn, internalFd(conn)!),

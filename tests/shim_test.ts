@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { Shim, ShimError } from "../ffi/shim.ts";
 import { connFd, detach, FD_SYMBOL_DESCRIPTION, internalFd } from "../src/conn_fd.ts";
-import { readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
+import { connectedPair, readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
 
 const shim = new Shim();
 const ROOT_DIR = new URL("../", import.meta.url).pathname;
@@ -15,12 +15,7 @@ const enc = new TextEncoder();
 
 /** A connected pair on loopback: our client end and the accepted conn. */
 async function pair(): Promise<{ client: Deno.TcpConn; conn: Deno.TcpConn; close(): void }> {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const [client, conn] = await Promise.all([
-    Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port }),
-    listener.accept(),
-  ]);
-  listener.close();
+  const [client, conn] = await connectedPair();
   return {
     client,
     conn,

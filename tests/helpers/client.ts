@@ -49,4 +49,18 @@ export async function seesEnd(conn: Deno.Conn, timeoutMs = 5000): Promise<boolea
   }
 }
 
+/** A connection on loopback: our client end, and the end a listener of
+ * ours accepted. */
+export async function connectedPair(): Promise<[Deno.TcpConn, Deno.TcpConn]> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  try {
+    return await Promise.all([
+      Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port }),
+      listener.accept(),
+    ]);
+  } finally {
+    listener.close();
+  }
+}
+
 export { dec, enc };
