@@ -24,7 +24,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -266,12 +265,16 @@ static int start_thread(void) {
   return 0;
 }
 
-static int prepare(int fd) {
+/* Bytes go on at once, as the two ends would send them themselves. */
+static void no_delay(int fd) {
   int one = 1;
-  int flags = fcntl(fd, F_GETFL);
-  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return -errno;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* as the two ends would */
-  return 0;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+static int prepare(int fd) {
+  int e = pm_set_nonblocking(fd, 1);
+  if (e == 0) no_delay(fd);
+  return e;
 }
 
 /* Queues a prepared relay for the relay thread; returns its id. */
@@ -326,8 +329,7 @@ PM_EXPORT int pm_relay_to_loopback(int a, int port, int32_t *local_port) {
   if (e < 0) return e;
   int b = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (b < 0) return -errno;
-  int one = 1;
-  setsockopt(b, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  no_delay(b);
   struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
   to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   struct sockaddr_in me;

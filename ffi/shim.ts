@@ -515,16 +515,17 @@ export class Shim {
     return check("relay_start", this.#lib.symbols.pm_relay_start(a, b));
   }
 
+  readonly #localPort = new Int32Array(1);
+
   /** The same, with b a new connection to 127.0.0.1:port made by the
    * shim; returns the relay's id and b's own port. The relay owns a from
    * here on; if this throws, the caller still does. */
   relayToLoopback(a: number, port: number): { id: number; localPort: number } {
-    const localPort = new Int32Array(1);
     const id = check(
       "relay_to_loopback",
-      this.#lib.symbols.pm_relay_to_loopback(a, port, localPort),
+      this.#lib.symbols.pm_relay_to_loopback(a, port, this.#localPort),
     );
-    return { id, localPort: localPort[0]! };
+    return { id, localPort: this.#localPort[0]! };
   }
 
   /** Waits up to timeoutMs for relays to end; out holds 4 numbers per
