@@ -20,15 +20,22 @@ export async function spawnReady(
   args: string[],
   env: Record<string, string> = {},
 ): Promise<Deno.ChildProcess> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", join(ROOT, script), ...args],
-    env,
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
+  return await ready(
+    script,
+    new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", join(ROOT, script), ...args],
+      env,
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn(),
+  );
+}
+
+/** Waits for the child's "ready" line, then drains its output. */
+async function ready(name: string, child: Deno.ChildProcess): Promise<Deno.ChildProcess> {
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   const first = await reader.read();
-  if (first.value?.trim() !== "ready") throw new Error(`${script} did not start`);
+  if (first.value?.trim() !== "ready") throw new Error(`${name} did not start`);
   (async () => {
     while (!(await reader.read()).done) { /* drain */ }
   })();
@@ -202,15 +209,14 @@ export async function startEchoService(dir: string) {
 export async function startPythonEchoService(dir: string) {
   const socket = join(dir, "echo-py.sock");
   const port = freePort();
-  const child = new Deno.Command("python3", {
-    args: [join(ROOT, "bench/echo_service.py"), String(port), socket],
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  if ((await reader.read()).value?.trim() !== "ready") {
-    throw new Error("bench/echo_service.py did not start");
-  }
+  const child = await ready(
+    "bench/echo_service.py",
+    new Deno.Command("python3", {
+      args: [join(ROOT, "bench/echo_service.py"), String(port), socket],
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn(),
+  );
   return { port, socket, child };
 }
 
