@@ -318,7 +318,7 @@ PM_EXPORT int pm_receiver_open(int port, int unix_fd, int sender_uid) {
   struct receiver *r = calloc(1, sizeof *r);
   if (!r) return -ENOMEM;
   *r = (struct receiver){.listener = lfd, .unix_fd = unix_fd, .sender_uid = sender_uid, .set = -1};
-  fcntl(unix_fd, F_SETFL, fcntl(unix_fd, F_GETFL) | O_NONBLOCK);
+  pm_set_nonblocking(unix_fd, 1);
   int rc = lfd;
   r->set = epoll_create1(EPOLL_CLOEXEC);
   struct epoll_event ev = {.events = EPOLLIN, .data.fd = unix_fd};
