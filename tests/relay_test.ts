@@ -97,25 +97,41 @@ Deno.test("relay: a reset on one side ends both, with the reason", async () => {
 });
 
 Deno.test("relay: 300 relays opened and ended leave no fd behind", async () => {
-  const fds = () => [...Deno.readDirSync("/proc/self/fd")].length;
+  // Exact, not a count of the process's fds (Deno opens and closes its own
+  // as it likes): the sockets the relay was given, by inode, must have no
+  // fd left in this process once their relays ended.
+  const inodeOf = (fd: number) => Deno.readLinkSync(`/proc/self/fd/${fd}`);
+  const openInodes = () =>
+    new Set([...Deno.readDirSync("/proc/self/fd")].map((e) => {
+      try {
+        return inodeOf(Number(e.name));
+      } catch {
+        return ""; // closed since the listing
+      }
+    }));
+  const given: string[] = [];
   const one = async () => {
-    const r = await relayed();
-    await writeAll(r.x, enc.encode("ping"));
-    assert.equal(await readAtLeast(r.y, 4), "ping");
-    r.x.close();
-    r.y.close();
-    return (await r.ended).error;
+    const [x, a] = await connectedPair();
+    const [y, b] = await connectedPair();
+    const fdA = detachConn(shim, a), fdB = detachConn(shim, b);
+    given.push(inodeOf(fdA), inodeOf(fdB));
+    const ended = relay(shim, fdA, fdB);
+    await writeAll(x, enc.encode("ping"));
+    assert.equal(await readAtLeast(y, 4), "ping");
+    x.close();
+    y.close();
+    return (await ended).error;
   };
-  await one(); // the relay thread's epoll set and bell, made once
-  const before = fds();
   for (let round = 0; round < 10; round++) {
     const errors = await Promise.all(Array.from({ length: 30 }, one));
     // A close races the relay's copy: the end may come as a reset.
     for (const e of errors) assert.ok(e === null || e === "ECONNRESET" || e === "EPIPE", `${e}`);
   }
-  // Not above the baseline (it may be below: fds of the tests before this
-  // one can still be closing when the baseline is taken).
-  assert.ok(fds() <= before, `${fds()} fds open, ${before} before`);
+  assert.equal(given.length, 600);
+  assert.ok(given.every((inode) => inode.startsWith("socket:[")), "the relay was given sockets");
+  const open = openInodes();
+  const left = given.filter((inode) => open.has(inode));
+  assert.deepEqual(left, [], `${left.length} relayed sockets still open`);
 });
 
 Deno.test("relayToLoopback: the shim connects to the port; the server sees the reported local port; a refusal ends the relay", async () => {
