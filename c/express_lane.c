@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -391,8 +392,36 @@ static struct lane_listener {
   int fd, accepting, pending;
   int pass_all; /* every connection goes to the daemon (it reads a PROXY header first) */
   int64_t resume_ns; /* after an accept error: pause until then */
+  int armed_in; /* the epoll set that watches it (the lane's or the runtime's), or -1 */
+  int in_runtime; /* armed_in is the runtime's set */
+  int stalled; /* the lane saw it readable at its last look (runtime_accepts then) */
+  uint64_t runtime_accepts_seen;
 } lane_listeners[X_MAX_LISTENERS];
 static int lane_listener_count;
+
+/* Accepting on the runtime's thread. The public listeners are watched by
+ * the runtime's own epoll set, under the token of the first HTTPS site's
+ * listener: a new connection makes the runtime call accept4 on that site,
+ * and lane_accept_for accepts and classifies there, with no thread to
+ * wake and no doorbell for that site. The lane thread keeps the rest:
+ * connections that wait for their first bytes, deadlines, and a listener
+ * the runtime leaves unaccepted (a reload, an accept error). */
+static int runtime_site = -1; /* that site's listener fd, or -1: the lane accepts */
+static int accepting_for = -1, accepted_for = -1; /* during lane_accept_for */
+static uint64_t runtime_accepts;
+#define STALL_CHECK_MS 50
+/* A connection the runtime's thread left waiting may be due before the
+ * lane's wait ends by itself: the bell (an eventfd in the lane's set)
+ * wakes it to wait for less. */
+static int lane_bell = -1;
+static int64_t lane_sleeps_until = INT64_MAX;
+static int wake_lane;
+#define BELL_TAG (1ULL << 41)
+
+static void ring_lane(void) {
+  static const uint64_t one = 1;
+  if (write(lane_bell, &one, sizeof one) < 0) { /* the count is full: it rings already */ }
+}
 #define LISTENER_TAG (1ULL << 40)
 
 #define X_MAX_SERVICES 64
@@ -454,6 +483,7 @@ static int push_deadline(int fd, uint32_t seq, int64_t at) {
     deadlines = grown, dl_cap = cap, dl_head = 0;
   }
   deadlines[(dl_head + dl_len++) % dl_cap] = (struct deadline){fd, seq, at};
+  if (at < lane_sleeps_until) wake_lane = 1;
   return 0;
 }
 
@@ -680,6 +710,11 @@ static void deliver(int fd, struct conn *c, int rule_index, int peeked, const st
     if (site) {
       describe(&ev, fd, c, r->route, peeked, h, tls);
       forget(fd, c);
+      if (site->listener_fd == accepting_for && accepted_for < 0) { /* the runtime asked for it */
+        accepted_for = fd;
+        emit(&ev, O_HTTPS, (int)(site - table->sites));
+        return;
+      }
       if (pm_inject_push(site->listener_fd, fd) == 0) {
         emit(&ev, O_HTTPS, (int)(site - table->sites));
         return;
@@ -735,22 +770,30 @@ static void look(int fd, uint32_t events) {
   pass_to_daemon(fd, c);
 }
 
-static void accept_from(int li) {
+static void disarm_listener(struct lane_listener *l) {
+  if (l->armed_in >= 0) epoll_ctl(l->armed_in, EPOLL_CTL_DEL, l->fd, NULL);
+  l->armed_in = -1;
+  l->in_runtime = 0;
+}
+
+/* Accepts up to 256 connections; returns 1 when the listener has no more
+ * for now (drained, or paused by an error), 0 when some may be left. */
+static int accept_from(int li) {
   struct lane_listener *l = &lane_listeners[li];
-  for (int k = 0; k < 256 && l->accepting; k++) {
+  for (int k = 0; k < 256 && l->accepting && accepted_for < 0; k++) {
     struct sockaddr_storage peer;
     socklen_t pl = sizeof peer;
     int fd = real_accept(l->fd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return 1;
       if (errno == ECONNABORTED || errno == EINTR) continue;
       /* EMFILE and friends: pause this listener (the clients wait in the
        * backlog), say so through the ring, and try again later. */
       struct event *e = new_event(O_ACCEPT_FAILED);
       if (e) e->error = errno;
-      epoll_ctl(lane_ep, EPOLL_CTL_DEL, l->fd, NULL);
+      disarm_listener(l);
       l->resume_ns = now_ns() + 100 * 1000000LL;
-      return;
+      return 1;
     }
     struct conn *c = conn_of(fd);
     if (!c) {
@@ -793,12 +836,50 @@ static void accept_from(int li) {
       else pass_to_daemon(fd, c);
     }
   }
+  return !l->accepting;
 }
 
+/* Watches the listener: in the runtime's epoll set when there is a site
+ * to accept for, else (or if that fails) in the lane's. */
 static void arm_listener(struct lane_listener *l, int li) {
   struct epoll_event ev = {.events = EPOLLIN, .data.u64 = LISTENER_TAG | (uint64_t)li};
-  epoll_ctl(lane_ep, EPOLL_CTL_ADD, l->fd, &ev);
+  l->armed_in = runtime_site >= 0 ? add_under_token(runtime_site, l->fd) : -1;
+  l->in_runtime = l->armed_in >= 0;
+  if (l->armed_in < 0 && epoll_ctl(lane_ep, EPOLL_CTL_ADD, l->fd, &ev) == 0) l->armed_in = lane_ep;
   l->resume_ns = 0;
+  l->stalled = 0;
+}
+
+/* Moves the listeners to the runtime's epoll set under the token of the
+ * site's listener (-1: to the lane's set). */
+static void move_listeners(int site) {
+  for (int i = 0; i < lane_listener_count; i++) disarm_listener(&lane_listeners[i]);
+  runtime_site = site;
+  for (int i = 0; i < lane_listener_count; i++) {
+    struct lane_listener *l = &lane_listeners[i];
+    if (l->accepting && !l->resume_ns) arm_listener(l, i);
+  }
+}
+
+/* The runtime accepts for the table's first site, if it has one. */
+static void place_listeners(void) {
+  int site = table && table->site_count ? table->sites[0].listener_fd : -1;
+  if (site != runtime_site) move_listeners(site);
+}
+
+/* A listener in the runtime's set that stayed readable while the runtime
+ * accepted nothing (its site is being replaced, or it met an accept error
+ * and waits for a new edge): the lane accepts for it. */
+static void accept_if_stalled(int li) {
+  struct lane_listener *l = &lane_listeners[li];
+  struct pollfd p = {.fd = l->fd, .events = POLLIN};
+  if (!l->in_runtime || poll(&p, 1, 0) != 1) {
+    l->stalled = 0;
+    return;
+  }
+  if (l->stalled && l->runtime_accepts_seen == runtime_accepts) accept_from(li);
+  l->stalled = 1;
+  l->runtime_accepts_seen = runtime_accepts;
 }
 
 /* Passes on the connections whose deadline came; returns the ms until the
@@ -828,12 +909,16 @@ static void *lane_thread(void *arg) {
   (void)arg;
   struct epoll_event evs[256];
   int timeout = -1;
+  int64_t next_stall_check = 0;
   for (;;) {
     int n = epoll_wait(lane_ep, evs, 256, timeout);
     pthread_mutex_lock(&lane_lock);
     for (int i = 0; i < n; i++) {
       uint64_t d = evs[i].data.u64;
-      if (d & LISTENER_TAG) {
+      if (d & BELL_TAG) {
+        uint64_t rung;
+        if (read(lane_bell, &rung, sizeof rung) < 0) { /* nothing to read: rung before */ }
+      } else if (d & LISTENER_TAG) {
         int li = (int)(d & 0xffff);
         if (li < lane_listener_count) accept_from(li);
       } else {
@@ -841,6 +926,15 @@ static void *lane_thread(void *arg) {
       }
     }
     timeout = expire();
+    int64_t now = now_ns();
+    int runtime_watches = 0;
+    for (int li = 0; li < lane_listener_count; li++) {
+      if (now >= next_stall_check) accept_if_stalled(li);
+      runtime_watches |= lane_listeners[li].in_runtime;
+    }
+    if (now >= next_stall_check) next_stall_check = now + STALL_CHECK_MS * 1000000LL;
+    if (runtime_watches && (timeout < 0 || timeout > STALL_CHECK_MS)) timeout = STALL_CHECK_MS;
+    lane_sleeps_until = timeout < 0 ? INT64_MAX : now + timeout * 1000000LL;
     pthread_mutex_unlock(&lane_lock);
   }
   return NULL;
@@ -857,11 +951,15 @@ PM_EXPORT int pm_express_table(const char *text) {
   pthread_mutex_lock(&lane_lock);
   if (lane_ep < 0) {
     lane_ep = epoll_create1(EPOLL_CLOEXEC);
+    lane_bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    struct epoll_event bell = {.events = EPOLLIN | EPOLLET, .data.u64 = BELL_TAG};
     pthread_t th;
-    if (lane_ep < 0 || pthread_create(&th, NULL, lane_thread, NULL) != 0) {
-      rc = lane_ep < 0 ? -errno : -EAGAIN;
+    if (lane_ep < 0 || lane_bell < 0 || epoll_ctl(lane_ep, EPOLL_CTL_ADD, lane_bell, &bell) < 0 ||
+        pthread_create(&th, NULL, lane_thread, NULL) != 0) {
+      rc = lane_ep < 0 || lane_bell < 0 ? -errno : -EAGAIN;
       if (lane_ep >= 0) close(lane_ep);
-      lane_ep = -1;
+      if (lane_bell >= 0) close(lane_bell);
+      lane_ep = -1, lane_bell = -1;
     } else {
       pthread_detach(th);
     }
@@ -869,6 +967,8 @@ PM_EXPORT int pm_express_table(const char *text) {
   if (rc == 0) {
     free(table);
     table = t;
+    place_listeners();
+    ring_lane(); /* its stall checks may start or stop */
   } else {
     free(t);
   }
@@ -889,8 +989,10 @@ PM_EXPORT int pm_express_listen(int listener_fd) {
   if (rc == 0) rc = inject_register_express(listener_fd);
   if (rc == 0) {
     if (li == lane_listener_count) lane_listener_count++;
-    lane_listeners[li] = (struct lane_listener){.fd = listener_fd, .accepting = 1};
+    lane_listeners[li] = (struct lane_listener){.fd = listener_fd, .accepting = 1, .armed_in = -1};
     arm_listener(&lane_listeners[li], li);
+    place_listeners();
+    ring_lane();
   }
   pthread_mutex_unlock(&lane_lock);
   return rc;
@@ -910,7 +1012,7 @@ PM_EXPORT int pm_express_stop(int listener_fd) {
   struct lane_listener *l = find_lane_listener(listener_fd);
   int rc = -ENOENT;
   if (l) {
-    if (l->accepting) epoll_ctl(lane_ep, EPOLL_CTL_DEL, l->fd, NULL);
+    disarm_listener(l);
     l->accepting = 0;
     rc = l->pending;
   }
@@ -982,4 +1084,34 @@ PM_EXPORT int pm_express_channels(int id, const int32_t *pairs, int n) {
   }
   pthread_mutex_unlock(&lane_lock);
   return rc;
+}
+
+/* ---------- accepting on the runtime's thread ---------- */
+
+void lane_site_gone(int site_fd) {
+  pthread_mutex_lock(&lane_lock);
+  if (site_fd >= 0 && site_fd == runtime_site) move_listeners(-1);
+  pthread_mutex_unlock(&lane_lock);
+}
+
+int lane_accept_for(int site_fd, struct sockaddr_storage *peer) {
+  pthread_mutex_lock(&lane_lock);
+  int fd = -1;
+  if (site_fd >= 0 && site_fd == runtime_site) {
+    runtime_accepts++;
+    accepting_for = site_fd;
+    wake_lane = 0;
+    /* To the end of the backlog, unless a connection for the site comes:
+     * the runtime's set is edge-triggered, and returning with connections
+     * left would leave them to the next new one. */
+    for (int li = 0; li < lane_listener_count && accepted_for < 0; li++)
+      if (lane_listeners[li].in_runtime)
+        while (!accept_from(li) && accepted_for < 0) continue;
+    fd = accepted_for;
+    if (fd >= 0) memcpy(peer, &conns[fd].peer, sizeof conns[fd].peer);
+    accepting_for = -1, accepted_for = -1;
+    if (wake_lane) ring_lane();
+  }
+  pthread_mutex_unlock(&lane_lock);
+  return fd;
 }

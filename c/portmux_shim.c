@@ -595,11 +595,16 @@ static void close_waker_locked(int i) {
 }
 
 /* Hands out a queued fd as if the kernel had accepted it: applies the flags
- * and fills in the peer address. Queued fds are non-blocking and
- * close-on-exec already (pm_inject_push), so the runtime, which asks for
- * both, costs no fcntl here. */
-static int deliver(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags) {
-  if (addr && addrlen && getpeername(fd, addr, addrlen) < 0) {
+ * and fills in the peer address (known, or asked of the socket). Queued fds
+ * are non-blocking and close-on-exec already (pm_inject_push), so the
+ * runtime, which asks for both, costs no fcntl here. */
+static int deliver(int fd, const struct sockaddr_storage *peer, struct sockaddr *addr,
+                   socklen_t *addrlen, int flags) {
+  if (addr && addrlen && peer) {
+    socklen_t len = peer->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    memcpy(addr, peer, len < *addrlen ? len : *addrlen);
+    *addrlen = len;
+  } else if (addr && addrlen && getpeername(fd, addr, addrlen) < 0) {
     /* The client is gone already: say it as the kernel's accept would (the
      * runtime goes on to the next). */
     close(fd);
@@ -628,11 +633,14 @@ static int pm_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int fla
   int q = pop_locked(l);
   int express = l->express;
   pthread_mutex_unlock(&inject_lock);
-  if (q >= 0) return deliver(q, addr, addrlen, flags);
+  if (q >= 0) return deliver(q, NULL, addr, addrlen, flags);
   if (express) { /* its real connections are the express lane's to accept */
     errno = EAGAIN;
     return -1;
   }
+  struct sockaddr_storage peer;
+  int mine = lane_accept_for(fd, &peer);
+  if (mine >= 0) return deliver(mine, &peer, addr, addrlen, flags);
 
   for (;;) {
     struct sockaddr_storage ss;
@@ -653,7 +661,7 @@ static int pm_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int fla
   pthread_mutex_lock(&inject_lock);
   q = pop_locked(l);
   pthread_mutex_unlock(&inject_lock);
-  if (q >= 0) return deliver(q, addr, addrlen, flags);
+  if (q >= 0) return deliver(q, NULL, addr, addrlen, flags);
   errno = EAGAIN;
   return -1;
 }
@@ -673,7 +681,7 @@ PM_EXPORT int pm_interposer_active(void) {
  * the runtime calls accept4. The set and token are read from
  * /proc/self/fdinfo. Returns the set, or -1 when the listener was not
  * found. */
-static int add_under_token(int listener_fd, int fd) {
+int add_under_token(int listener_fd, int fd) {
   int sets[64], count;
   pthread_mutex_lock(&epoll_lock);
   rescan_epolls();
@@ -827,6 +835,7 @@ PM_EXPORT int pm_inject_push(int listener_fd, int client_fd) {
  * Returns how many were closed. */
 PM_EXPORT int pm_inject_unregister(int listener_fd) {
   int closed = -ENOENT;
+  lane_site_gone(listener_fd); /* first: it takes the lane's lock, then ours */
   pthread_mutex_lock(&inject_lock);
   for (int i = 0; i < listener_count; i++) {
     if (listeners[i].fd != listener_fd) continue;

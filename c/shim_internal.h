@@ -54,6 +54,22 @@ int find_listening_fd(int family, const uint8_t bytes[16], int port);
  * runtime. Returns the set, or -1. */
 int take_listener_token(int listener_fd, int fd);
 
+/* Adds fd to the runtime's epoll set under the token the runtime gave
+ * listener_fd (edge-triggered), so that fd readable makes the runtime call
+ * accept4 on listener_fd. Returns the set, or -1. */
+int add_under_token(int listener_fd, int fd);
+
+/* For the runtime's accept4 on an HTTPS site's listener with nothing
+ * queued (express_lane.c): accepts on the public listeners, on this
+ * thread, until a connection for that site comes; the others are
+ * delivered as the lane would. Returns its fd (its peer in *peer), or -1. */
+int lane_accept_for(int site_fd, struct sockaddr_storage *peer);
+
+/* Before a site's listener goes (pm_inject_unregister): the public
+ * listeners leave the runtime's epoll set, where they are under that
+ * listener's token, which the runtime frees with it (express_lane.c). */
+void lane_site_gone(int site_fd);
+
 /* For a receiving listener (handoff_receiver.c): sets *fd to what accept4
  * returns (-1 with errno set) and returns 1; 0 for any other listener. */
 int receiver_accept(int listener, struct sockaddr *addr, socklen_t *addrlen, int flags, int *fd);

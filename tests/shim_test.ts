@@ -248,3 +248,37 @@ Deno.test("injected sockets wake the listener through a doorbell (an eventfd und
     "each injected socket is accepted, in order",
   );
 });
+
+Deno.test("with an HTTPS site, the runtime's own accept takes the public listener's connections (no thread between); the lane steps in when nothing accepts, and takes the listener back when the site goes", async () => {
+  type Watch = { set: number; data: string }[];
+  type Seen = { client: number; accepted: number; events?: { outcome: string; port: number }[] };
+  const got = await runPreloaded("tests/fixtures/runtime_accept.ts") as unknown as {
+    placedWithSite: { public: Watch; site: Watch };
+    placedAfterSiteGone: Watch;
+    placedWithoutSite: Watch;
+    first: Seen;
+    second: Seen;
+    third: Seen;
+  };
+  const { placedWithSite, placedAfterSiteGone, placedWithoutSite, first, second, third } = got;
+  assert.ok(placedWithSite.site.length > 0, "the site's listener is in the runtime's set");
+  assert.deepEqual(
+    placedWithSite.public,
+    placedWithSite.site,
+    "the public listener: only there, under the site's token",
+  );
+  assert.equal(first.accepted, first.client);
+  assert.deepEqual(first.events, [{ outcome: "https", port: first.client }]);
+  assert.equal(
+    second.accepted,
+    second.client,
+    "the site gets the connection the lane accepted for it",
+  );
+  assert.deepEqual(second.events, [{ outcome: "https", port: second.client }]);
+  const runtimeSets = new Set(placedWithSite.site.map((w) => w.set));
+  for (const placed of [placedAfterSiteGone, placedWithoutSite]) {
+    assert.equal(placed.length, 1);
+    assert.ok(!runtimeSets.has(placed[0]!.set), "back in the lane's own set");
+  }
+  assert.equal(third.accepted, third.client, "served from there");
+});
