@@ -721,6 +721,9 @@ static void deliver(int fd, struct conn *c, int rule_index, int peeked, const st
       }
     }
   } else if (r->action == A_HANDOFF) {
+    /* Not on the runtime's thread: a send may wait (send_to_service). The
+     * connection stays waiting, readable, and the lane's set reports it. */
+    if (accepting_for >= 0) return;
     struct service *s = find_service(r->service);
     if (s && s->count > 0) {
       describe(&ev, fd, c, r->route, peeked, h, tls);
