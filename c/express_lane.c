@@ -394,6 +394,8 @@ static struct lane_listener {
   int64_t resume_ns; /* after an accept error: pause until then */
   int armed_in; /* the epoll set that watches it (the lane's or the runtime's), or -1 */
   int in_runtime; /* armed_in is the runtime's set */
+  int bound_to_one; /* bound to one address: every connection's local address is local */
+  struct sockaddr_storage local;
   int stalled; /* the lane saw it readable at its last look (runtime_accepts then) */
   uint64_t runtime_accepts_seen;
 } lane_listeners[X_MAX_LISTENERS];
@@ -636,7 +638,9 @@ static void describe(struct event *e, int fd, const struct conn *c, int rule, in
   e->decide_ms = (float)((now_ns() - c->accepted_ns) / 1e6);
   memcpy(&ss, &c->peer, sizeof c->peer);
   e->client_port = address_text(&ss, e->client);
-  if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) e->local_port = address_text(&ss, e->local);
+  const struct lane_listener *l = &lane_listeners[c->listener];
+  if (l->bound_to_one) e->local_port = address_text(&l->local, e->local);
+  else if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) e->local_port = address_text(&ss, e->local);
   e->has_sni = tls ? (h->has_sni ? 1 : 0) : -1;
   strcpy(e->sni, tls && h->has_sni ? h->sni : "");
   memcpy(e->alpn, h->alpn, (size_t)(tls ? h->alpn_len : 0));
@@ -842,6 +846,12 @@ static int accept_from(int li) {
   return !l->accepting;
 }
 
+/* 1 for 0.0.0.0 or ::, where connections come to any of the host's addresses. */
+static int any_address(const struct sockaddr_storage *ss) {
+  if (ss->ss_family == AF_INET) return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+  return memcmp(&((const struct sockaddr_in6 *)ss)->sin6_addr, &in6addr_any, sizeof in6addr_any) == 0;
+}
+
 /* Watches the listener: in the runtime's epoll set when there is a site
  * to accept for, else (or if that fails) in the lane's. */
 static void arm_listener(struct lane_listener *l, int li) {
@@ -992,8 +1002,11 @@ PM_EXPORT int pm_express_listen(int listener_fd) {
   if (rc == 0) rc = inject_register_express(listener_fd);
   if (rc == 0) {
     if (li == lane_listener_count) lane_listener_count++;
-    lane_listeners[li] = (struct lane_listener){.fd = listener_fd, .accepting = 1, .armed_in = -1};
-    arm_listener(&lane_listeners[li], li);
+    struct lane_listener *l = &lane_listeners[li];
+    *l = (struct lane_listener){.fd = listener_fd, .accepting = 1, .armed_in = -1};
+    socklen_t len = sizeof l->local;
+    l->bound_to_one = getsockname(listener_fd, (struct sockaddr *)&l->local, &len) == 0 && !any_address(&l->local);
+    arm_listener(l, li);
     place_listeners();
     ring_lane();
   }
