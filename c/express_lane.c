@@ -1,7 +1,9 @@
 /*
  * The express lane: accept, wait for the first bytes, classify and deliver
- * in C, on one thread of its own, for the connections whose route C can
- * tell for sure. No JavaScript runs per such connection.
+ * in C, for the connections whose route C can tell for sure. No JavaScript
+ * runs per such connection. With an HTTPS site, the runtime's own accept
+ * on that site runs it (see "accepting on the runtime's thread"); a thread
+ * of its own keeps the rest.
  *
  * The daemon compiles its routes into a table (src/express_lane.ts) of the
  * conditions C evaluates exactly as src/classify.ts does: a TLS ClientHello

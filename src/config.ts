@@ -376,6 +376,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
 
   let tls: TlsSource | null = null;
   if (r.value(["tls"]) !== undefined) {
+    refuseOcsp(r, ["tls"]);
     const keys = r.keys(["tls"], ["cert", "key", "self_signed", "certificates"]);
     const file = (at: Path) => {
       const f = path(r.required(at, r.string(at)));
@@ -400,6 +401,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
       const certificates: Certificate[] = [];
       for (let i = 0; i < n; i++) {
         const at = ["tls", "certificates", i];
+        refuseOcsp(r, at);
         r.keys(at, ["names", "cert", "key"]);
         const names = readNames(r, [...at, "names"]) ?? [];
         if (names.length === 0 && i > 0) {
@@ -419,6 +421,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     }
   }
 
+  refuseOcsp(r, ["https"]);
   const served = r.keys(["https"], ["handler", "hsts", "proxy", "static", "access_log"])
     .filter((k) => k === "handler" || k === "proxy" || k === "static");
   if (served.length > 1) r.fail(["https", served[1]!], "give one of handler, proxy or static");
@@ -631,6 +634,19 @@ function readStrings(r: Reader, at: Path): string[] | undefined {
 function readCidrs(r: Reader, at: Path): Cidr[] | undefined {
   return readStrings(r, at)?.map((text) =>
     parseCidr(text) ?? r.fail(at, `"${text}" is not an address or CIDR block (e.g. 10.0.0.0/8)`)
+  );
+}
+
+/** OCSP stapling is asked for often enough to deserve its own answer. */
+function refuseOcsp(r: Reader, at: Path): void {
+  const v = r.value(at);
+  const key = v && typeof v === "object" ? Object.keys(v).find((k) => /^ocsp/i.test(k)) : undefined;
+  if (key === undefined) return;
+  r.fail(
+    [...at, key],
+    "OCSP stapling is not supported: HTTPS is served by Deno.serve, which takes a certificate " +
+      "and key but no OCSP response. To staple, route the site's SNI to a server that does " +
+      "(action: proxy or handoff, TLS passthrough)",
   );
 }
 

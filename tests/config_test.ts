@@ -292,6 +292,17 @@ Deno.test("each config mistake gets one line naming the field and its line", asy
       /https\.hsts: expected a Strict-Transport-Security value/,
     ],
     [
+      "OCSP stapling asked for a certificate",
+      VALID +
+      "tls:\n  certificates:\n    - { cert: /etc/hostname, key: /etc/hostname, ocsp_stapling: true }\n",
+      /tls\.certificates\[0\]\.ocsp_stapling: OCSP stapling is not supported: HTTPS is served by Deno\.serve, .* route the site's SNI to a server that does/,
+    ],
+    [
+      "OCSP stapling asked for HTTPS",
+      VALID + "https: { ocsp: on }\n",
+      /https\.ocsp: OCSP stapling is not supported/,
+    ],
+    [
       "a bad log level",
       VALID + "log: { level: loud }\n",
       /log\.level: expected one of debug, info, warn, error/,
