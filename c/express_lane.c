@@ -403,13 +403,16 @@ static struct lane_listener {
 } lane_listeners[X_MAX_LISTENERS];
 static int lane_listener_count;
 
+#define LISTENER_TAG (1ULL << 40)
+
 /* Accepting on the runtime's thread. The public listeners are watched by
  * the runtime's own epoll set, under the token of the first HTTPS site's
  * listener: a new connection makes the runtime call accept4 on that site,
  * and lane_accept_for accepts and classifies there, with no thread to
- * wake and no doorbell for that site. The lane thread keeps the rest:
- * connections that wait for their first bytes, deadlines, and a listener
- * the runtime leaves unaccepted (a reload, an accept error). */
+ * wake and no doorbell for that site; a handoff is sent from there too.
+ * The lane thread keeps the rest: connections that wait for their first
+ * bytes, deadlines, and a listener the runtime leaves unaccepted (a
+ * reload, an accept error). */
 static int runtime_site = -1; /* that site's listener fd, or -1: the lane accepts */
 static int accepting_for = -1, accepted_for = -1; /* during lane_accept_for */
 static uint64_t runtime_accepts;
@@ -426,7 +429,6 @@ static void ring_lane(void) {
   static const uint64_t one = 1;
   if (write(lane_bell, &one, sizeof one) < 0) { /* the count is full: it rings already */ }
 }
-#define LISTENER_TAG (1ULL << 40)
 
 #define X_MAX_SERVICES 64
 #define X_MAX_CHANNELS 32
@@ -682,13 +684,15 @@ static int send_to_service(struct service *s, int fd, const char *rec, int len) 
       continue;
     }
     int instance = s->instance[k];
-    /* A record this small goes whole on Linux; should it not, the fd went
-     * with the first byte, so finish the record (briefly blocking this
-     * thread only) or cut the channel, which the service reads as a record
-     * cut short (docs/handoff.md). */
+    /* A record this small goes whole on Linux (a Unix stream socket takes
+     * it in one buffer or not at all); should it not, the fd went with the
+     * first byte, so finish the record or cut the channel, which the
+     * service reads as a record cut short (docs/handoff.md). The lane's
+     * thread may wait a little for that; the runtime's may not. */
+    int wait_ms = accepting_for >= 0 ? 0 : 1000;
     while (sent < len) {
       struct pollfd p = {.fd = s->chan[k], .events = POLLOUT};
-      int more = poll(&p, 1, 1000) == 1 ? pm_channel_send(s->chan[k], -1, (const uint8_t *)rec + sent, len - sent) : -ETIMEDOUT;
+      int more = poll(&p, 1, wait_ms) == 1 ? pm_channel_send(s->chan[k], -1, (const uint8_t *)rec + sent, len - sent) : -ETIMEDOUT;
       if (more <= 0) {
         shutdown(s->chan[k], SHUT_RDWR);
         drop_channel(s, k);
@@ -727,9 +731,6 @@ static void deliver(int fd, struct conn *c, int rule_index, int peeked, const st
       }
     }
   } else if (r->action == A_HANDOFF) {
-    /* Not on the runtime's thread: a send may wait (send_to_service). The
-     * connection stays waiting, readable, and the lane's set reports it. */
-    if (accepting_for >= 0) return;
     struct service *s = find_service(r->service);
     if (s && s->count > 0) {
       describe(&ev, fd, c, r->route, peeked, h, tls);
