@@ -398,6 +398,7 @@ static struct lane_listener {
   int in_runtime; /* armed_in is the runtime's set */
   int bound_to_one; /* bound to one address: every connection's local address is local */
   struct sockaddr_storage local;
+  int failing; /* its last accept failed (said once, until one succeeds) */
   int stalled; /* the lane saw it readable at its last look (runtime_accepts then) */
   uint64_t runtime_accepts_seen;
 } lane_listeners[X_MAX_LISTENERS];
@@ -798,13 +799,16 @@ static int accept_from(int li) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return 1;
       if (errno == ECONNABORTED || errno == EINTR) continue;
       /* EMFILE and friends: pause this listener (the clients wait in the
-       * backlog), say so through the ring, and try again later. */
-      struct event *e = new_event(O_ACCEPT_FAILED);
+       * backlog), say so through the ring (once until an accept works
+       * again), and try again later. */
+      struct event *e = l->failing ? NULL : new_event(O_ACCEPT_FAILED);
       if (e) e->error = errno;
+      l->failing = 1;
       disarm_listener(l);
       l->resume_ns = now_ns() + 100 * 1000000LL;
       return 1;
     }
+    l->failing = 0;
     struct conn *c = conn_of(fd);
     if (!c) {
       close(fd);
@@ -883,12 +887,19 @@ static void place_listeners(void) {
   if (site != runtime_site) move_listeners(site);
 }
 
-/* A listener in the runtime's set that stayed readable while the runtime
- * accepted nothing (its site is being replaced, or it met an accept error
- * and waits for a new edge): the lane accepts for it. */
-static void accept_if_stalled(int li) {
+/* Every STALL_CHECK_MS while the runtime accepts for a site. A listener in
+ * the runtime's set that stayed readable while the runtime accepted
+ * nothing (its site is being replaced, or it met an accept error and waits
+ * for a new edge): the lane accepts for it. */
+static void watch_over(int li) {
   struct lane_listener *l = &lane_listeners[li];
   struct pollfd p = {.fd = l->fd, .events = POLLIN};
+  if (l->accepting && !l->resume_ns && !l->in_runtime) {
+    /* It could not join the runtime's set when armed (out of fds, say,
+     * to read where the runtime keeps the site): it tries again. */
+    disarm_listener(l);
+    arm_listener(l, li);
+  }
   if (!l->in_runtime || poll(&p, 1, 0) != 1) {
     l->stalled = 0;
     return;
@@ -943,13 +954,11 @@ static void *lane_thread(void *arg) {
     }
     timeout = expire();
     int64_t now = now_ns();
-    int runtime_watches = 0;
-    for (int li = 0; li < lane_listener_count; li++) {
-      if (now >= next_stall_check) accept_if_stalled(li);
-      runtime_watches |= lane_listeners[li].in_runtime;
+    if (runtime_site >= 0 && now >= next_stall_check) {
+      for (int li = 0; li < lane_listener_count; li++) watch_over(li);
+      next_stall_check = now + STALL_CHECK_MS * 1000000LL;
     }
-    if (now >= next_stall_check) next_stall_check = now + STALL_CHECK_MS * 1000000LL;
-    if (runtime_watches && (timeout < 0 || timeout > STALL_CHECK_MS)) timeout = STALL_CHECK_MS;
+    if (runtime_site >= 0 && (timeout < 0 || timeout > STALL_CHECK_MS)) timeout = STALL_CHECK_MS;
     lane_sleeps_until = timeout < 0 ? INT64_MAX : now + timeout * 1000000LL;
     pthread_mutex_unlock(&lane_lock);
   }

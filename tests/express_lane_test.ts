@@ -13,7 +13,7 @@ import { laneTable } from "../src/express_lane.ts";
 import { Shim } from "../ffi/shim.ts";
 import { join } from "node:path";
 import { encodeRecord } from "../src/handoff.ts";
-import { run, startDaemon } from "./helpers/daemon.ts";
+import { run, startDaemon, TestDaemon } from "./helpers/daemon.ts";
 import { startPythonService } from "./helpers/python_service.ts";
 import { readAtLeast, roundTrip } from "./helpers/client.ts";
 import {
@@ -343,5 +343,85 @@ routes:
     } finally {
       await d.stop();
     }
+  }
+});
+
+Deno.test("out of fds while the runtime accepts for the lane: it pauses, says so, and serves HTTPS and handoffs again once fds free up", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-lane-emfile-" });
+  const config = join(dir, "portmux.yaml");
+  // defer_accept off: the silent flood is accepted and held, until no fd is left.
+  await Deno.writeTextFile(
+    config,
+    `
+listen: [{ address: 127.0.0.1, port: 0 }]
+preread: { timeout_ms: 30000, defer_accept: false }
+limits: { max_per_source: 5000 }
+tls: { self_signed: true }
+services: { echo: { builtin: echo } }
+routes:
+  - { name: web, match: { protocol: tls }, action: https }
+  - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }
+`,
+  );
+  const launch = new URL("../src/launch.ts", import.meta.url).pathname;
+  const child = new Deno.Command("bash", {
+    args: [
+      "-c",
+      `ulimit -n 100 && exec "${Deno.execPath()}" run -A "${launch}" --parallel 1 --config "${config}"`,
+    ],
+    env: { PORTMUX_DATA_DIR: dir },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const d = new TestDaemon(child);
+  const privateRoundTrip = async (text: string) => {
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+    assert.equal(await roundTrip(c, text, text.length), text);
+    c.close();
+  };
+  const https = async () => {
+    const r = await run("curl", ["-sk", "--max-time", "5", `https://127.0.0.1:${d.port}/`]);
+    assert.match(r.stdout, /portmux/);
+  };
+  try {
+    d.pid = (await d.waitFor((l) => l.event === "started", 30_000)).pid as number;
+    d.port = Number(
+      String((await d.waitFor((l) => l.event === "listening")).address).split(":").pop(),
+    );
+    await privateRoundTrip("PRIV before");
+    await https();
+
+    const flood: Deno.Conn[] = [];
+    for (let i = 0; i < 120; i++) {
+      flood.push(await Deno.connect({ hostname: "127.0.0.1", port: d.port }));
+    }
+    const failed = await d.waitFor((l) =>
+      l.event === "connection" && l.accepted_by === "express" &&
+      /accept failed/.test(String(l.error))
+    );
+    assert.match(String(failed.error), /EMFILE/);
+
+    await new Promise((r) => setTimeout(r, 1000)); // it retries every 100 ms meanwhile
+    const saidFailed = d.logs.filter((l) => /accept failed/.test(String(l.error)));
+    // Once, and again only after an accept worked in between (a fd freed
+    // for a moment), not at each of the ten retries.
+    assert.ok(saidFailed.length >= 1 && saidFailed.length <= 3, `said ${saidFailed.length} times`);
+    flood.forEach((c) => c.close());
+    // The lane frees the flood's fds as it sees each end; it serves again
+    // once there are some (the first tries may still be refused).
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      try {
+        await privateRoundTrip("PRIV after");
+        await https();
+        break;
+      } catch (e) {
+        if (Date.now() > deadline) throw e;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+  } finally {
+    await d.stop();
   }
 });
