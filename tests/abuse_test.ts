@@ -215,28 +215,14 @@ Deno.test("limits close the newest connection, say so once per burst, and count 
 });
 
 Deno.test("out of fds: the daemon keeps its listener, says so once, and serves again when fds free up", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "portmux-emfile-" });
-  const config = join(dir, "portmux.yaml");
-  await Deno.writeTextFile(config, SERVING(30_000, "limits: { max_per_source: 5000 }"));
-  const main = new URL("../src/main.ts", import.meta.url).pathname;
   // A hard limit of 100 open files: the daemon cannot raise it.
-  const child = new Deno.Command("bash", {
-    args: [
-      "-c",
-      `ulimit -n 100 && exec "${Deno.execPath()}" run -A "${main}" --config "${config}"`,
-    ],
-    env: { PORTMUX_DATA_DIR: dir },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const d = new TestDaemon(child);
+  const d = await startDaemon({
+    config: SERVING(30_000, "limits: { max_per_source: 5000 }"),
+    inject: false,
+    openFiles: 100,
+  });
   try {
-    d.pid = (await d.waitFor((l) => l.event === "started", 30_000)).pid as number;
     assert.equal(d.logs.find((l) => l.event === "fd-limit")?.open_files, 100);
-    d.port = Number(
-      String((await d.waitFor((l) => l.event === "listening")).address).split(":").pop(),
-    );
 
     const flood: Deno.Conn[] = [];
     for (let i = 0; i < 120; i++) {

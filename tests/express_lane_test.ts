@@ -13,7 +13,7 @@ import { laneTable } from "../src/express_lane.ts";
 import { Shim } from "../ffi/shim.ts";
 import { join } from "node:path";
 import { encodeRecord } from "../src/handoff.ts";
-import { run, startDaemon, TestDaemon } from "./helpers/daemon.ts";
+import { run, startDaemon } from "./helpers/daemon.ts";
 import { startPythonService } from "./helpers/python_service.ts";
 import { readAtLeast, roundTrip } from "./helpers/client.ts";
 import {
@@ -347,12 +347,11 @@ routes:
 });
 
 Deno.test("out of fds while the runtime accepts for the lane: it pauses, says so, and serves HTTPS and handoffs again once fds free up", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "portmux-lane-emfile-" });
-  const config = join(dir, "portmux.yaml");
-  // defer_accept off: the silent flood is accepted and held, until no fd is left.
-  await Deno.writeTextFile(
-    config,
-    `
+  // A hard limit of 100 open files; defer_accept off: the silent flood is
+  // accepted and held, until no fd is left.
+  const d = await startDaemon({
+    openFiles: 100,
+    config: `
 listen: [{ address: 127.0.0.1, port: 0 }]
 preread: { timeout_ms: 30000, defer_accept: false }
 limits: { max_per_source: 5000 }
@@ -362,19 +361,7 @@ routes:
   - { name: web, match: { protocol: tls }, action: https }
   - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }
 `,
-  );
-  const launch = new URL("../src/launch.ts", import.meta.url).pathname;
-  const child = new Deno.Command("bash", {
-    args: [
-      "-c",
-      `ulimit -n 100 && exec "${Deno.execPath()}" run -A "${launch}" --parallel 1 --config "${config}"`,
-    ],
-    env: { PORTMUX_DATA_DIR: dir },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const d = new TestDaemon(child);
+  });
   const privateRoundTrip = async (text: string) => {
     const c = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
     assert.equal(await roundTrip(c, text, text.length), text);
@@ -385,10 +372,6 @@ routes:
     assert.match(r.stdout, /portmux/);
   };
   try {
-    d.pid = (await d.waitFor((l) => l.event === "started", 30_000)).pid as number;
-    d.port = Number(
-      String((await d.waitFor((l) => l.event === "listening")).address).split(":").pop(),
-    );
     await privateRoundTrip("PRIV before");
     await https();
 

@@ -22,6 +22,8 @@ export interface DaemonOptions {
   readonly workers?: number;
   readonly dataDir?: string;
   readonly args?: string[];
+  /** A hard limit of open files (`ulimit -n`) the daemon cannot raise. */
+  readonly openFiles?: number;
 }
 
 export class TestDaemon {
@@ -124,9 +126,16 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<TestDaemon>
   }
   const entry = opts.inject === false ? "src/main.ts" : "src/launch.ts";
   if (entry === "src/launch.ts" || opts.viaTask) args.push("--parallel", String(opts.workers ?? 1));
-  const command = opts.viaTask ? ["task", "start"] : ["run", "-A", join(ROOT, entry)];
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [...command, ...args],
+  const command = [
+    Deno.execPath(),
+    ...(opts.viaTask ? ["task", "start"] : ["run", "-A", join(ROOT, entry)]),
+    ...args,
+  ];
+  const [program, ...programArgs] = opts.openFiles === undefined
+    ? command
+    : ["bash", "-c", `ulimit -n ${opts.openFiles} && exec "$0" "$@"`, ...command];
+  const child = new Deno.Command(program!, {
+    args: programArgs,
     cwd: ROOT,
     env: { PORTMUX_DATA_DIR: dataDir },
     stdin: "null",
