@@ -398,7 +398,7 @@ static struct lane_listener {
   int in_runtime; /* armed_in is the runtime's set */
   int bound_to_one; /* bound to one address: every connection's local address is local */
   struct sockaddr_storage local;
-  int failing; /* its last accept failed (said once, until one succeeds) */
+  int failures; /* accepts that failed since the last that worked (said at the first and when one works again) */
   int stalled; /* the lane saw it readable at its last look (runtime_accepts then) */
   uint64_t runtime_accepts_seen;
 } lane_listeners[X_MAX_LISTENERS];
@@ -550,7 +550,18 @@ static int address_text(const struct sockaddr_storage *ss, char out[X_ADDR]) {
 
 /* ---------- the event ring, read by the daemon ---------- */
 
-enum outcome { O_HTTPS = 1, O_HANDED_OFF, O_LOST, O_ACCEPT_FAILED, O_LIMIT, O_RESET };
+/* O_ACCEPT_FAILED and O_ACCEPT_RECOVERED are about a listener, not a
+ * connection: error holds the errno, and peeked the number of failed
+ * accepts before the one that worked. */
+enum outcome {
+  O_HTTPS = 1,
+  O_HANDED_OFF,
+  O_LOST,
+  O_ACCEPT_FAILED,
+  O_LIMIT,
+  O_RESET,
+  O_ACCEPT_RECOVERED
+};
 enum limit { L_MAX_CONNECTIONS = 1, L_MAX_PREREAD, L_MAX_PER_SOURCE };
 
 /* Layout read by ffi/shim.ts (expressEvents). */
@@ -801,14 +812,17 @@ static int accept_from(int li) {
       /* EMFILE and friends: pause this listener (the clients wait in the
        * backlog), say so through the ring (once until an accept works
        * again), and try again later. */
-      struct event *e = l->failing ? NULL : new_event(O_ACCEPT_FAILED);
+      struct event *e = l->failures++ ? NULL : new_event(O_ACCEPT_FAILED);
       if (e) e->error = errno;
-      l->failing = 1;
       disarm_listener(l);
       l->resume_ns = now_ns() + 100 * 1000000LL;
       return 1;
     }
-    l->failing = 0;
+    if (l->failures) {
+      struct event *e = new_event(O_ACCEPT_RECOVERED);
+      if (e) e->peeked = l->failures;
+      l->failures = 0;
+    }
     struct conn *c = conn_of(fd);
     if (!c) {
       close(fd);

@@ -142,13 +142,21 @@ const ERRNO_NAMES: Record<number, string> = {
 /** What the express lane did with one connection (struct event in
  * c/express_lane.c). */
 export interface ExpressEvent {
-  readonly outcome: "https" | "handed-off" | "lost" | "accept-failed" | "limit" | "reset";
+  readonly outcome:
+    | "https"
+    | "handed-off"
+    | "lost"
+    | "accept-failed"
+    | "limit"
+    | "reset"
+    | "accept-recovered";
   /** Index of the route in the config's route list... */
   readonly route: number;
   /** ...of the config the table of this generation was made from. */
   readonly generation: number;
   /** The site (https) or the service instance (handed-off). */
   readonly target: number;
+  /** Bytes peeked; for accept-recovered, the accepts that failed before. */
   readonly peeked: number;
   readonly client: { hostname: string; port: number };
   readonly local: { hostname: string; port: number };
@@ -169,6 +177,7 @@ const EXPRESS_OUTCOMES = [
   "accept-failed",
   "limit",
   "reset",
+  "accept-recovered",
 ] as const;
 const EVENT_NAME = 256;
 

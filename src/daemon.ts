@@ -154,11 +154,26 @@ export class Daemon {
     this.#lane?.setTable(config, this.#https?.laneSites ?? null, ids);
   }
 
+  /** The lane's accept errors, said and counted as #acceptLoop says its
+   * own: the first failure, then the recovery with how many there were. */
+  #sayLaneAccept(r: Extract<LaneReport, { accept: string }>): void {
+    const base = { accepted_by: "express" };
+    if (r.accept === "failed") {
+      this.metrics.inc("portmux_accept_failures_total");
+      this.#log.error("accept-failed", { ...base, error: r.error });
+    } else {
+      // The first failure was counted when it was said.
+      this.metrics.inc("portmux_accept_failures_total", {}, r.failures - 1);
+      this.#log.info("accept-recovered", { ...base, failures: r.failures });
+    }
+  }
+
   /** Logs and counts a connection the express lane served or refused. */
   #reportLane(r: LaneReport): void {
     if ("limit" in r) {
       return this.#sayRefused(r.limit, normalizeAddress({ address: r.source, port: 0 }).address);
     }
+    if ("accept" in r) return this.#sayLaneAccept(r);
     if (r.decideMs !== null) this.metrics.observeDecide(r.decideMs / 1000);
     this.#connectionLine(r.level, r.outcome, { ...r.fields, outcome: r.outcome });
   }

@@ -29,15 +29,21 @@ export interface LaneSite {
   readonly names: readonly NamePattern[];
 }
 
-/** What the lane did with a connection, as the daemon logs and counts it:
- * a connection line, or a connection closed for a limit. */
-export type LaneReport = {
-  readonly level: "info" | "error";
-  readonly outcome: "https" | "handed-off" | "closed" | "failed";
-  /** How long the decision took, for the histogram (null: none made). */
-  readonly decideMs: number | null;
-  readonly fields: Record<string, unknown>;
-} | { readonly limit: LimitName; readonly source: string };
+/** What the lane did, as the daemon logs and counts it: a connection line,
+ * a connection closed for a limit, or a listener's accept failing. */
+export type LaneReport =
+  | {
+    readonly level: "info" | "error";
+    readonly outcome: "https" | "handed-off" | "closed" | "failed";
+    /** How long the decision took, for the histogram (null: none made). */
+    readonly decideMs: number | null;
+    readonly fields: Record<string, unknown>;
+  }
+  | { readonly limit: LimitName; readonly source: string }
+  /** A listener's accept failed (the first time), or worked again after
+   * failures: said as the daemon's own accept loop says it. */
+  | { readonly accept: "failed"; readonly error: string }
+  | { readonly accept: "recovered"; readonly failures: number };
 
 const LIMITS: readonly LimitName[] = ["max_connections", "max_preread", "max_per_source"];
 
@@ -229,15 +235,17 @@ export class ExpressLane {
     if (e.outcome === "limit") {
       return { limit: LIMITS[e.limit - 1] ?? "max_connections", source: e.client.hostname };
     }
-    if (e.outcome === "lost" || e.outcome === "accept-failed") {
-      const error = e.outcome === "lost"
-        ? `the daemon's queue refused a connection (${e.error}); it was closed`
-        : `accept failed (${e.error}); retrying in 100 ms`;
+    if (e.outcome === "accept-failed") return { accept: "failed", error: e.error };
+    if (e.outcome === "accept-recovered") return { accept: "recovered", failures: e.peeked };
+    if (e.outcome === "lost") {
       return {
         level: "error",
         outcome: "failed",
         decideMs: null,
-        fields: { ...base, error },
+        fields: {
+          ...base,
+          error: `the daemon's queue refused a connection (${e.error}); it was closed`,
+        },
       };
     }
     const addr = (a: { hostname: string; port: number }) =>

@@ -379,17 +379,20 @@ routes:
     for (let i = 0; i < 120; i++) {
       flood.push(await Deno.connect({ hostname: "127.0.0.1", port: d.port }));
     }
+    // Said as the daemon's own accept loop says it: an event, not a
+    // connection line (no connection was accepted).
     const failed = await d.waitFor((l) =>
-      l.event === "connection" && l.accepted_by === "express" &&
-      /accept failed/.test(String(l.error))
+      l.event === "accept-failed" && l.accepted_by === "express"
     );
+    assert.equal(failed.level, "error");
     assert.match(String(failed.error), /EMFILE/);
 
     await new Promise((r) => setTimeout(r, 1000)); // it retries every 100 ms meanwhile
-    const saidFailed = d.logs.filter((l) => /accept failed/.test(String(l.error)));
+    const saidFailed = d.logs.filter((l) => l.event === "accept-failed");
     // Once, and again only after an accept worked in between (a fd freed
     // for a moment), not at each of the ten retries.
     assert.ok(saidFailed.length >= 1 && saidFailed.length <= 3, `said ${saidFailed.length} times`);
+    assert.equal(d.logs.filter((l) => l.outcome === "failed").length, 0);
     flood.forEach((c) => c.close());
     // The lane frees the flood's fds as it sees each end; it serves again
     // once there are some (the first tries may still be refused).
@@ -404,6 +407,15 @@ routes:
         await new Promise((r) => setTimeout(r, 200));
       }
     }
+    // Each failure is said to have ended, with how many accepts failed
+    // (one per 100 ms retry), and they are all counted.
+    const said = (event: string) => d.logs.filter((l) => l.event === event);
+    await d.waitFor(() => said("accept-recovered").length === said("accept-failed").length);
+    const failures = said("accept-recovered").reduce((n, l) => n + Number(l.failures), 0);
+    assert.ok(failures >= 5, `${failures} failed accepts in a second of retries`);
+    assert.equal((await d.stop()).code, 0);
+    const stats = d.logs.find((l) => l.event === "stats")!;
+    assert.equal(stats.portmux_accept_failures_total, failures);
   } finally {
     await d.stop();
   }
