@@ -398,7 +398,7 @@ static struct lane_listener {
   int in_runtime; /* armed_in is the runtime's set */
   int bound_to_one; /* bound to one address: every connection's local address is local */
   struct sockaddr_storage local;
-  int failures; /* accepts that failed since the last that worked (said at the first and when one works again) */
+  int failures; /* accepts failed since the last that worked: said at the first, and the end */
   int stalled; /* the lane saw it readable at its last look (runtime_accepts then) */
   uint64_t runtime_accepts_seen;
 } lane_listeners[X_MAX_LISTENERS];
