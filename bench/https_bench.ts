@@ -18,6 +18,7 @@ import { machineLine, writeSection } from "./results.ts";
 
 const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 3);
 const SECONDS = Number(Deno.env.get("BENCH_SECONDS") ?? 3);
+const WARM_UP_SECONDS = 1;
 const SITES = ["a.example", "b.example"] as const;
 
 const missing = [];
@@ -130,11 +131,16 @@ const targets: Target[] = [
   { name: "portmux (bridge)", port: () => bridgePort },
 ];
 
-async function h2load(port: number, site: string, extra: string[]): Promise<number> {
+async function h2load(
+  port: number,
+  site: string,
+  extra: string[],
+  seconds = SECONDS,
+): Promise<number> {
   const r = await run("h2load", [
     ...extra,
     "-D",
-    String(SECONDS),
+    String(seconds),
     `--connect-to=127.0.0.1:${port}`,
     `https://${site}/`,
   ]);
@@ -143,28 +149,37 @@ async function h2load(port: number, site: string, extra: string[]): Promise<numb
   return m && failed?.[1] === "0" ? Number(m[1]) : NaN;
 }
 
-async function newConnections(port: number, site: string): Promise<number> {
-  const r = await run(tlsload, ["127.0.0.1", String(port), site, "8", String(SECONDS)]);
+async function newConnections(port: number, site: string, seconds = SECONDS): Promise<number> {
+  const r = await run(tlsload, ["127.0.0.1", String(port), site, "8", String(seconds)]);
   const j = JSON.parse(r.stdout);
   return j.errors === 0 ? j.connections / j.seconds : NaN;
 }
 
-const measures: [string, string, (port: number, site: string) => Promise<number>][] = [
+type Measure = (port: number, site: string, seconds?: number) => Promise<number>;
+const measures: [string, string, Measure][] = [
   [
     "keep-alive HTTP/1.1 (h2load --h1, 64 connections)",
     "req/s",
-    (p, s) => h2load(p, s, ["--h1", "-t2", "-c64"]),
+    (p, s, seconds) => h2load(p, s, ["--h1", "-t2", "-c64"], seconds),
   ],
   [
     "keep-alive HTTP/2 (h2load, 8 connections x 16 streams)",
     "req/s",
-    (p, s) => h2load(p, s, ["-t2", "-c8", "-m16"]),
+    (p, s, seconds) => h2load(p, s, ["-t2", "-c8", "-m16"], seconds),
   ],
   ["new TLS connections (tlsload, 8 threads, Connection: close)", "conn/s", newConnections],
 ];
 
 const rows: string[] = [];
 try {
+  // Every server is warmed up first with each load (JIT, heap, TLS
+  // session caches): otherwise the first measure finds them all cold.
+  console.error("warming up...");
+  for (const t of targets) {
+    for (const site of SITES) {
+      for (const [, , measure] of measures) await measure(t.port(site), site, WARM_UP_SECONDS);
+    }
+  }
   for (const [what, unit, measure] of measures) {
     for (const site of SITES) {
       console.error(`${what}, ${site}...`);
@@ -192,7 +207,8 @@ const h2loadVersion = /nghttp2\/(\S+)/.exec((await run("h2load", ["--version"]))
 const text = [
   `${machineLine()}; h2load ${h2loadVersion}`,
   "",
-  `${ROUNDS} rounds of ${SECONDS}s per measure, targets interleaved, median kept; in brackets ` +
+  `Every server warmed up with each load for ${WARM_UP_SECONDS} s, then ${ROUNDS} rounds of ` +
+  `${SECONDS}s per measure, targets interleaved, median kept; in brackets ` +
   "the ratio to Deno.serve alone with the same site's certificate and handler (1.00x = as fast).",
   "",
   `| measure | site (SNI) | ${targets.map((t) => t.name).join(" | ")} |`,
