@@ -5,6 +5,7 @@
  *
  * - HTTPS: TLS to the same Deno.serve backend (bench/https_direct.ts); peers
  *   proxy it, portmux serves the same handler in-process (accept injection).
+ *   Rates, and the CPU the front and the backend spend together per request.
  * - private protocol ("PRIV..."): to the same echo service
  *   (bench/echo_service.ts); peers proxy it over TCP, portmux hands the
  *   connection to it over its Unix socket.
@@ -13,8 +14,8 @@
  * haproxy, sslh-select, wrk, h2load and cc, and says what is missing.
  * The peers run with their default use of cores (nginx worker_processes
  * auto, HAProxy's default threads; sslh-select is one process by design);
- * portmux runs one worker, as the backend is one Deno.serve. Writes the "peers" section of bench/RESULTS.md and
- * bench/peers.svg.
+ * portmux runs one worker, as the backend is one Deno.serve. Writes the
+ * "peers" section of bench/RESULTS.md and bench/peers.svg.
  */
 import { join } from "node:path";
 import { freePort, run } from "../tests/helpers/daemon.ts";
