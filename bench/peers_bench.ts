@@ -33,6 +33,7 @@ import {
 import { formatInPlace, machineLine, writeSection } from "./results.ts";
 
 const SECONDS = Number(Deno.env.get("BENCH_SECONDS") ?? 3);
+const WARM_UP_SECONDS = 1;
 const IDLE = Number(Deno.env.get("BENCH_IDLE") ?? 10_000);
 const BULK_MIB = 256;
 
@@ -231,11 +232,11 @@ async function serving(
   return { rate, cpuPer10k: (serverCpu() - cpu0) / (requests / 10_000) };
 }
 
-async function wrk(port: number, extra: string[]) {
+async function wrk(port: number, extra: string[], seconds = SECONDS) {
   const r = await run("wrk", [
     "-t2",
     "-c64",
-    `-d${SECONDS}s`,
+    `-d${seconds}s`,
     ...extra,
     `https://127.0.0.1:${port}/`,
   ]);
@@ -245,13 +246,13 @@ async function wrk(port: number, extra: string[]) {
   return { rate: ok ? Number(m[1]) : NaN, requests };
 }
 
-async function h2(port: number) {
+async function h2(port: number, seconds = SECONDS) {
   const r = await run("h2load", [
     "-t2",
     "-c8",
     "-m16",
     "-D",
-    String(SECONDS),
+    String(seconds),
     `https://127.0.0.1:${port}/`,
   ]);
   const m = /finished in [\d.]+m?s, ([\d.]+) req\/s/.exec(r.stdout);
@@ -335,6 +336,15 @@ async function interleaved<T>(measure: (t: Target) => Promise<T>, key: (v: T) =>
 
 const results = new Map<string, Row>();
 try {
+  // Every target is warmed up first with each load (JIT, heap, caches):
+  // otherwise the first measure finds them all cold.
+  console.error("warming up...");
+  for (const t of targets) {
+    await wrk(t.https, [], WARM_UP_SECONDS);
+    await h2(t.https, WARM_UP_SECONDS);
+    await wrk(t.https, ["-H", "Connection: close"], WARM_UP_SECONDS);
+    await run(privload, ["conn", "127.0.0.1", String(t.priv), "4", String(WARM_UP_SECONDS)]);
+  }
   console.error(`HTTP/1.1 keep-alive, ${ROUNDS} rounds...`);
   const h1 = await interleaved((t) => serving(t, () => wrk(t.https, [])), (v) => v.rate);
   console.error("HTTP/2...");
@@ -406,7 +416,8 @@ const generator = Math.max(...names.map((n) => results.get(n)!.priv.generatorCor
 const text = [
   `${machineLine()}; wrk ${versions.wrk}, h2load ${versions.h2load}`,
   "",
-  `${ROUNDS} rounds of ${SECONDS} s per measure and target, targets interleaved, median kept. ` +
+  `Every target warmed up with each load for ${WARM_UP_SECONDS} s, then ${ROUNDS} rounds of ` +
+  `${SECONDS} s per measure and target, targets interleaved, median kept. ` +
   "Each cell: the figure, and in brackets its ratio to the direct path (1.00x = as fast as a " +
   "client straight to the backend or service; for latency, direct / peer). Private-protocol " +
   "errors: " + names.map((n) => `${n} ${results.get(n)!.priv.errors}`).join(", ") + ".",
