@@ -114,7 +114,7 @@ Deno.test("churn: 140,000 connections reset, closed or half-closed at random poi
     // The heap and the allocator grow to a steady size over the first
     // 100,000 connections or so, by steps of up to 25 MiB between rounds of
     // 20,000 (V8 grows its heap when it likes); after that RSS moves within
-    // about 15 MiB. A leak grows it the same every round, so it is measured
+    // about 20 MiB, up and down. A leak grows it the same every round, so it is measured
     // over three rounds after four of warm-up.
     const churnRounds = async (seeds: number[]) => {
       for (const seed of seeds) {
