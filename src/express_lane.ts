@@ -2,9 +2,10 @@
  * The express lane (c/express_lane.c): C code in the shim that accepts,
  * peeks, classifies and delivers the connections whose route it can tell
  * for sure, with no JavaScript per connection (on the runtime's own thread
- * when it accepts for the first HTTPS site, else on a thread of its own). This module writes its routing
- * table from the config, hands it the listeners, and turns what it did
- * into the daemon's usual log lines and counters, read in batches.
+ * when it accepts for the first HTTPS site, else on a thread of its own).
+ * This module writes its routing table from the config, hands it the
+ * listeners, and turns what it did into the daemon's usual log lines and
+ * counters, read in batches.
  *
  * What the lane takes: a route that matches on `protocol: tls` (with `sni`
  * and `alpn`, if any) and whose action is https, when every site injects
