@@ -266,7 +266,8 @@ static int parse_hello_body(const uint8_t *b, int i, int end, struct hello *h) {
         int nlen = b[j];
         if (nlen == 0 || j + 1 + nlen > stop) return 0;
         if (!(nlen == 2 && grease(u16(b + j + 1)))) {
-          if (!printable(b + j + 1, nlen) || h->alpn_len + 1 + nlen > X_NAME) return 0;
+          /* Room for the names and the 0 that ends them in an event. */
+          if (!printable(b + j + 1, nlen) || h->alpn_len + 1 + nlen >= X_NAME) return 0;
           memcpy(h->alpn + h->alpn_len, b + j, (size_t)nlen + 1);
           h->alpn_len += 1 + nlen;
         }
@@ -363,22 +364,6 @@ static int decide(const struct table *t, const uint8_t *b, int n, struct hello *
     if (v != V_NO) return -(int)v;
   }
   return DECIDE_SLOW;
-}
-
-/* For tests: decides on bytes with a table, without sockets. Returns the
- * route, or -2 (more bytes needed) or -3 (the daemon decides); the SNI
- * ("" when none) goes to sni_out (X_NAME bytes). -EINVAL: a bad table. */
-PM_EXPORT int pm_express_decide(const char *table_text, const uint8_t *b, int n, char *sni_out) {
-  int rc;
-  struct table *t = parse_table(table_text, &rc);
-  if (!t) return rc;
-  struct hello h = {0};
-  int tls_seen = 0;
-  int d = decide(t, b, n, &h, &tls_seen);
-  rc = d >= 0 ? t->rules[d].route : d == DECIDE_MORE ? -2 : -3;
-  strcpy(sni_out, tls_seen && h.has_sni ? h.sni : "");
-  free(t);
-  return rc;
 }
 
 /* ---------- state ---------- */
@@ -643,6 +628,51 @@ static void pass_to_daemon(int fd, struct conn *c) {
   }
 }
 
+/* What the hello told (h NULL: no hello was read), copied into the event's
+ * fixed buffers: each copy is bounded by the buffer, whatever h holds. */
+static void describe_hello(struct event *e, const struct hello *h) {
+  size_t sni = 0, alpn = 0;
+  e->has_sni = h ? (h->has_sni ? 1 : 0) : -1;
+  if (h && h->has_sni) memcpy(e->sni, h->sni, sni = strnlen(h->sni, sizeof e->sni - 1));
+  if (h && h->alpn_len > 0) {
+    alpn = (size_t)h->alpn_len < sizeof e->alpn - 1 ? (size_t)h->alpn_len : sizeof e->alpn - 1;
+    memcpy(e->alpn, h->alpn, alpn);
+  }
+  e->sni[sni] = 0;
+  e->alpn[alpn] = 0;
+}
+
+/* The site for a hello's SNI; the first (the default) when the route was
+ * decided without reading a hello (h NULL), as the daemon does. */
+static const struct site *pick_site(const struct table *t, const struct hello *h) {
+  for (int i = 0; h && h->has_sni && i < t->site_count; i++)
+    for (int j = 0; j < t->sites[i].name_count; j++)
+      if (name_matches(&t->sites[i].names[j], h->sni)) return &t->sites[i];
+  return t->site_count ? &t->sites[0] : NULL;
+}
+
+/* For tests and the fuzzer: decides on bytes with a table, without
+ * sockets, and describes the hello into *out (an event record: has_sni,
+ * sni, alpn) as a delivery would, with target the site an https rule
+ * picks (-1 for another action). Returns the route, or -2 (more bytes
+ * needed) or -3 (the daemon decides); -EINVAL: a bad table. */
+PM_EXPORT int pm_express_decide(const char *table_text, const uint8_t *b, int n,
+                                struct event *out) {
+  int rc;
+  struct table *t = parse_table(table_text, &rc);
+  if (!t) return rc;
+  struct hello h = {.has_sni = 0, .alpn_len = 0};
+  int tls_seen = 0;
+  int d = decide(t, b, n, &h, &tls_seen);
+  rc = d >= 0 ? t->rules[d].route : d == DECIDE_MORE ? -2 : -3;
+  memset(out, 0, sizeof *out);
+  describe_hello(out, tls_seen ? &h : NULL);
+  const struct site *site = d >= 0 && t->rules[d].action == A_HTTPS ? pick_site(t, tls_seen ? &h : NULL) : NULL;
+  out->target = site ? (int)(site - t->sites) : -1;
+  free(t);
+  return rc;
+}
+
 /* The facts every event of a delivered connection carries. */
 static void describe(struct event *e, int fd, const struct conn *c, int rule, int peeked,
                      const struct hello *h, int tls) {
@@ -657,17 +687,7 @@ static void describe(struct event *e, int fd, const struct conn *c, int rule, in
   const struct lane_listener *l = &lane_listeners[c->listener];
   if (l->bound_to_one) e->local_port = address_text(&l->local, e->local);
   else if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) e->local_port = address_text(&ss, e->local);
-  e->has_sni = tls ? (h->has_sni ? 1 : 0) : -1;
-  strcpy(e->sni, tls && h->has_sni ? h->sni : "");
-  memcpy(e->alpn, h->alpn, (size_t)(tls ? h->alpn_len : 0));
-  e->alpn[tls ? h->alpn_len : 0] = 0;
-}
-
-static struct site *pick_site(const struct hello *h) {
-  for (int i = 0; h->has_sni && i < table->site_count; i++)
-    for (int j = 0; j < table->sites[i].name_count; j++)
-      if (name_matches(&table->sites[i].names[j], h->sni)) return &table->sites[i];
-  return table->site_count ? &table->sites[0] : NULL;
+  describe_hello(e, tls ? h : NULL);
 }
 
 static struct service *find_service(int id) {
@@ -728,7 +748,7 @@ static void deliver(int fd, struct conn *c, int rule_index, int peeked, const st
   const struct rule *r = &table->rules[rule_index];
   struct event ev = {0}; /* described before the fd goes: it may be closed at once after */
   if (r->action == A_HTTPS) {
-    struct site *site = pick_site(h);
+    const struct site *site = pick_site(table, tls ? h : NULL);
     if (site) {
       describe(&ev, fd, c, r->route, peeked, h, tls);
       forget(fd, c);
@@ -784,7 +804,7 @@ static void look(int fd, uint32_t events) {
     return;
   }
   if (n == 0) return pass_to_daemon(fd, c); /* end of stream: the daemon routes it */
-  struct hello h;
+  struct hello h = {.has_sni = 0, .alpn_len = 0}; /* read only where decide() says tls */
   int tls = 0;
   int d = decide(table, buf, (int)n, &h, &tls);
   if (d >= 0) return deliver(fd, c, d, (int)n, &h, tls);

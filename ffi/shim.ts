@@ -104,7 +104,7 @@ const SYMBOLS = {
   pm_express_events: { parameters: ["buffer", "i32", "buffer"], result: "i32" },
   // int pm_express_event_size(void)
   pm_express_event_size: { parameters: [], result: "i32" },
-  // int pm_express_decide(char *table, uint8_t *bytes, int n, char *sni_out)
+  // int pm_express_decide(char *table, uint8_t *bytes, int n, struct event *out)
   pm_express_decide: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
@@ -644,17 +644,24 @@ export class Shim {
   }
 
   /** The lane's decision on bytes, for tests: the route index, "more", or
-   * "daemon" (the lane would pass it on); and the SNI it read. */
+   * "daemon" (the lane would pass it on); the SNI and ALPN it read; the
+   * index of the site an https route picks (null for another action). */
   expressDecide(table: string, bytes: Uint8Array<ArrayBuffer>): {
     route: number | "more" | "daemon";
     sni: string;
+    alpn: string[];
+    site: number | null;
   } {
-    const sni = new Uint8Array(EVENT_NAME);
-    const route = this.#lib.symbols.pm_express_decide(cstr(table), bytes, bytes.length, sni);
+    const size = this.#eventSize ??= this.#lib.symbols.pm_express_event_size();
+    const out = new Uint8Array(size);
+    const route = this.#lib.symbols.pm_express_decide(cstr(table), bytes, bytes.length, out);
     if (route < -3) check("express_decide", route);
+    const { tls, target } = readExpressEvent(out, new DataView(out.buffer), 0);
     return {
       route: route >= 0 ? route : route === -2 ? "more" : "daemon",
-      sni: cText(sni, 0, EVENT_NAME),
+      sni: tls?.sni ?? "",
+      alpn: tls?.alpn ?? [],
+      site: target >= 0 ? target : null,
     };
   }
 

@@ -65,6 +65,14 @@ export async function readHttps(config: Config): Promise<HttpsMaterial | null> {
   };
 }
 
+/** The index of the site for this server name: the first whose names match,
+ * else the first site, the default (also for no SNI: null). The express
+ * lane's pick_site() decides the same. */
+export function pickSite(sites: readonly { names: readonly NamePattern[] }[], sni: string | null) {
+  const i = sni === null ? -1 : sites.findIndex((s) => s.names.some((p) => nameMatches(p, sni)));
+  return Math.max(i, 0);
+}
+
 export class HttpsSites {
   private constructor(
     readonly madeFrom: string,
@@ -105,10 +113,7 @@ export class HttpsSites {
 
   /** The server for this server name (null: none given). */
   pick(sni: string | null): HttpsFrontend {
-    if (sni !== null) {
-      for (const s of this.sites) if (s.names.some((p) => nameMatches(p, sni))) return s.frontend;
-    }
-    return this.sites[0]!.frontend;
+    return this.sites[pickSite(this.sites, sni)]!.frontend;
   }
 
   /** The sites as the express lane sees them (src/express_lane.ts). */

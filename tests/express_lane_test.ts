@@ -10,6 +10,8 @@ import assert from "node:assert/strict";
 import { decide, type Fallbacks } from "../src/classify.ts";
 import { parseConfig } from "../src/config.ts";
 import { laneTable } from "../src/express_lane.ts";
+import { pickSite } from "../src/https_sites.ts";
+import { type NamePattern, parseNamePattern } from "../src/name_pattern.ts";
 import { Shim } from "../ffi/shim.ts";
 import { join } from "node:path";
 import { encodeRecord } from "../src/handoff.ts";
@@ -54,8 +56,15 @@ const TABLE = laneTable(ROUTES, 1, [{ listenerFd: 7, names: [] }], new Map([["sv
 
 const HELLOS = [...Deno.readDirSync(FIXTURES)].map((f) => fixture(f.name.replace(/\.bin$/, "")));
 
-/** Checks one input: returns what the lane said. */
-function agree(bytes: Uint8Array, routes = ROUTES, table = TABLE): number | "more" | "daemon" {
+/** Checks one input: returns what the lane said. Where the lane decides,
+ * the daemon must decide the same route, read the same SNI and ALPN, and
+ * pick the same HTTPS site (sites: the names the table was made with). */
+function agree(
+  bytes: Uint8Array,
+  routes = ROUTES,
+  table = TABLE,
+  sites: readonly { names: NamePattern[] }[] = [{ names: [] }],
+): number | "more" | "daemon" {
   const lane = shim.expressDecide(table, Uint8Array.from(bytes));
   const fallbacks: Fallbacks = routes;
   const input = { bytes, client: { address: "192.0.2.1", port: 1 }, maxBytes: 16384 };
@@ -66,6 +75,9 @@ function agree(bytes: Uint8Array, routes = ROUTES, table = TABLE): number | "mor
     assert.equal(daemon?.reason, "matched", show());
     assert.equal(daemon.route, routes.routes[lane.route], show());
     assert.equal(lane.sni, daemon.facts.sni ?? "", show());
+    assert.deepEqual(lane.alpn, daemon.facts.alpn ?? [], show());
+    const https = daemon.route.action.kind === "https";
+    assert.equal(lane.site, https ? pickSite(sites, daemon.facts.sni ?? null) : null, show());
   } else if (lane.route === "more") {
     assert.equal(daemon, null, show());
   }
@@ -166,6 +178,115 @@ Deno.test("every truncation and 20,000 corruptions of real hellos: the lane neve
   // Most corruptions hit bytes the parse does not check (the random, key
   // shares): those hellos are still the lane's.
   assert.ok(decided > 5000 && passed > 1000, `decided ${decided}, passed on ${passed}`);
+});
+
+const SITES = [{ listenerFd: 7, names: ["a.test"] }, { listenerFd: 8, names: ["b.test"] }].map((
+  s,
+) => ({ ...s, names: s.names.map((n) => parseNamePattern(n)!) }));
+
+/** A hello for name in one record of the given record version. */
+function helloFor(name: string | null, version = 0x0301, ...alpn: string[]): Uint8Array {
+  const exts: [number, number[]][] = name ? [sniExtension(name)] : [];
+  if (alpn.length) exts.push(alpnExtension(...alpn));
+  return inRecords(buildHello(exts), [], version);
+}
+
+Deno.test("a route decided without reading the hello sends HTTPS to the default site, as the daemon does", () => {
+  const routes = config(`
+  - { name: legacy, match: { prefix_hex: "160301" }, action: https }
+  - { name: web, match: { protocol: tls }, action: https }
+`);
+  const table = laneTable(routes, 1, SITES, new Map());
+  const decide = (b: Uint8Array) => shim.expressDecide(table, Uint8Array.from(b));
+  // 16 03 03: not legacy's; web reads the hello and picks by SNI.
+  assert.deepEqual(decide(helloFor("b.test", 0x0303)), {
+    route: 1,
+    sni: "b.test",
+    alpn: [],
+    site: 1,
+  });
+  // A hello for b.test after it, through legacy: no SNI was read, so the
+  // default site, whatever an earlier look left behind.
+  assert.deepEqual(decide(helloFor("b.test")), { route: 0, sni: "", alpn: [], site: 0 });
+  for (const name of ["a.test", "b.test", null]) {
+    for (const version of [0x0301, 0x0303]) agree(helloFor(name, version), routes, table, SITES);
+  }
+});
+
+Deno.test("a hello offering one 255-byte ALPN name is left to the daemon, and every name the lane keeps is described whole", () => {
+  const routes = config(`  - { name: tls, match: { protocol: tls }, action: https }`);
+  const table = laneTable(routes, 1, SITES, new Map());
+  const long = "x".repeat(255);
+  // 1 + 255 bytes fill the lane's 256-byte ALPN buffer, leaving no room
+  // for the 0 that ends it in an event: the daemon reads this hello.
+  assert.equal(agree(helloFor("a.test", 0x0301, long), routes, table, SITES), "daemon");
+  const most = "y".repeat(254);
+  assert.deepEqual(shim.expressDecide(table, Uint8Array.from(helloFor("b.test", 0x0301, most))), {
+    route: 0,
+    sni: "b.test",
+    alpn: [most],
+    site: 1,
+  });
+  const names = Array.from({ length: 30 }, (_, i) => `p${String(i).padStart(5, "0")}`);
+  for (let n = 1; n <= names.length; n++) {
+    agree(helloFor("a.test", 0x0301, ...names.slice(0, n)), routes, table, SITES);
+  }
+});
+
+Deno.test("every match and action the table compiler accepts, two routes at a time: the lane never decides otherwise", () => {
+  const matches = [
+    "{ protocol: tls }",
+    "{ protocol: tls, sni: b.test }",
+    '{ protocol: tls, sni: "*.test", alpn: h2 }',
+    "{ protocol: tls, alpn: http/1.1 }",
+    '{ prefix_hex: "160301" }',
+    "{ prefix: PRIV }",
+    "{ protocol: http }",
+    "{ protocol: ssh }",
+    "{ min_length: 4 }",
+    '{ regex: { expression: "^P" } }',
+    '{ pattern: { offset: 1, bytes: "03 ??" } }',
+    "{ protocol: tls, source: 192.0.2.0/24 }",
+  ];
+  const actions = [
+    "action: https",
+    "action: handoff, service: svc",
+    'action: proxy, upstream: "127.0.0.1:9"',
+    "action: close",
+  ];
+  const inputs = [
+    ...HELLOS,
+    ...["a.test", "b.test", "c.test", null].flatMap((n) => [
+      helloFor(n),
+      helloFor(n, 0x0303, "h2"),
+      helloFor(n, 0x0301, "http/1.1", "h2"),
+    ]),
+    HELLOS[0]!.subarray(0, 3),
+    enc.encode("PRIV hello\n"),
+    enc.encode("GET / HTTP/1.1\r\nHost: b.test\r\n\r\n"),
+    enc.encode("SSH-2.0-x\r\n"),
+    enc.encode("P"),
+    Uint8Array.from([0x16, 0x03, 0x03, 0, 5, 1, 0, 0, 1, 0]),
+  ];
+  const ids = new Map([["svc", 3]]);
+  let decided = 0;
+  for (const [i, m1] of matches.entries()) {
+    for (const [j, m2] of matches.entries()) {
+      for (const [k, a1] of actions.entries()) {
+        const a2 = actions[(k + i + j) % actions.length]!; // every pair of actions over the loop
+        const routes = config(`
+  - { name: one, match: ${m1}, ${a1} }
+  - { name: two, match: ${m2}, ${a2} }
+  - { name: three, match: { protocol: tls }, action: https }
+`);
+        const table = laneTable(routes, 1, SITES, ids);
+        for (const bytes of inputs) {
+          if (typeof agree(bytes, routes, table, SITES) === "number") decided++;
+        }
+      }
+    }
+  }
+  assert.ok(decided > 3000, `the lane decided ${decided} times: it must still decide`);
 });
 
 Deno.test("routes the lane cannot read stop it: nothing after them is decided by it", () => {

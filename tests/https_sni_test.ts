@@ -1,8 +1,10 @@
 /** Several certificates, one internal server each, chosen by SNI. */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { run, startDaemon } from "./helpers/daemon.ts";
+import { type LogLine, run, startDaemon } from "./helpers/daemon.ts";
 import { makeSelfSignedCert } from "../src/self_signed_cert.ts";
+import { writeAll } from "./helpers/client.ts";
+import { buildHello, inRecords, sniExtension } from "./helpers/tls_records.ts";
 
 /** The subject names of the certificate the server presents for sni. */
 async function servedNames(port: number, sni: string | null): Promise<string> {
@@ -68,6 +70,45 @@ routes: [{ name: web, match: { protocol: tls }, action: https }]
       `https://b.example:${d.port}/`,
     ]);
     assert.notEqual(wrong.code, 0, "b.example is not served with a's certificate");
+  } finally {
+    await d.stop();
+  }
+});
+
+Deno.test("a route decided by prefix sends HTTPS to the default site, whatever hello came before it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-sni-prefix-" });
+  for (const name of ["a", "b"]) {
+    const { cert, key } = await makeSelfSignedCert([`${name}.test`]);
+    await Deno.writeTextFile(join(dir, `${name}.pem`), cert);
+    await Deno.writeTextFile(join(dir, `${name}-key.pem`), key);
+  }
+  const cert = (n: string) =>
+    `{ names: ${n}.test, cert: ${JSON.stringify(join(dir, `${n}.pem`))}, key: ${
+      JSON.stringify(join(dir, `${n}-key.pem`))
+    } }`;
+  const d = await startDaemon({
+    dataDir: dir,
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+tls: { certificates: [${cert("a")}, ${cert("b")}] }
+routes:
+  - { name: legacy, match: { prefix_hex: "160301" }, action: https }
+  - { name: web, match: { protocol: tls }, action: https }
+`,
+  });
+  try {
+    for (let i = 0; i < 5; i++) {
+      // A hello for b.test in a 16 03 03 record: web's, which reads its SNI...
+      const raw = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+      await writeAll(raw, inRecords(buildHello([sniExtension("b.test")]), [], 0x0303));
+      const web = (l: LogLine) =>
+        l.event === "connection" && l.route === "web" && l.sni === "b.test";
+      await d.waitFor(() => d.logs.filter(web).length > i);
+      raw.close();
+      // ...then openssl's (16 03 01): legacy's, decided without a look at
+      // the SNI, so the default site's certificate, a.test.
+      assert.match(await servedNames(d.port, "a.test"), /^DNS:a\.test,/);
+    }
   } finally {
     await d.stop();
   }
