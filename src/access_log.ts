@@ -7,6 +7,8 @@
  * Lines are written in batches, once per turn of the event loop, and
  * flushed before the process exits.
  */
+import { escapeControls, unicodeEscape } from "./escape.ts";
+
 const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 const encoder = new TextEncoder();
 
@@ -29,18 +31,18 @@ export function clfTime(d: Date): string {
     `${p(d.getUTCHours())}:${p(d.getUTCMinutes())}:${p(d.getUTCSeconds())} +0000]`;
 }
 
-// Control bytes in a header must not break the line: matching them is
-// the point of this expression.
-// deno-lint-ignore no-control-regex
-const CONTROL_BYTES = /[\x00-\x1f\x7f]/g;
+/** A control as nginx writes one, \x1b (header values are bytes, so C0, DEL
+ * and C1 are all they can hold); a wider one (U+2028, bidi) as \u2028. */
+function hexEscape(c: string): string {
+  const code = c.charCodeAt(0);
+  return code > 0xff ? unicodeEscape(c) : `\\x${code.toString(16).padStart(2, "0")}`;
+}
 
-/** Quoted as the format wants: " and \ escaped, control bytes hex. */
+/** Quoted as the format wants: " and \ escaped, controls (C1 too: U+009B
+ * is a CSI to a terminal) in hex, so the line stays one harmless line. */
 function quoted(s: string | null): string {
   if (s === null || s === "") return '"-"';
-  return `"${
-    s.replace(/[\\"]/g, "\\$&").replace(CONTROL_BYTES, (c) =>
-      `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`)
-  }"`;
+  return `"${escapeControls(s.replace(/[\\"]/g, "\\$&"), hexEscape)}"`;
 }
 
 export function combinedLine(e: AccessEntry, at: Date): string {

@@ -9,6 +9,7 @@
  * before the process exits.
  */
 import { LOG_LEVELS, type LogLevel } from "./config.ts";
+import { escapeControls, HAS_CONTROL } from "./escape.ts";
 
 export type Fields = Record<string, unknown>;
 
@@ -22,14 +23,33 @@ export function logFormat(): LogFormat {
   return Deno.stdout.isTerminal() ? "text" : "json";
 }
 
+// What cannot be written bare in a key=value pair: what would split it,
+// and the controls (quoted and escaped, so the line stays one harmless line).
+const NEEDS_QUOTES = new RegExp(`[\\s"=]|${HAS_CONTROL.source}`);
+
+/** A key or a string value: bare if it can be, else a JSON string with
+ * every control escaped (JSON.stringify leaves DEL and C1 raw). */
+function textWord(s: string): string {
+  return s !== "" && !NEEDS_QUOTES.test(s) ? s : escapeControls(JSON.stringify(s));
+}
+
 /** One line for a person: time, level, event, then key=value pairs. */
 export function formatText(entry: Fields & { time: string; level: string; event: string }): string {
   const { time, level, event, ...rest } = entry;
-  const pairs = Object.entries(rest).map(([k, v]) => {
-    if (typeof v !== "string") return `${k}=${JSON.stringify(v)}`;
-    return `${k}=${/[\s"=]/.test(v) || v === "" ? JSON.stringify(v) : v}`;
-  });
-  return [time.slice(11, 23), level.toUpperCase().padEnd(5), event, ...pairs].join(" ");
+  const pairs = Object.entries(rest).map(([k, v]) =>
+    // String(): JSON.stringify(undefined) is undefined, written as such.
+    `${textWord(k)}=${
+      typeof v === "string" ? textWord(v) : escapeControls(String(JSON.stringify(v)))
+    }`
+  );
+  return [time.slice(11, 23), level.toUpperCase().padEnd(5), textWord(event), ...pairs].join(" ");
+}
+
+/** One JSON line. JSON.stringify escapes C0 but leaves DEL and C1 raw;
+ * outside strings JSON is ASCII, so escaping the whole line only touches
+ * strings, and it still parses to the same values. */
+export function formatJson(entry: Fields): string {
+  return escapeControls(JSON.stringify(entry));
 }
 
 const encoder = new TextEncoder();
@@ -81,7 +101,7 @@ export class Logger {
     const rank = LOG_LEVELS.indexOf(level);
     if (rank < this.#min) return;
     const entry = { time: isoNow(), level, event, ...this.#context, ...fields };
-    const line = (this.#format === "json" ? JSON.stringify(entry) : formatText(entry)) + "\n";
+    const line = (this.#format === "json" ? formatJson(entry) : formatText(entry)) + "\n";
     this.#pending.push(line);
     this.#pendingChars += line.length;
     if (rank >= LOG_LEVELS.indexOf("warn") || this.#pendingChars >= FLUSH_AT) this.flush();

@@ -73,3 +73,61 @@ routes: [{ name: web, match: { protocol: tls }, action: https }]
     await d.stop();
   }
 });
+
+// What a terminal acts on instead of showing (the line's own \n aside).
+// deno-lint-ignore no-control-regex
+const RAW_CONTROL = /[\x00-\x09\x0b-\x1f\x7f-\x9f]/;
+
+Deno.test("combinedLine() escapes C1 controls too (U+009B is a CSI to a terminal)", () => {
+  const line = combinedLine({
+    client: "203.0.113.9",
+    method: "GET",
+    target: "/",
+    version: "HTTP/1.1",
+    status: 200,
+    bytes: null,
+    referer: "\u0085x",
+    userAgent: "a\x1b[31mb\x7f\u009b31m\u0080",
+  }, new Date(Date.UTC(2026, 10, 21, 6, 46, 3)));
+  assert.doesNotMatch(line.slice(0, -1), RAW_CONTROL);
+  assert.ok(line.endsWith(String.raw`200 - "\x85x" "a\x1b[31mb\x7f\x9b31m\x80"` + "\n"), line);
+});
+
+Deno.test("a request with an 8-bit CSI in its headers gets an access-log line with no raw control", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-access-" });
+  const file = join(dir, "access.log");
+  const d = await startDaemon({
+    dataDir: dir,
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+tls: { self_signed: true }
+https: { access_log: ${JSON.stringify(file)} }
+routes: [{ name: web, match: { protocol: tls }, action: https }]
+`,
+  });
+  try {
+    // Raw bytes from printf, as a hostile client sends them: 0x9b (CSI) and
+    // 0x85 (NEL). ESC and DEL are refused by the HTTP parser (400, no line).
+    for (const version of ["--http1.1", "--http2"]) {
+      const curl = await run("bash", [
+        "-c",
+        `curl -sk ${version} -o /dev/null -w '%{http_code}' -A "$(printf 'a\\x9b31mb')" ` +
+        `-e "$(printf 'r\\x85s')" https://127.0.0.1:${d.port}/`,
+      ]);
+      assert.equal(curl.stdout, "200");
+    }
+    let text = "";
+    for (let i = 0; i < 50 && text.split("\n").length < 3; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      text = await Deno.readTextFile(file).catch(() => "");
+    }
+    const lines = text.split("\n").filter(Boolean);
+    assert.equal(lines.length, 2);
+    for (const line of lines) {
+      assert.doesNotMatch(line, RAW_CONTROL);
+      assert.ok(line.endsWith(String.raw`"r\x85s" "a\x9b31mb"`), line);
+    }
+  } finally {
+    await d.stop();
+  }
+});
