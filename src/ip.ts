@@ -43,6 +43,20 @@ function ipv6Bytes(s: string): Uint8Array | null {
   return out;
 }
 
+/** Whether s is an IPv4 address in its canonical text: four decimal octets
+ * 0-255, no leading zeros (elsewhere those can mean octal). */
+export function isCanonicalIpv4(s: string): boolean {
+  const parts = s.split(".");
+  return parts.length === 4 && parts.every((p) => /^(0|[1-9]\d{0,2})$/.test(p) && Number(p) < 256);
+}
+
+/** Whether s is an IPv6 address (RFC 4291 §2.2: hex groups, one "::" at
+ * most, 128 bits); an embedded IPv4 must be canonical, as inet_pton wants. */
+export function isStrictIpv6(s: string): boolean {
+  const tail = s.slice(s.lastIndexOf(":") + 1);
+  return ipv6Bytes(s) !== null && (!tail.includes(".") || isCanonicalIpv4(tail));
+}
+
 /** The bytes of an IP address; IPv4-mapped IPv6 is turned into IPv4. */
 export function ipBytes(address: string): Uint8Array | null {
   const v4 = ipv4Bytes(address);

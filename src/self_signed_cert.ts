@@ -94,11 +94,12 @@ export async function makeSelfSignedCert(
  * may start at once (--parallel): the first to link its key into place
  * wins, and the others read its pair. */
 export async function selfSignedCertIn(dataDir: string): Promise<{ cert: string; key: string }> {
+  await privateDataDir(dataDir);
   const certFile = join(dataDir, "self-signed-cert.pem");
   const keyFile = join(dataDir, "self-signed-key.pem");
   const read = async () => ({
+    key: await readPrivateKey(keyFile),
     cert: await Deno.readTextFile(certFile),
-    key: await Deno.readTextFile(keyFile),
   });
   try {
     return await read();
@@ -106,26 +107,104 @@ export async function selfSignedCertIn(dataDir: string): Promise<{ cert: string;
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
   const made = await makeSelfSignedCert();
-  await Deno.mkdir(dataDir, { recursive: true, mode: 0o700 });
-  const tmp = (f: string) => `${f}.${Deno.pid}.tmp`;
-  await Deno.writeTextFile(tmp(keyFile), made.key, { mode: 0o600 });
-  await Deno.writeTextFile(tmp(certFile), made.cert);
+  const keyTmp = tmpName(keyFile);
+  const certTmp = tmpName(certFile);
   try {
-    await Deno.link(tmp(keyFile), keyFile); // fails if another process won
-    await Deno.rename(tmp(certFile), certFile);
+    await writeNewFile(keyTmp, made.key, 0o600);
+    await writeNewFile(certTmp, made.cert, 0o644);
+    if (!await linkFirst(keyTmp, keyFile)) return await readWinner(read);
+    await Deno.rename(certTmp, certFile);
     return made;
-  } catch (e) {
-    if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
-    for (let i = 0; i < 100; i++) { // the winner renames its cert next
-      try {
-        return await read();
-      } catch {
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    }
-    return await read();
   } finally {
-    await Deno.remove(tmp(keyFile)).catch(() => {});
-    await Deno.remove(tmp(certFile)).catch(() => {});
+    await Deno.remove(keyTmp).catch(() => {});
+    await Deno.remove(certTmp).catch(() => {});
   }
+}
+
+/** Links file to name unless name exists (false: another process won). */
+async function linkFirst(file: string, name: string): Promise<boolean> {
+  try {
+    await Deno.link(file, name);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.AlreadyExists) return false;
+    throw e;
+  }
+}
+
+/** The winner's pair: it renames its cert into place just after its key. */
+async function readWinner<T>(read: () => Promise<T>): Promise<T> {
+  for (let i = 0; i < 100; i++) {
+    try {
+      return await read();
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+  return await read();
+}
+
+/** Makes the data folder (mode 0700) if missing, and throws unless it is
+ * fit for a private key: whoever can write it can plant or swap files in
+ * it. The rule of service sockets' folders (src/service_channels.ts),
+ * stricter on groups: a key's folder is for its owner alone. */
+async function privateDataDir(dir: string): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+  const problem = dataDirProblem(await Deno.stat(dir));
+  if (problem) {
+    throw new Error(
+      `the data folder ${dir} ${problem}; it must belong to portmux's user (or root) ` +
+        `and be writable by its owner only (chmod go-w ${dir})`,
+    );
+  }
+}
+
+function dataDirProblem(st: Deno.FileInfo): string | null {
+  const mode = (st.mode ?? 0) & 0o777;
+  if (!st.isDirectory) return "is not a folder";
+  if (st.uid !== Deno.uid() && st.uid !== 0) {
+    return `belongs to uid ${st.uid}, neither portmux's user nor root`;
+  }
+  if (mode & 0o002) return `can be written by anyone (mode ${mode.toString(8)})`;
+  if (mode & 0o020) return `can be written by group ${st.gid} (mode ${mode.toString(8)})`;
+  return null;
+}
+
+/** The key in path; throws unless it is a plain file of ours that no one
+ * else can read (a link could point at someone else's key). */
+async function readPrivateKey(path: string): Promise<string> {
+  const st = await Deno.lstat(path); // NotFound: none yet
+  const problem = keyFileProblem(st);
+  if (problem) throw new Error(`the key ${path} ${problem}; delete it to have a new one made`);
+  using file = await Deno.open(path);
+  const opened = await file.stat(); // the file that lstat saw, not a swapped-in one
+  if (opened.dev !== st.dev || opened.ino !== st.ino) {
+    throw new Error(`the key ${path} was replaced while being read`);
+  }
+  return await new Response(file.readable).text();
+}
+
+function keyFileProblem(st: Deno.FileInfo): string | null {
+  const mode = (st.mode ?? 0) & 0o777;
+  if (st.isSymlink) return "is a symbolic link";
+  if (!st.isFile) return "is not a file";
+  if (st.uid !== Deno.uid()) return `belongs to uid ${st.uid}, not to portmux's user`;
+  if (mode & 0o077) return `can be used by others (mode ${mode.toString(8)}); it must be 0600`;
+  return null;
+}
+
+/** A temporary name beside file that no one can guess or have planted:
+ * not only the pid, which a restarted container reuses. */
+function tmpName(file: string): string {
+  const random = [...crypto.getRandomValues(new Uint8Array(8))]
+    .map((b) => b.toString(16).padStart(2, "0")).join("");
+  return `${file}.${Deno.pid}-${random}.tmp`;
+}
+
+/** Writes a file that did not exist: createNew (O_CREAT | O_EXCL) fails on
+ * anything already there, a symbolic link too, so nothing planted is
+ * written through or linked into place. */
+async function writeNewFile(path: string, text: string, mode: number): Promise<void> {
+  await Deno.writeTextFile(path, text, { createNew: true, mode });
 }

@@ -5,7 +5,7 @@
  * encoded (v2) for the proxy action's upstreams.
  */
 import type { Address } from "../address.ts";
-import { ipBytes } from "../ip.ts";
+import { ipBytes, isCanonicalIpv4, isStrictIpv6 } from "../ip.ts";
 import type { Detection } from "./detection.ts";
 
 export interface ProxyHeader {
@@ -77,11 +77,9 @@ function parseV1(b: Uint8Array): Detection<ProxyHeader> {
     string,
     string,
   ];
-  const okAddress = family === "TCP4"
-    ? (a: string) => /^\d{1,3}(\.\d{1,3}){3}$/.test(a) && a.split(".").every((o) => Number(o) < 256)
-    : (a: string) => /^[0-9a-fA-F:.]+$/.test(a) && a.includes(":");
-  const okPort = (p: string) => /^\d{1,5}$/.test(p) && Number(p) <= 65535 && !/^0\d/.test(p);
-  if (!okAddress(src) || !okAddress(dst) || !okPort(sport) || !okPort(dport)) {
+  // As strict as the spec: what passes here is what v2 can encode upstream.
+  const okAddress = family === "TCP4" ? isCanonicalIpv4 : isStrictIpv6;
+  if (!okAddress(src) || !okAddress(dst) || !isV1Port(sport) || !isV1Port(dport)) {
     return { verdict: "no" };
   }
   return {
@@ -93,6 +91,11 @@ function parseV1(b: Uint8Array): Detection<ProxyHeader> {
       destination: { address: dst.toLowerCase(), port: Number(dport) },
     },
   };
+}
+
+/** A port as v1 writes it: decimal 0-65535, no leading zeros. */
+function isV1Port(p: string): boolean {
+  return /^(0|[1-9]\d{0,4})$/.test(p) && Number(p) <= 65535;
 }
 
 function parseV2(b: Uint8Array): Detection<ProxyHeader> {

@@ -80,3 +80,58 @@ Deno.test("detectProxyHeader() handles v2 LOCAL, TLVs, partial headers and bad v
   const huge = Uint8Array.from([...V2_SIGNATURE, 0x21, 0x11, 0xff, 0xff]);
   assert.equal(detectProxyHeader(huge).verdict, "no");
 });
+
+Deno.test("detectProxyHeader() refuses v1 addresses and ports that are not canonical", () => {
+  const v1 = (family: string, src: string, dst: string, sport = "1", dport = "2") =>
+    `PROXY ${family} ${src} ${dst} ${sport} ${dport}\r\n`;
+  for (
+    const bad of [
+      v1("TCP6", ":::::::::::", "::1"), // the audit's reproducer
+      v1("TCP6", "::1", ":::::::::::"),
+      v1("TCP6", ":.:", "::1"),
+      v1("TCP6", "1::2::3", "::1"),
+      v1("TCP6", ":1::", "::1"),
+      v1("TCP6", "1:2:3:4:5:6:7:8:9", "::1"),
+      v1("TCP6", "1:2:3:4:5:6:7", "::1"),
+      v1("TCP6", "12345::", "::1"),
+      v1("TCP6", "::ffff:1.2.3.256", "::1"),
+      v1("TCP6", "::ffff:01.2.3.4", "::1"),
+      v1("TCP6", "fe80::1%eth0", "::1"),
+      v1("TCP6", "192.0.2.1", "::1"),
+      v1("TCP4", "192.0.2.01", "10.1.1.1"),
+      v1("TCP4", "192.0.2.1", "010.1.1.1"),
+      v1("TCP4", "00.0.0.0", "10.1.1.1"),
+      v1("TCP4", "192.0.2", "10.1.1.1"),
+      v1("TCP4", "192.0.2.1.", "10.1.1.1"),
+      v1("TCP4", "::ffff:192.0.2.1", "10.1.1.1"),
+      v1("TCP4", "192.0.2.1", "10.1.1.1", "00"),
+      v1("TCP4", "192.0.2.1", "10.1.1.1", "+1"),
+      v1("TCP4", "192.0.2.1", "10.1.1.1", "1", "99999"),
+    ]
+  ) assert.equal(detectProxyHeader(enc.encode(bad)).verdict, "no", JSON.stringify(bad));
+  for (
+    const good of [
+      v1("TCP4", "0.0.0.0", "255.255.255.255", "0", "65535"),
+      v1("TCP6", "::ffff:192.0.2.1", "::", "0", "65535"),
+      v1("TCP6", "1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7::"),
+      v1("TCP6", "::2:3:4:5:6:7:8", "FE80::A"),
+    ]
+  ) assert.equal(detectProxyHeader(enc.encode(good)).verdict, "match", JSON.stringify(good));
+});
+
+Deno.test("detectProxyHeader(): every v1 address it accepts can go upstream in a v2 header", () => {
+  let seed = 1;
+  const random = (n: number) => (seed = (seed * 48271) % 0x7fffffff) % n; // repeatable
+  const alphabet = "0:1f.:a:9";
+  let matched = 0;
+  for (let i = 0; i < 20000; i++) {
+    let address = "";
+    for (let n = 1 + random(16); n > 0; n--) address += alphabet[random(alphabet.length)];
+    const d = detectProxyHeader(enc.encode(`PROXY TCP6 ${address} ::1 1 2\r\n`));
+    if (d.verdict !== "match") continue;
+    matched++;
+    const { source, destination } = d.info;
+    assert.doesNotThrow(() => encodeProxyV2(source!, destination!), address);
+  }
+  assert.ok(matched > 0, "some addresses are valid");
+});
