@@ -597,7 +597,8 @@ static void close_waker_locked(int i) {
 /* Hands out a queued fd as if the kernel had accepted it: applies the flags
  * and fills in the peer address (known, or asked of the socket). Queued fds
  * are non-blocking and close-on-exec already (pm_inject_push), so the
- * runtime, which asks for both, costs no fcntl here. */
+ * runtime, which asks for both, costs no fcntl here. Returns -1 when the
+ * client is gone (fd closed): the caller goes on to the next. */
 static int deliver(int fd, const struct sockaddr_storage *peer, struct sockaddr *addr,
                    socklen_t *addrlen, int flags) {
   if (addr && addrlen && peer) {
@@ -605,10 +606,7 @@ static int deliver(int fd, const struct sockaddr_storage *peer, struct sockaddr 
     memcpy(addr, peer, len < *addrlen ? len : *addrlen);
     *addrlen = len;
   } else if (addr && addrlen && getpeername(fd, addr, addrlen) < 0) {
-    /* The client is gone already: say it as the kernel's accept would (the
-     * runtime goes on to the next). */
     close(fd);
-    errno = ECONNABORTED;
     return -1;
   }
   if (!(flags & SOCK_NONBLOCK)) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
@@ -616,24 +614,45 @@ static int deliver(int fd, const struct sockaddr_storage *peer, struct sockaddr 
   return fd;
 }
 
+/* The next queued fd of the injected listener fd whose client is still
+ * there, delivered; -1 when the queue has none. */
+static int deliver_queued(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags) {
+  for (;;) {
+    pthread_mutex_lock(&inject_lock);
+    struct injected_listener *l = find_listener(fd);
+    int q = l ? pop_locked(l) : -1;
+    pthread_mutex_unlock(&inject_lock);
+    if (q < 0) return -1;
+    int c = deliver(q, NULL, addr, addrlen, flags);
+    if (c >= 0) return c;
+  }
+}
+
 /* Our accept4 (exported as accept4 below). For an injected listener it
  * returns queued client fds; real connections on that listener are wakers
  * (closed, with their client side) or strangers (closed: nothing is served
- * to a process that connects to the internal port directly). */
+ * to a process that connects to the internal port directly).
+ *
+ * What the runtime's accept may see. Deno.serve (2.9.6) stops its server
+ * for good on any accept error but EAGAIN (ECONNABORTED included:
+ * tests/https_resets_test.ts), so for an injected listener this returns a
+ * client's fd or EAGAIN, nothing else: a client that left while queued is
+ * skipped (deliver), a failing accept of a waker or stranger ends the
+ * drain, and the lane's accept errors stay in the lane (accept_from). A
+ * listener that is not ours gets the kernel's answer unchanged: the
+ * daemon's own accept loops handle every error, and a handoff receiver's
+ * errors are its own (handoff_receiver.c). */
 static int pm_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags) {
   accept4_fn real = real_accept4();
   int received;
   if (receiver_accept(fd, addr, addrlen, flags, &received)) return received; /* handoff_receiver.c */
   pthread_mutex_lock(&inject_lock);
   struct injected_listener *l = find_listener(fd);
-  if (!l) {
-    pthread_mutex_unlock(&inject_lock);
-    return real(fd, addr, addrlen, flags);
-  }
-  int q = pop_locked(l);
-  int express = l->express;
+  int express = l ? l->express : 0;
   pthread_mutex_unlock(&inject_lock);
-  if (q >= 0) return deliver(q, NULL, addr, addrlen, flags);
+  if (!l) return real(fd, addr, addrlen, flags);
+  int q = deliver_queued(fd, addr, addrlen, flags);
+  if (q >= 0) return q;
   if (express) { /* its real connections are the express lane's to accept */
     errno = EAGAIN;
     return -1;
@@ -646,7 +665,7 @@ static int pm_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int fla
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     int c = real(fd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
-    if (c < 0) break; /* EAGAIN: drained */
+    if (c < 0) break; /* EAGAIN: drained (or an error: said as EAGAIN, below) */
     int port = sockaddr_port(&ss);
     close_abruptly(c);
     pthread_mutex_lock(&inject_lock);
@@ -658,10 +677,8 @@ static int pm_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int fla
     pthread_mutex_unlock(&inject_lock);
   }
   /* An fd pushed while we drained has no waker of its own: take it now. */
-  pthread_mutex_lock(&inject_lock);
-  q = pop_locked(l);
-  pthread_mutex_unlock(&inject_lock);
-  if (q >= 0) return deliver(q, NULL, addr, addrlen, flags);
+  q = deliver_queued(fd, addr, addrlen, flags);
+  if (q >= 0) return q;
   errno = EAGAIN;
   return -1;
 }
