@@ -540,6 +540,9 @@ struct injected_listener {
   int express;
   int head, len;
   int queue[QUEUE_CAP];
+  /* For tests only (pm_inject_fail_next): the errno the next accept
+   * returns, to prove the daemon survives a server that stops. */
+  int fail_next;
 };
 
 struct waker {
@@ -614,17 +617,26 @@ static int deliver(int fd, const struct sockaddr_storage *peer, struct sockaddr 
   return fd;
 }
 
-/* The next queued fd of the injected listener fd whose client is still
- * there, delivered; -1 when the queue has none. */
-static int deliver_queued(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags) {
+/* The next queued fd of the injected listener fd, delivered; -1 with
+ * errno EAGAIN when the queue is empty. A client gone while queued is
+ * skipped, or with say_gone said as the kernel would, ECONNABORTED. */
+static int deliver_queued(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags,
+                          int say_gone) {
   for (;;) {
     pthread_mutex_lock(&inject_lock);
     struct injected_listener *l = find_listener(fd);
     int q = l ? pop_locked(l) : -1;
     pthread_mutex_unlock(&inject_lock);
-    if (q < 0) return -1;
+    if (q < 0) {
+      errno = EAGAIN;
+      return -1;
+    }
     int c = deliver(q, NULL, addr, addrlen, flags);
     if (c >= 0) return c;
+    if (say_gone) {
+      errno = ECONNABORTED;
+      return -1;
+    }
   }
 }
 
@@ -635,28 +647,32 @@ static int deliver_queued(int fd, struct sockaddr *addr, socklen_t *addrlen, int
  *
  * What the runtime's accept may see. Deno.serve (2.9.6) stops its server
  * for good on any accept error but EAGAIN (ECONNABORTED included:
- * tests/https_resets_test.ts), so for an injected listener this returns a
- * client's fd or EAGAIN, nothing else: a client that left while queued is
- * skipped (deliver), a failing accept of a waker or stranger ends the
- * drain, and the lane's accept errors stay in the lane (accept_from). A
- * listener that is not ours gets the kernel's answer unchanged: the
- * daemon's own accept loops handle every error, and a handoff receiver's
- * errors are its own (handoff_receiver.c). */
+ * tests/https_resets_test.ts), so for an internal HTTPS listener this
+ * returns a client's fd or EAGAIN, nothing else: a client that left while
+ * queued is skipped (its line was written when it was queued), a failing
+ * accept of a waker or stranger ends the drain, and the lane's accept
+ * errors stay in the lane (accept_from). The daemon's own accept loops
+ * survive every error and count a client gone: on a public listener the
+ * lane passes connections to (express), a client that left while queued
+ * is said as ECONNABORTED, as the kernel says it; a listener that is not
+ * ours gets the kernel's answer unchanged; a handoff receiver's errors are
+ * its own (handoff_receiver.c). */
 static int pm_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags) {
   accept4_fn real = real_accept4();
   int received;
   if (receiver_accept(fd, addr, addrlen, flags, &received)) return received; /* handoff_receiver.c */
   pthread_mutex_lock(&inject_lock);
   struct injected_listener *l = find_listener(fd);
-  int express = l ? l->express : 0;
+  int express = l ? l->express : 0, fail = l ? l->fail_next : 0;
+  if (fail) l->fail_next = 0;
   pthread_mutex_unlock(&inject_lock);
   if (!l) return real(fd, addr, addrlen, flags);
-  int q = deliver_queued(fd, addr, addrlen, flags);
-  if (q >= 0) return q;
-  if (express) { /* its real connections are the express lane's to accept */
-    errno = EAGAIN;
+  if (fail) {
+    errno = fail;
     return -1;
   }
+  int q = deliver_queued(fd, addr, addrlen, flags, express);
+  if (q >= 0 || express) return q; /* its real connections are the lane's to accept */
   struct sockaddr_storage peer;
   int mine = lane_accept_for(fd, &peer);
   if (mine >= 0) return deliver(mine, &peer, addr, addrlen, flags);
@@ -677,10 +693,7 @@ static int pm_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int fla
     pthread_mutex_unlock(&inject_lock);
   }
   /* An fd pushed while we drained has no waker of its own: take it now. */
-  q = deliver_queued(fd, addr, addrlen, flags);
-  if (q >= 0) return q;
-  errno = EAGAIN;
-  return -1;
+  return deliver_queued(fd, addr, addrlen, flags, 0);
 }
 
 PM_EXPORT int accept4(int, struct sockaddr *, socklen_t *, int)
@@ -845,6 +858,16 @@ PM_EXPORT int pm_inject_push(int listener_fd, int client_fd) {
   }
   pthread_mutex_unlock(&inject_lock);
   return rc;
+}
+
+/* For tests only: the next accept4 on the injected listener fails with
+ * errno, as no accept of ours does otherwise. 0, or -ENOENT. */
+PM_EXPORT int pm_inject_fail_next(int listener_fd, int error) {
+  pthread_mutex_lock(&inject_lock);
+  struct injected_listener *l = find_listener(listener_fd);
+  if (l) l->fail_next = error;
+  pthread_mutex_unlock(&inject_lock);
+  return l ? 0 : -ENOENT;
 }
 
 /* Forgets an injected listener (before its fd is closed: a later socket

@@ -70,6 +70,8 @@ const SYMBOLS = {
   pm_inject_push: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_inject_unregister(int listener_fd)
   pm_inject_unregister: { parameters: ["i32"], result: "i32" },
+  // int pm_inject_fail_next(int listener_fd, int errno)
+  pm_inject_fail_next: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_receiver_open(int port, int unix_fd, int sender_uid)
   pm_receiver_open: { parameters: ["i32", "i32", "i32"], result: "i32" },
   // int pm_receiver_take(int listener, int remote_port, char *out, int cap)
@@ -109,6 +111,7 @@ const SYMBOLS = {
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** Linux errno numbers the shim can return, by name. */
+const ECONNABORTED = 103;
 const ERRNO_NAMES: Record<number, string> = {
   1: "EPERM",
   2: "ENOENT",
@@ -127,6 +130,7 @@ const ERRNO_NAMES: Record<number, string> = {
   32: "EPIPE",
   36: "ENAMETOOLONG",
   71: "EPROTO",
+  103: "ECONNABORTED",
   88: "ENOTSOCK",
   90: "EMSGSIZE",
   98: "EADDRINUSE",
@@ -576,6 +580,12 @@ export class Shim {
 
   /** Forgets the listener (call before it closes); closes what was queued
    * and returns how many. */
+  /** For tests only: the runtime's next accept on the injected listener
+   * fails with ECONNABORTED (src/faults.ts). */
+  injectFailNext(listenerFd: number): void {
+    check("inject_fail_next", this.#lib.symbols.pm_inject_fail_next(listenerFd, ECONNABORTED));
+  }
+
   injectUnregister(listenerFd: number): number {
     return check("inject_unregister", this.#lib.symbols.pm_inject_unregister(listenerFd));
   }

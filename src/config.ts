@@ -7,7 +7,7 @@
 import { isMap, isPair, isScalar, isSeq, LineCounter, parseDocument } from "yaml";
 import type { Node as YamlNode } from "yaml";
 import { isAbsolute, join, resolve } from "node:path";
-import { type Cidr, ipBytes, parseCidr } from "./ip.ts";
+import { type Cidr, ipBytes, isLoopback, parseCidr } from "./ip.ts";
 import { isProtocolName, PROTOCOL_NAMES, type ProtocolName } from "./detect/registry.ts";
 import { type BytePattern, type ByteRegex, parseBytePattern } from "./detect/private.ts";
 import { type NamePattern, parseNamePattern } from "./name_pattern.ts";
@@ -135,13 +135,22 @@ export interface Config {
   /** How long a stop lets HTTPS requests and relays finish. */
   readonly drainTimeoutMs: number;
   /** Where /metrics and /healthz are served (plain HTTP); null: nowhere. */
-  readonly admin: { readonly address: string; readonly port: number } | null;
+  /** token: required off loopback (src/admin.ts). */
+  readonly admin:
+    | { readonly address: string; readonly port: number; readonly token: string | null }
+    | null;
   readonly tls: TlsSource | null;
   readonly https: {
     readonly handler: string | null;
     readonly hsts: string | null;
     /** Requests go on to this upstream instead of a handler module. */
-    readonly proxy: { readonly upstream: URL; readonly timeoutMs: number } | null;
+    readonly proxy: {
+      readonly upstream: URL;
+      readonly timeoutMs: number;
+      /** Peers whose X-Forwarded-For and Forwarded are kept and added to;
+       * anyone else's are replaced. */
+      readonly trustedForwarders: readonly Cidr[];
+    } | null;
     /** Files from this folder are served instead. */
     readonly static: string | null;
     /** A file for the access log (Combined Log Format); null: none. */
@@ -363,14 +372,26 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
 
   let admin: Config["admin"] = null;
   if (r.value(["admin"]) !== undefined) {
-    r.keys(["admin"], ["address", "port"]);
+    r.keys(["admin"], ["address", "port", "token"]);
     const address = r.string(["admin", "address"]) ?? "127.0.0.1";
     if (!ipBytes(address)) {
       r.fail(["admin", "address"], `"${address}" is not an IPv4 or IPv6 address`);
     }
+    const token = r.string(["admin", "token"]) ?? null;
+    if (token === null && !isLoopback(address)) {
+      r.fail(
+        ["admin", "token"],
+        `is required when the admin address is not loopback (${address}): anyone who can ` +
+          "reach it could read the metrics",
+      );
+    }
+    if (token !== null && !/^[\x21-\x7e]{16,}$/.test(token)) {
+      r.fail(["admin", "token"], "must be at least 16 printable characters, without spaces");
+    }
     admin = {
       address,
       port: r.required(["admin", "port"], r.integer(["admin", "port"], 0, 65535)),
+      token,
     };
   }
 
@@ -437,7 +458,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
   }
   let proxy: Config["https"]["proxy"] = null;
   if (r.value(["https", "proxy"]) !== undefined) {
-    r.keys(["https", "proxy"], ["upstream", "timeout_ms"]);
+    r.keys(["https", "proxy"], ["upstream", "timeout_ms", "trusted_forwarders"]);
     const text = r.required(
       ["https", "proxy", "upstream"],
       r.string(["https", "proxy", "upstream"]),
@@ -452,6 +473,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Conf
     proxy = {
       upstream,
       timeoutMs: r.integer(["https", "proxy", "timeout_ms"], 1, 3_600_000) ?? 30_000,
+      trustedForwarders: readCidrs(r, ["https", "proxy", "trusted_forwarders"]) ?? [],
     };
   }
   const hsts = r.string(["https", "hsts"]) ?? null;
@@ -881,7 +903,7 @@ export function describeConfig(c: Config): Record<string, unknown> {
       defer_accept: c.preread.deferAccept,
     },
     drain_timeout_ms: c.drainTimeoutMs,
-    admin: c.admin,
+    admin: c.admin && { ...c.admin, token: c.admin.token === null ? null : "(set)" },
     limits: {
       max_connections: c.limits.maxConnections,
       max_preread: c.limits.maxPreread,
@@ -899,8 +921,11 @@ export function describeConfig(c: Config): Record<string, unknown> {
     https: {
       handler: c.https.handler,
       hsts: c.https.hsts,
-      proxy: c.https.proxy &&
-        { upstream: c.https.proxy.upstream.href, timeout_ms: c.https.proxy.timeoutMs },
+      proxy: c.https.proxy && {
+        upstream: c.https.proxy.upstream.href,
+        timeout_ms: c.https.proxy.timeoutMs,
+        trusted_forwarders: c.https.proxy.trustedForwarders.map((t) => t.text),
+      },
       static: c.https.static,
       access_log: c.https.accessLog,
     },

@@ -24,6 +24,7 @@ import type { Logger } from "./log.ts";
 import { Preread } from "./preread.ts";
 import { type BuiltinService, startBuiltinServices } from "./builtin_services.ts";
 import { ExpressLane, type LaneReport } from "./express_lane.ts";
+import { type Health, startAdmin } from "./admin.ts";
 
 /** What became of a connection, as the log says it. */
 type Outcome = "handed-off" | "https" | "proxied" | "closed" | "failed";
@@ -211,28 +212,23 @@ export class Daemon {
     }
   }
 
-  /** The admin listener: /metrics (Prometheus text) and /healthz. */
-  #startAdmin(configured: { address: string; port: number }): void {
-    const at = this.#adminAt(configured);
-    this.#admin = Deno.serve({
-      hostname: at.address,
-      port: at.port,
-      onListen: (addr) =>
-        this.#log.info("admin", { address: addressText(displayAddress(addr as Deno.NetAddr)) }),
-    }, (req) => {
-      const path = new URL(req.url).pathname;
-      if (path === "/metrics") {
-        return new Response(this.metrics.render(), {
-          headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
-        });
-      }
-      if (path === "/healthz") {
-        return new Response(this.#stopping ? "stopping\n" : "ok\n", {
-          status: this.#stopping ? 503 : 200,
-        });
-      }
-      return new Response("not found: try /metrics or /healthz\n", { status: 404 });
+  /** The admin listener: /metrics and /healthz (src/admin.ts). */
+  #startAdmin(configured: NonNullable<Config["admin"]>): void {
+    this.#admin = startAdmin({
+      ...this.#adminAt(configured),
+      token: configured.token,
+      metrics: () => this.metrics.render(),
+      health: () => this.#health(),
+      log: this.#log,
     });
+  }
+
+  /** Not ok while stopping, or while an HTTPS site cannot accept. */
+  #health(): Health {
+    if (this.#stopping) return { ok: false, text: "stopping" };
+    const down = this.#https?.down ?? [];
+    if (down.length) return { ok: false, text: down.map((d) => `https site ${d} down`).join("\n") };
+    return { ok: true, text: "ok" };
   }
 
   #declareMetrics(): void {
@@ -247,6 +243,7 @@ export class Daemon {
     m.counter("portmux_handoff_channel_full_total", "Times a channel was full.");
     m.counter("portmux_https_requests_total", "HTTPS requests answered, by status code.");
     m.counter("portmux_uncaught_errors_total", "Errors nothing caught; logged, and survived.");
+    m.counter("portmux_https_site_down_total", "Times an HTTPS site's server stopped, by site.");
     m.gauge(
       "portmux_preread_waiting",
       "Connections waiting for their first bytes.",
@@ -275,7 +272,12 @@ export class Daemon {
     log.info("fd-limit", { open_files: shim.raiseNofile() });
     const metrics = new Metrics();
     const material = await readHttps(config);
-    const https = material && await HttpsSites.start(material, shim, log, metrics);
+    // A site started again has a new listener: the lane's table must say so.
+    let daemon: Daemon | null = null;
+    const restarted = () => {
+      if (daemon) daemon.#setLaneTable(daemon.#config);
+    };
+    const https = material && await HttpsSites.start(material, shim, log, metrics, restarted);
     let builtins: BuiltinService[];
     try {
       // With several workers, worker 0 runs the built-in services for all.
@@ -284,7 +286,7 @@ export class Daemon {
       await https?.stop();
       throw e;
     }
-    const daemon = new Daemon(config, log, shim, https, builtins, metrics);
+    daemon = new Daemon(config, log, shim, https, builtins, metrics);
     daemon.#worker = worker;
     try {
       daemon.#openListeners(config);
@@ -652,7 +654,7 @@ export class Daemon {
             throw new Error("no HTTPS frontend");
           }
           const site = this.#https.pick(c.sni);
-          site.take(conn, client, c.alpn);
+          site.take(conn, client, c.alpn, local);
           return done("https", { delivery: site.mode });
         }
         case "handoff": {
@@ -749,7 +751,13 @@ export class Daemon {
     if (material?.madeFrom !== this.#https?.madeFrom) {
       old = this.#https;
       this.#https = material &&
-        await HttpsSites.start(material, this.#shim, this.#log, this.metrics);
+        await HttpsSites.start(
+          material,
+          this.#shim,
+          this.#log,
+          this.metrics,
+          () => this.#setLaneTable(this.#config),
+        );
     }
     try {
       this.#openListeners(next);

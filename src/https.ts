@@ -18,15 +18,37 @@ import type { Logger } from "./log.ts";
 import type { CounterSeries, Metrics } from "./metrics.ts";
 import type { AccessLog } from "./access_log.ts";
 import { relayToLoopback } from "./relay.ts";
+import { fault } from "./faults.ts";
+
+/** How long a site whose server stopped waits before it tries again, when
+ * starting a new one failed. */
+const RESTART_RETRY_MS = 1000;
 
 /** What a user module exports as default: the Deno convention. */
 export interface HttpsHandler {
-  fetch(req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>): Response | Promise<Response>;
+  fetch(req: Request, info: HttpsHandlerInfo): Response | Promise<Response>;
+}
+
+/** Deno's info on a request, and what only portmux knows of it. */
+export interface HttpsHandlerInfo extends Deno.ServeHandlerInfo<Deno.NetAddr> {
+  /** The address the client connected to, when portmux knows it: in bridge
+   * mode, with an access log, for a PROXY-protocol client (the local end of
+   * the proxy's connection, unless take() is given the header's
+   * destination); not for what the express lane delivers (no JavaScript
+   * sees those connections). */
+  readonly localAddr?: Deno.NetAddr;
+  /** What Deno.serve puts in req.url for a request that named no authority
+   * (HTTP/1.0 without Host): its own loopback address, not the client's. */
+  readonly internalAuthority: string;
 }
 
 export type HttpsMode = "inject" | "bridge";
 
 export interface HttpsOptions {
+  /** How logs and /healthz name the site. */
+  readonly site: string;
+  /** Called when the site has started a new internal server (new listener). */
+  readonly restarted: () => void;
   readonly cert: string;
   readonly key: string;
   readonly handler: HttpsHandler;
@@ -77,11 +99,17 @@ const MAX_PEERS = 65536;
  * (Deno.serve takes h2 whenever the client offers it; handlers are not told). */
 interface PeerFacts {
   readonly client: Address;
+  /** The address the client connected to (null: not known). */
+  readonly local: Address | null;
   readonly version: "HTTP/2.0" | "HTTP/1.1";
 }
 
 function versionFor(alpn: readonly string[]): PeerFacts["version"] {
   return alpn.includes("h2") ? "HTTP/2.0" : "HTTP/1.1";
+}
+
+function tcp(a: Address): Deno.NetAddr {
+  return { transport: "tcp", hostname: a.address, port: a.port };
 }
 
 function peerKey(a: Deno.NetAddr): string {
@@ -94,8 +122,13 @@ export class HttpsFrontend {
   readonly #shim: Shim;
   readonly #log: Logger;
   readonly #requestSeries = new Map<number, CounterSeries>();
-  readonly #server: Deno.HttpServer<Deno.NetAddr>;
-  readonly #listenerFd: number | null;
+  #server: Deno.HttpServer<Deno.NetAddr>;
+  #listenerFd: number | null;
+  /** Injection (the shim preloaded), else bridge. */
+  readonly #inject: boolean;
+  /** Why the internal server is not serving (null: it is). */
+  #down: string | null = null;
+  #retry: ReturnType<typeof setTimeout> | undefined;
   readonly #bridged = new Map<number, PeerFacts>();
   /** Inject mode: facts of the sockets handed in, keyed by their peer, kept
    * when there is an access log or a PROXY-protocol client. Live sockets
@@ -112,11 +145,23 @@ export class HttpsFrontend {
     this.#shim = opts.shim;
     this.#log = opts.log;
     this.#accessLog = opts.accessLog;
-    this.#server = Deno.serve({
+    this.#inject = opts.shim.interposerActive();
+    this.#server = this.#serve();
+    this.#listenerFd = this.#register();
+    if (this.#listenerFd !== null && fault("https-accept")) {
+      this.#shim.injectFailNext(this.#listenerFd);
+    }
+  }
+
+  /** A new internal server, watched: should it stop while this site is not
+   * stopping (Deno.serve ends on any accept error it meets), the site says
+   * so and starts a new one. */
+  #serve(): Deno.HttpServer<Deno.NetAddr> {
+    const server = Deno.serve({
       hostname: "127.0.0.1",
       port: 0,
-      cert: opts.cert,
-      key: opts.key,
+      cert: this.#opts.cert,
+      key: this.#opts.key,
       onListen: () => {},
       onError: (e) => {
         this.#log.error("https-handler-error", { error: String(e) });
@@ -124,17 +169,67 @@ export class HttpsFrontend {
         return new Response("internal error\n", { status: 500 });
       },
     }, (req, info) => this.#request(req, info));
-    if (this.#shim.interposerActive()) {
-      this.#listenerFd = this.#shim.injectRegister(this.port);
+    server.finished.then(() => this.#stopped(server, null), (e) => this.#stopped(server, e));
+    return server;
+  }
+
+  /** Makes the server's listener take injected connections; null when the
+   * shim is not preloaded (bridge mode). */
+  #register(): number | null {
+    if (this.#inject) {
+      const fd = this.#shim.injectRegister(this.port);
       this.#log.info("https-ready", { delivery: "inject", internal_port: this.port });
-    } else {
-      this.#listenerFd = null;
-      this.#log.warn("https-bridge-fallback", {
-        message: "the accept4 interposer is not preloaded (start with `deno task start`); " +
-          "HTTPS connections are bridged through a loopback copy, slower than injection",
-      });
-      this.#log.info("https-ready", { delivery: "bridge", internal_port: this.port });
+      return fd;
     }
+    this.#log.warn("https-bridge-fallback", {
+      message: "the accept4 interposer is not preloaded (start with `deno task start`); " +
+        "HTTPS connections are bridged through a loopback copy, slower than injection",
+    });
+    this.#log.info("https-ready", { delivery: "bridge", internal_port: this.port });
+    return null;
+  }
+
+  /** The internal server stopped. Unless the site is stopping, that is an
+   * outage: said, counted, and the site starts a new server (every second
+   * until one starts; /healthz says the site is down meanwhile). */
+  #stopped(server: Deno.HttpServer<Deno.NetAddr>, error: unknown): void {
+    if (this.#stopping || server !== this.#server) return;
+    this.#down = error === null ? "stopped" : String(error);
+    this.#opts.metrics.inc("portmux_https_site_down_total", { site: this.#opts.site });
+    this.#log.error("https-site-down", { site: this.#opts.site, error: this.#down });
+    if (this.#listenerFd !== null) { // its listener is closed: nothing is queued there any more
+      const dropped = this.#shim.injectUnregister(this.#listenerFd);
+      if (dropped) {
+        this.#log.warn("https-queue-dropped", { site: this.#opts.site, connections: dropped });
+      }
+      this.#listenerFd = null;
+    }
+    this.#restart();
+  }
+
+  #restart(): void {
+    if (this.#stopping) return;
+    try {
+      if (fault("https-restart")) throw new Error("test fault: https-restart");
+      this.#server = this.#serve();
+      this.#listenerFd = this.#register();
+    } catch (e) {
+      this.#log.error("https-site-restart-failed", { site: this.#opts.site, error: String(e) });
+      this.#retry = setTimeout(() => this.#restart(), RESTART_RETRY_MS);
+      return;
+    }
+    this.#down = null;
+    this.#log.info("https-site-up", { site: this.#opts.site, internal_port: this.port });
+    this.#opts.restarted();
+  }
+
+  /** Why the site cannot accept now, or null when it can. */
+  get down(): string | null {
+    return this.#down;
+  }
+
+  get site(): string {
+    return this.#opts.site;
   }
 
   /** One request. The handler sees the real client; the response gets HSTS,
@@ -146,16 +241,34 @@ export class HttpsFrontend {
       ? null
       : this.#facts(info.remoteAddr);
     if (facts === undefined) return new Response("connect through portmux\n", { status: 403 });
-    const response = await this.#opts.handler.fetch(
-      req,
-      facts
-        ? {
-          remoteAddr: { transport: "tcp", hostname: facts.client.address, port: facts.client.port },
-          completed: info.completed,
-        }
-        : info,
-    );
+    const response = await this.#opts.handler.fetch(req, this.#handlerInfo(info, facts));
     return this.#answered(req, response, facts);
+  }
+
+  /** Deno's info, with the real client and the address it connected to
+   * when portmux knows them (Deno's getters stay lazy otherwise). */
+  #handlerInfo(
+    info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+    facts: PeerFacts | null,
+  ): HttpsHandlerInfo {
+    const internalAuthority = `localhost:${this.port}`; // Deno.serve's, for a missing Host
+    if (!facts) {
+      return {
+        get remoteAddr() {
+          return info.remoteAddr;
+        },
+        get completed() {
+          return info.completed;
+        },
+        internalAuthority,
+      };
+    }
+    return {
+      remoteAddr: tcp(facts.client),
+      completed: info.completed,
+      ...(facts.local ? { localAddr: tcp(facts.local) } : {}),
+      internalAuthority,
+    };
   }
 
   #answered(req: Request, response: Response, facts: PeerFacts | null): Response {
@@ -198,7 +311,7 @@ export class HttpsFrontend {
   }
 
   get mode(): HttpsMode {
-    return this.#listenerFd === null ? "bridge" : "inject";
+    return this.#inject ? "inject" : "bridge";
   }
 
   /** The internal listener's fd, where connections are injected (null in
@@ -220,14 +333,24 @@ export class HttpsFrontend {
       return remote.hostname === "127.0.0.1" ? this.#bridged.get(remote.port) : undefined;
     }
     return this.#peers.get(peerKey(remote)) ??
-      { client: displayAddress(remote), version: "HTTP/1.1" };
+      { client: displayAddress(remote), local: null, version: "HTTP/1.1" };
   }
 
   /** Hands a classified TLS connection to the internal server. The frontend
    * owns conn from here on, in success and failure (errors are thrown after
-   * the connection was closed). */
-  take(conn: ClientSocket, client: Address, alpn: readonly string[]): void {
-    const facts: PeerFacts = { client, version: versionFor(alpn) };
+   * the connection was closed). local: the address the client connected to
+   * (the socket's own unless given: a PROXY header's destination). */
+  take(
+    conn: ClientSocket,
+    client: Address,
+    alpn: readonly string[],
+    local: Address = displayAddress(conn.localAddr),
+  ): void {
+    if (this.#down !== null) {
+      conn.close();
+      throw new Error(`HTTPS site ${this.#opts.site} is down (${this.#down})`);
+    }
+    const facts: PeerFacts = { client, local, version: versionFor(alpn) };
     if (this.#listenerFd === null) {
       const bridge = this.#bridge(conn, facts);
       this.#bridges.add(bridge);
@@ -282,6 +405,7 @@ export class HttpsFrontend {
   }
 
   async #stop(): Promise<void> {
+    clearTimeout(this.#retry);
     if (this.#listenerFd !== null) {
       const dropped = this.#shim.injectUnregister(this.#listenerFd);
       if (dropped) this.#log.warn("https-queue-dropped", { connections: dropped });

@@ -60,6 +60,7 @@ export async function readHttps(config: Config): Promise<HttpsMaterial | null> {
       hsts,
       proxy?.upstream.href,
       proxy?.timeoutMs,
+      proxy?.trustedForwarders.map((c) => c.text),
       config.https.static,
     ]),
   };
@@ -73,17 +74,27 @@ export function pickSite(sites: readonly { names: readonly NamePattern[] }[], sn
   return Math.max(i, 0);
 }
 
+/** How logs and /healthz name a site: its first name, else its place. */
+function siteName(names: readonly NamePattern[], index: number): string {
+  const first = names[0];
+  if (!first) return index === 0 ? "default" : `#${index}`;
+  return "exact" in first ? first.exact : `*${first.suffix}`;
+}
+
 export class HttpsSites {
   private constructor(
     readonly madeFrom: string,
     readonly sites: readonly { names: readonly NamePattern[]; frontend: HttpsFrontend }[],
   ) {}
 
+  /** restarted: called when a site's server was started again (its
+   * listener is new: the express lane's table must name it). */
   static async start(
     m: HttpsMaterial,
     shim: Shim,
     log: Logger,
     metrics: Metrics,
+    restarted: () => void,
   ): Promise<HttpsSites> {
     const accessLog = m.accessLog ? new AccessLog(m.accessLog) : null;
     let first: HttpsFrontend | null = null;
@@ -94,9 +105,11 @@ export class HttpsSites {
       : m.static
       ? staticFilesHandler(m.static)
       : statusPageHandler(() => first?.mode ?? "inject");
-    const sites = m.certificates.map(({ names, cert, key }) => ({
+    const sites = m.certificates.map(({ names, cert, key }, i) => ({
       names,
       frontend: HttpsFrontend.start({
+        site: siteName(names, i),
+        restarted,
         cert,
         key,
         handler,
@@ -119,6 +132,12 @@ export class HttpsSites {
   /** The sites as the express lane sees them (src/express_lane.ts). */
   get laneSites(): LaneSite[] {
     return this.sites.map((s) => ({ listenerFd: s.frontend.listenerFd, names: s.names }));
+  }
+
+  /** The sites that cannot accept now (their server stopped, and is not
+   * started again yet). */
+  get down(): string[] {
+    return this.sites.filter((s) => s.frontend.down).map((s) => s.frontend.site);
   }
 
   get mode(): string {

@@ -57,6 +57,13 @@ export function isStrictIpv6(s: string): boolean {
   return ipv6Bytes(s) !== null && (!tail.includes(".") || isCanonicalIpv4(tail));
 }
 
+/** 127.0.0.0/8 and ::1 (IPv4-mapped loopback included): only this host. */
+export function isLoopback(address: string): boolean {
+  const b = ipBytes(address);
+  if (!b) return false;
+  return b.length === 4 ? b[0] === 127 : b.every((v, i) => v === (i === 15 ? 1 : 0));
+}
+
 /** The bytes of an IP address; IPv4-mapped IPv6 is turned into IPv4. */
 export function ipBytes(address: string): Uint8Array | null {
   const v4 = ipv4Bytes(address);

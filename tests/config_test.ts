@@ -71,7 +71,7 @@ Deno.test("config/example.yaml documents a config that loads", async () => {
   assert.equal(c.drainTimeoutMs, 10000);
   assert.equal(c.https.hsts, "max-age=31536000; includeSubDomains");
   assert.equal(c.https.accessLog, "/var/log/portmux/access.log");
-  assert.deepEqual(c.admin, { address: "127.0.0.1", port: 9090 });
+  assert.deepEqual(c.admin, { address: "127.0.0.1", port: 9090, token: null });
   assert.equal(c.services.get("vpn")?.uid, 998);
   assert.equal(c.services.get("echo")?.builtin, "echo");
   assert.deepEqual(c.listen.map((l) => l.address), ["0.0.0.0", "::1"]);

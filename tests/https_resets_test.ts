@@ -79,3 +79,42 @@ routes: [{ name: web, match: { protocol: tls }, action: https }]
     }
   });
 }
+
+Deno.test("an internal server that stops is said, counted and started again; /healthz names the site while it is down", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-site-down-" });
+  const admin = freePort();
+  const d = await startDaemon({
+    dataDir: dir,
+    // The site's first accept fails (Deno.serve stops for good on it), and
+    // so does its first start again: it stays down for a second.
+    env: { PORTMUX_TEST_FAULTS: "https-accept,https-restart" },
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+tls: { self_signed: true }
+admin: { port: ${admin} }
+routes: [{ name: web, match: { protocol: tls }, action: https }]
+`,
+  });
+  const health = async () => {
+    const r = await fetch(`http://127.0.0.1:${admin}/healthz`);
+    return `${r.status} ${(await r.text()).trim()}`;
+  };
+  try {
+    await d.waitFor((l) => l.event === "admin");
+    assert.equal(await health(), "200 ok");
+    await httpsAnswers(d.port); // meets the fault: its server stops
+    const down = await d.waitFor((l) => l.event === "https-site-down");
+    assert.equal(down.site, "default");
+    assert.match(String(down.error), /ConnectionAborted|abort/i);
+    await d.waitFor((l) => l.event === "https-site-restart-failed");
+    assert.equal(await health(), "503 https site default down");
+    await d.waitFor((l) => l.event === "https-site-up", 5000);
+    assert.equal(await health(), "200 ok");
+    for (let i = 0; i < 3; i++) assert.equal(await httpsAnswers(d.port), "200");
+    const metrics = await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text();
+    assert.match(metrics, /^portmux_https_site_down_total\{site="default"\} 1$/m);
+    assert.deepEqual(d.logs.filter((l) => l.event === "uncaught-error"), []);
+  } finally {
+    await d.stop();
+  }
+});

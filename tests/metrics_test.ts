@@ -94,3 +94,47 @@ Deno.test("label values are escaped as the Prometheus text format asks, and a se
   assert.ok(text.includes('t_total{route="web",outcome="https"} 4\n'), text);
   assert.equal(m.snapshot()["t_total"], undefined); // only labelled series
 });
+
+Deno.test("the admin listener answers GET and HEAD only, and off loopback only with its token", async () => {
+  const config = (admin: string) => `
+listen: [{ address: 127.0.0.1, port: 0 }]
+admin: ${admin}
+routes: [{ name: none, match: { prefix: X }, action: close }]
+`;
+  // Off loopback without a token: refused at load, naming the field.
+  const dir = await Deno.makeTempDir({ prefix: "portmux-admin-" });
+  await Deno.writeTextFile(`${dir}/bad.yaml`, config("{ address: 0.0.0.0, port: 9 }"));
+  const check = await run(Deno.execPath(), [
+    "run",
+    "-A",
+    new URL("../src/main.ts", import.meta.url).pathname,
+    "check",
+    "--config",
+    `${dir}/bad.yaml`,
+  ]);
+  assert.equal(check.code, 2, check.stdout + check.stderr);
+  assert.match(check.stderr + check.stdout, /admin\.token.*required.*not loopback/);
+
+  const token = "s3cret-token-0123456789";
+  const d = await startDaemon({ config: config(`{ address: 0.0.0.0, port: 0, token: ${token} }`) });
+  try {
+    const exposed = await d.waitFor((l) => l.event === "admin-exposed");
+    assert.equal(exposed.level, "warn");
+    const port = String((await d.waitFor((l) => l.event === "admin")).address).split(":").pop();
+    const ask = async (method: string, auth: string | null, path = "/healthz") => {
+      const headers: Record<string, string> = auth ? { authorization: auth } : {};
+      const r = await fetch(`http://127.0.0.1:${port}${path}`, { method, headers });
+      await r.body?.cancel();
+      return r.status;
+    };
+    assert.equal(await ask("GET", null), 401);
+    assert.equal(await ask("GET", null, "/metrics"), 401);
+    assert.equal(await ask("GET", "Bearer wrong-token-0123456789"), 401);
+    assert.equal(await ask("GET", `Bearer ${token}`), 200);
+    assert.equal(await ask("HEAD", `Bearer ${token}`, "/metrics"), 200);
+    assert.equal(await ask("POST", `Bearer ${token}`), 405);
+    assert.equal(await ask("DELETE", null, "/metrics"), 405);
+  } finally {
+    await d.stop();
+  }
+});

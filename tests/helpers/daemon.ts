@@ -24,6 +24,8 @@ export interface DaemonOptions {
   readonly args?: string[];
   /** A hard limit of open files (`ulimit -n`) the daemon cannot raise. */
   readonly openFiles?: number;
+  /** More environment for the daemon (e.g. PORTMUX_TEST_FAULTS). */
+  readonly env?: Record<string, string>;
 }
 
 export class TestDaemon {
@@ -137,7 +139,7 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<TestDaemon>
   const child = new Deno.Command(program!, {
     args: programArgs,
     cwd: ROOT,
-    env: { PORTMUX_DATA_DIR: dataDir },
+    env: { PORTMUX_DATA_DIR: dataDir, ...opts.env },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
