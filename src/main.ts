@@ -66,6 +66,9 @@ function watchHttpsFiles(config: Config, reload: (why: string) => void): void {
   })().catch(() => {/* a watched folder went away: SIGHUP still works */});
 }
 
+/** Stop signals this close together are one request to stop. */
+const DUPLICATE_STOP_MS = 1000;
+
 async function main(): Promise<void> {
   const command = parseCommand(Deno.args, env);
   switch (command.kind) {
@@ -120,14 +123,19 @@ async function main(): Promise<void> {
     survive(e.reason);
   });
 
-  // The first signal stops gracefully; a second one stops at once.
-  let stopping = false;
+  // The first SIGINT or SIGTERM stops gracefully. The same request often
+  // comes more than once: Ctrl-C reaches every process of the terminal's
+  // group and the launcher passes it on too, and systemd may signal every
+  // process of the unit. What comes within DUPLICATE_STOP_MS of the first
+  // is that same request; a later one (a second Ctrl-C) stops at once.
+  let stoppingAt: number | null = null;
   const stop = async (signal: string) => {
-    if (stopping) {
+    if (stoppingAt !== null) {
+      if (performance.now() - stoppingAt < DUPLICATE_STOP_MS) return;
       log.warn("stopping-now", { signal });
       Deno.exit(1);
     }
-    stopping = true;
+    stoppingAt = performance.now();
     log.info("stopping", { signal, drain_timeout_ms: config.drainTimeoutMs });
     await daemon.stop();
     Deno.exit(0);
@@ -139,7 +147,7 @@ async function main(): Promise<void> {
   let reloading = Promise.resolve();
   const reload = (why: string) => {
     reloading = reloading.then(async () => {
-      if (stopping) return;
+      if (stoppingAt !== null) return;
       try {
         log.info("reloading", { why });
         await daemon.reload(await loadConfig(command.config));

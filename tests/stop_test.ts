@@ -70,3 +70,49 @@ Deno.test("SIGTERM: a request slower than the drain timeout does not hold the st
   assert.equal(d.logs.find((l) => l.event === "drain-timeout")?.drain_timeout_ms, 800);
   await request;
 });
+
+/** Signals every process of the daemon's group, as a terminal's Ctrl-C
+ * (SIGINT) or systemd's default KillMode=control-group (SIGTERM) does:
+ * each worker gets it directly, and again from the launcher. */
+function signalGroup(d: { launcherPid: number }, signal: Deno.Signal): void {
+  Deno.kill(-d.launcherPid, signal);
+}
+
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  Deno.test(`${signal} to the whole process group: one request to stop, and a request in flight finishes`, async () => {
+    const d = await startDaemon({
+      config: config(await slowHandler(1500), 10_000),
+      workers: 2,
+      ownGroup: true,
+    });
+    await d.waitFor(() => d.logs.filter((l) => l.event === "started").length === 2);
+    const request = curl(d.port);
+    await d.waitFor((l) => l.event === "connection" && l.outcome === "https");
+    signalGroup(d, signal);
+    const answer = await request;
+    assert.equal(new TextDecoder().decode(answer.stdout), "finally\n 200");
+    const status = await d.stop();
+    assert.equal(status.code, 0);
+    assert.equal(d.logs.filter((l) => l.event === "stopping").length, 2, "once per worker");
+    assert.deepEqual(d.logs.filter((l) => l.event === "stopping-now"), []);
+  });
+}
+
+Deno.test("a second Ctrl-C a moment later stops at once", async () => {
+  const d = await startDaemon({
+    config: config(await slowHandler(15_000), 20_000),
+    ownGroup: true,
+  });
+  const request = curl(d.port);
+  await d.waitFor((l) => l.event === "connection" && l.outcome === "https");
+  signalGroup(d, "SIGINT");
+  await d.waitFor((l) => l.event === "stopping");
+  await new Promise((r) => setTimeout(r, 1500));
+  const t0 = performance.now();
+  signalGroup(d, "SIGINT");
+  const status = await d.stop();
+  assert.ok(performance.now() - t0 < 3000, "it did not wait for the 15 s request");
+  assert.equal(status.code, 1);
+  assert.equal((await d.waitFor((l) => l.event === "stopping-now")).signal, "SIGINT");
+  await request;
+});

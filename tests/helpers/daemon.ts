@@ -26,6 +26,9 @@ export interface DaemonOptions {
   readonly openFiles?: number;
   /** More environment for the daemon (e.g. PORTMUX_TEST_FAULTS). */
   readonly env?: Record<string, string>;
+  /** Its own process group (setsid), which a test may signal as a whole,
+   * as a terminal's Ctrl-C or systemd does (the group's id is launcherPid). */
+  readonly ownGroup?: boolean;
 }
 
 export class TestDaemon {
@@ -133,9 +136,10 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<TestDaemon>
     ...(opts.viaTask ? ["task", "start"] : ["run", "-A", join(ROOT, entry)]),
     ...args,
   ];
-  const [program, ...programArgs] = opts.openFiles === undefined
+  const limited = opts.openFiles === undefined
     ? command
     : ["bash", "-c", `ulimit -n ${opts.openFiles} && exec "$0" "$@"`, ...command];
+  const [program, ...programArgs] = opts.ownGroup ? ["setsid", ...limited] : limited;
   const child = new Deno.Command(program!, {
     args: programArgs,
     cwd: ROOT,
