@@ -315,8 +315,20 @@ PM_EXPORT int pm_channel_send(int chan, int fd, const uint8_t *payload, int len)
   return n < 0 ? -errno : (int)n;
 }
 
-/* Listens on a Unix stream socket at path (replacing a stale socket file),
- * mode 0600 so that only our user can connect. Returns the fd. */
+/* 1 when something accepts connections at the Unix socket path sa (a live
+ * service), 0 when nothing does (a stale file), -errno when we cannot tell. */
+static int unix_socket_live(const struct sockaddr_un *sa) {
+  int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (s < 0) return -errno;
+  int r = connect(s, (const struct sockaddr *)sa, sizeof *sa) == 0 ? 1 : -errno;
+  close(s);
+  if (r == -EAGAIN) return 1; /* its backlog is full: alive */
+  return r == -ECONNREFUSED ? 0 : r;
+}
+
+/* Listens on a Unix stream socket at path, mode 0600 so that only our user
+ * can connect. A stale socket file is replaced; a socket something answers
+ * on is not taken from its service: -EADDRINUSE. Returns the fd. */
 PM_EXPORT int pm_unix_listen(const char *path, int backlog) {
   struct sockaddr_un sa = {.sun_family = AF_UNIX};
   if (strlen(path) >= sizeof sa.sun_path) return -ENAMETOOLONG;
@@ -324,6 +336,8 @@ PM_EXPORT int pm_unix_listen(const char *path, int backlog) {
   struct stat st;
   if (lstat(path, &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) return -EEXIST;
+    int live = unix_socket_live(&sa);
+    if (live != 0) return live > 0 ? -EADDRINUSE : live;
     unlink(path);
   }
   int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);

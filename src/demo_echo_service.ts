@@ -18,17 +18,28 @@ if (!path) {
   Deno.exit(2);
 }
 
-// Run by portmux, which holds our stdin open: when it goes away, so do we.
-if (Deno.args.includes("--exit-with-stdin")) {
-  (async () => {
-    for await (const _ of Deno.stdin.readable) { /* nothing is sent */ }
-    Deno.exit(0);
-  })();
-}
-
-await serveHandoffs(new Shim(), path, (connection) => {
+const receiver = await serveHandoffs(new Shim(), path, (connection) => {
   const socket = connection.adopt();
   socket.on("error", () => socket.destroy());
   socket.pipe(socket); // echo; ends our side when the client ends its own
 }, { onProblem: (message) => console.error(`echo service: ${message}`) });
+
+// When it stops, the socket file goes with it. Run by portmux, it stops
+// when portmux closes our stdin (or is gone), not on a signal: Ctrl-C
+// reaches our whole process group, and portmux, draining, may still hand
+// us clients.
+const stop = () => {
+  receiver.close(); // removes the socket file at once; the clients go with us
+  Deno.exit(0);
+};
+const byPortmux = Deno.args.includes("--exit-with-stdin");
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  Deno.addSignalListener(signal, byPortmux ? () => {} : stop);
+}
+if (byPortmux) {
+  (async () => {
+    for await (const _ of Deno.stdin.readable) { /* nothing is sent */ }
+    stop();
+  })();
+}
 console.log("ready");

@@ -22,7 +22,7 @@
  * of fds: what cannot be taken is dropped, closed, and told to onProblem.
  */
 import net from "node:net";
-import type { Shim } from "../ffi/shim.ts";
+import { type Shim, ShimError } from "../ffi/shim.ts";
 import { decodeRecord, type HandoffRecord } from "./handoff.ts";
 import { RecordAssembler } from "./handoff_records.ts";
 
@@ -52,25 +52,60 @@ const WAIT_MS = 1000;
 /** How often the shim's problems are told (they are rare). */
 const PROBLEMS_MS = 500;
 
-/** Listens at path (throws ShimError if it cannot) and calls onConnection
- * with each connection handed off there. */
+/** Listens at path and calls onConnection with each connection handed off
+ * there. A stale socket file at path is replaced; one that a running
+ * service answers on is not taken from it (throws). close() removes the
+ * socket file. */
 export async function serveHandoffs(
   shim: Shim,
   path: string,
   onConnection: (connection: ReceivedConnection) => void,
   opts: ReceiverOptions = {},
 ): Promise<HandoffReceiver> {
-  const unixFd = shim.unixListen(path);
+  const unixFd = listenAt(shim, path);
+  const ours = Deno.lstatSync(path).ino;
   const senderUid = opts.senderUid ?? Deno.uid() ?? -1;
   const problem = opts.onProblem ?? (() => {});
+  let receiver: HandoffReceiver;
   try {
-    return shim.interposerActive()
+    receiver = shim.interposerActive()
       ? await acceptInRuntime(shim, unixFd, senderUid, onConnection, problem)
       : readInJavaScript(shim, unixFd, senderUid, onConnection, problem);
   } catch (e) {
     shim.close(unixFd);
+    removeIfOurs(path, ours);
     throw e;
   }
+  return {
+    port: receiver.port,
+    close() {
+      removeIfOurs(path, ours); // at once: a caller about to exit need not wait
+      return receiver.close();
+    },
+  };
+}
+
+function listenAt(shim: Shim, path: string): number {
+  try {
+    return shim.unixListen(path);
+  } catch (e) {
+    if (e instanceof ShimError && e.code === "EADDRINUSE") {
+      throw new Error(
+        `${path}: another service is receiving there (stop it, or choose another path)`,
+      );
+    }
+    if (e instanceof ShimError && e.code === "EEXIST") {
+      throw new Error(`${path}: exists and is not a socket`);
+    }
+    throw e;
+  }
+}
+
+/** Removes the socket file at path unless it is another's by now. */
+function removeIfOurs(path: string, ino: number | null): void {
+  try {
+    if (Deno.lstatSync(path).ino === ino) Deno.removeSync(path);
+  } catch { /* gone already */ }
 }
 
 /** The preloaded way: a private server whose accept the shim feeds. */

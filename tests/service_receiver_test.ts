@@ -215,3 +215,46 @@ Deno.test("the preloaded receiver refuses a channel from another uid, and its pr
     await svc.stop();
   }
 });
+
+Deno.test("a receiver never takes the socket path of a running one, replaces a stale file, and removes its own on close", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-steal-" });
+  const path = join(dir, "svc.sock");
+  const first = await startService(path);
+  try {
+    const second = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("./fixtures/receiver_service.ts", import.meta.url).pathname,
+        path,
+      ],
+      env: { LD_PRELOAD: shimPath() },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.notEqual(second.code, 0);
+    assert.match(new TextDecoder().decode(second.stderr), /another service is receiving there/);
+    // The first still receives on its path.
+    const chan = shim.channelOpen(path, me);
+    const c = await client();
+    send(chan, c.fd, recordFor(c.client, "still"));
+    await first.waitFor((e) => (e.record as { route?: string })?.route === "still", "its handoff");
+    c.close();
+    shim.close(chan);
+  } finally {
+    await first.stop();
+  }
+  assert.throws(() => Deno.lstatSync(path), Deno.errors.NotFound, "close removed the socket file");
+  // A socket file nobody listens on any more (a service killed with
+  // SIGKILL leaves one): replaced.
+  const py = await new Deno.Command("python3", {
+    args: [
+      "-c",
+      `import socket; s = socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(path)})`,
+    ],
+  }).output();
+  assert.equal(py.code, 0);
+  assert.ok(Deno.lstatSync(path).isSocket);
+  const third = await startService(path);
+  await third.stop();
+});
