@@ -247,6 +247,69 @@ PM_EXPORT int pm_accept_batch(int listener, uint8_t *out, int max) {
   return n;
 }
 
+/* ---------- listeners held by the supervisor ---------- */
+
+/* A listening TCP socket on host:port (port 0: any), non-blocking and NOT
+ * close-on-exec: the supervisor binds it once and its workers inherit it,
+ * so that it outlives any worker (a worker's death loses nothing queued;
+ * a new generation accepts on the same socket). SO_REUSEADDR as servers
+ * do; no SO_REUSEPORT: the workers share this one socket and its queue.
+ * Returns the fd. */
+PM_EXPORT int pm_tcp_listen(const char *host, int port, int backlog) {
+  int family;
+  uint8_t bytes[16];
+  if (parse_host(host, &family, bytes) < 0 || port < 0 || port > 65535) return -EINVAL;
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  socklen_t sl;
+  if (family == AF_INET) {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    a->sin_family = AF_INET, a->sin_port = htons((uint16_t)port);
+    memcpy(&a->sin_addr, bytes, 4);
+    sl = sizeof *a;
+  } else {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    a->sin6_family = AF_INET6, a->sin6_port = htons((uint16_t)port);
+    memcpy(&a->sin6_addr, bytes, 16);
+    sl = sizeof *a;
+  }
+  int s = socket(family, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  if (s < 0) return -errno;
+  int on = 1, off = 0;
+  setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+  /* "::" serves IPv4 too, as Deno.listen's does. */
+  if (family == AF_INET6) setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
+  if (bind(s, (struct sockaddr *)&ss, sl) < 0 || listen(s, backlog) < 0) {
+    int r = -errno;
+    close(s);
+    return r;
+  }
+  return s;
+}
+
+/* Facts of an fd that may be an inherited listener: out[0] = 1 if it is a
+ * listening TCP socket, out[1] = its port; its address as text in addr
+ * (PM_ADDR_TEXT bytes). 0, or -errno (-ENOTSOCK: not a TCP listener). */
+PM_EXPORT int pm_listener_info(int fd, int32_t *out, char *addr) {
+  int listening = 0, type = 0;
+  socklen_t ol = sizeof listening, tl = sizeof type;
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ol) < 0 ||
+      getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 ||
+      getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+    return -errno;
+  if (type != SOCK_STREAM || (ss.ss_family != AF_INET && ss.ss_family != AF_INET6)) return -ENOTSOCK;
+  out[0] = listening;
+  out[1] = addr_text(&ss, addr);
+  return 0;
+}
+
+/* Makes close-on-exec of fd on or off (a listener passed on to workers). */
+PM_EXPORT int pm_set_cloexec(int fd, int on) {
+  return fcntl(fd, F_SETFD, on ? FD_CLOEXEC : 0) < 0 ? -errno : 0;
+}
+
 /* ---------- sending and receiving fds (SCM_RIGHTS) ---------- */
 
 /* Opens a channel to a service: a non-blocking connection to its Unix
@@ -719,13 +782,10 @@ PM_EXPORT int pm_interposer_active(void) {
   return dlsym(RTLD_DEFAULT, "accept4") == (void *)pm_accept4;
 }
 
-/* The runtime registered the listener in an epoll set with a token of its
- * own (epoll's data). Adds fd to that set under the same token, edge-
- * triggered, so that fd becoming readable reports the listener readable and
- * the runtime calls accept4. The set and token are read from
- * /proc/self/fdinfo. Returns the set, or -1 when the listener was not
- * found. */
-int add_under_token(int listener_fd, int fd) {
+/* The epoll set of the runtime's that watches fd, and fd's entry there
+ * (events and token, epoll's data), read from /proc/self/fdinfo. Returns
+ * the set, or -1 when no set watches fd. */
+static int find_epoll_entry(int fd, struct epoll_event *entry) {
   int sets[64], count;
   pthread_mutex_lock(&epoll_lock);
   rescan_epolls();
@@ -737,20 +797,51 @@ int add_under_token(int listener_fd, int fd) {
     snprintf(path, sizeof path, "/proc/self/fdinfo/%d", sets[k]);
     FILE *f = fopen(path, "re");
     if (!f) continue;
-    int tfd, added = -2;
+    int tfd, found = 0;
     unsigned events;
     unsigned long long data;
-    while (added == -2 && fgets(line, sizeof line, f)) {
-      if (sscanf(line, "tfd: %d events: %x data: %llx", &tfd, &events, &data) != 3 ||
-          tfd != listener_fd)
-        continue;
-      struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.u64 = data};
-      added = epoll_ctl(sets[k], EPOLL_CTL_ADD, fd, &ev) == 0 ? sets[k] : -1;
+    while (!found && fgets(line, sizeof line, f)) {
+      if (sscanf(line, "tfd: %d events: %x data: %llx", &tfd, &events, &data) == 3 && tfd == fd) {
+        entry->events = events, entry->data.u64 = data;
+        found = 1;
+      }
     }
     fclose(f);
-    if (added != -2) return added;
+    if (found) return sets[k];
   }
   return -1;
+}
+
+/* The runtime registered the listener in an epoll set with a token of its
+ * own (epoll's data). Adds fd to that set under the same token, edge-
+ * triggered, so that fd becoming readable reports the listener readable and
+ * the runtime calls accept4. Returns the set, or -1 when the listener was
+ * not found. */
+int add_under_token(int listener_fd, int fd) {
+  struct epoll_event found;
+  int set = find_epoll_entry(listener_fd, &found);
+  if (set < 0) return -1;
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.u64 = found.data.u64};
+  return epoll_ctl(set, EPOLL_CTL_ADD, fd, &ev) == 0 ? set : -1;
+}
+
+/* Makes the runtime's listener runtime_fd (a placeholder made with
+ * Deno.listen) be the socket held_fd (which the supervisor or systemd
+ * holds): held_fd is duplicated onto runtime_fd's number and watched in
+ * the placeholder's stead, with its events and token, so the runtime's
+ * accepts take the held socket's connections. Adding a socket that has
+ * connections queued reports it ready at once: none is missed. The caller
+ * closes held_fd. 0, -ENOENT when no set of the runtime's watches
+ * runtime_fd, or -errno. */
+PM_EXPORT int pm_adopt_listener(int runtime_fd, int held_fd) {
+  int flags = fcntl(held_fd, F_GETFL);
+  if (flags < 0 || fcntl(held_fd, F_SETFL, flags | O_NONBLOCK) < 0) return -errno;
+  struct epoll_event entry;
+  int set = find_epoll_entry(runtime_fd, &entry);
+  if (set < 0) return -ENOENT;
+  if (epoll_ctl(set, EPOLL_CTL_DEL, runtime_fd, NULL) < 0) return -errno;
+  if (dup3(held_fd, runtime_fd, O_CLOEXEC) < 0) return -errno;
+  return epoll_ctl(set, EPOLL_CTL_ADD, runtime_fd, &entry) < 0 ? -errno : 0;
 }
 
 int take_listener_token(int listener_fd, int fd) {

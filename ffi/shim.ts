@@ -70,6 +70,14 @@ const SYMBOLS = {
   pm_inject_push: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_inject_unregister(int listener_fd)
   pm_inject_unregister: { parameters: ["i32"], result: "i32" },
+  // int pm_tcp_listen(char *host, int port, int backlog)
+  pm_tcp_listen: { parameters: ["buffer", "i32", "i32"], result: "i32" },
+  // int pm_listener_info(int fd, int32_t out[2], char addr[PM_ADDR_TEXT])
+  pm_listener_info: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  // int pm_set_cloexec(int fd, int on)
+  pm_set_cloexec: { parameters: ["i32", "i32"], result: "i32" },
+  // int pm_adopt_listener(int runtime_fd, int held_fd)
+  pm_adopt_listener: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_inject_fail_next(int listener_fd, int errno)
   pm_inject_fail_next: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_receiver_open(int port, int unix_fd, int sender_uid)
@@ -377,6 +385,34 @@ export class Shim {
         peer.port,
       ),
     );
+  }
+
+  /** A listening socket on host:port (0: any) that child processes inherit
+   * (not close-on-exec): the supervisor holds it for its workers. */
+  tcpListen(host: string, port: number, backlog = 4096): number {
+    return check("tcp_listen", this.#lib.symbols.pm_tcp_listen(hostCstr(host), port, backlog));
+  }
+
+  /** The address of a TCP listening socket's fd; null for an fd that is
+   * something else. */
+  listenerAddress(fd: number): Endpoint | null {
+    const out = new Int32Array(2);
+    const addr = new Uint8Array(ADDR_TEXT);
+    const rc = this.#lib.symbols.pm_listener_info(fd, out, addr);
+    if (rc === -88 || rc === -9 || (rc === 0 && out[0] !== 1)) return null; // ENOTSOCK, EBADF
+    check("listener_info", rc);
+    return { hostname: cText(addr, 0), port: out[1]! };
+  }
+
+  setCloseOnExec(fd: number, on: boolean): void {
+    check("set_cloexec", this.#lib.symbols.pm_set_cloexec(fd, on ? 1 : 0));
+  }
+
+  /** Makes the runtime's listener with fd runtimeFd (a placeholder from
+   * Deno.listen) accept on the socket heldFd instead (c/portmux_shim.c).
+   * The caller closes heldFd. */
+  adoptListener(runtimeFd: number, heldFd: number): void {
+    check("adopt_listener", this.#lib.symbols.pm_adopt_listener(runtimeFd, heldFd));
   }
 
   /** The fd of our TCP listener at this address (ShimError ENOENT if none). */

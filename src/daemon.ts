@@ -25,6 +25,7 @@ import { Preread } from "./preread.ts";
 import { type BuiltinService, startBuiltinServices } from "./builtin_services.ts";
 import { ExpressLane, type LaneReport } from "./express_lane.ts";
 import { type Health, startAdmin } from "./admin.ts";
+import { inheritedListeners, listenKey } from "./held_listeners.ts";
 
 /** What became of a connection, as the log says it. */
 type Outcome = "handed-off" | "https" | "proxied" | "closed" | "failed";
@@ -45,6 +46,10 @@ interface Relay {
 
 interface ListenerEntry {
   readonly listener: Deno.TcpListener;
+  /** The listener's fd (a held socket's, when adopted). */
+  readonly socket: number;
+  /** Its address, as shown (Deno's own is the placeholder's, when adopted). */
+  readonly address: string;
   listen: Listen;
   /** Its fd, when the shim takes the rest of each burst (see #acceptBurst). */
   fd: number | null;
@@ -100,6 +105,9 @@ export class Daemon {
   /** The express lane (src/express_lane.ts); null when it cannot run. */
   #lane: ExpressLane | null = null;
   #channelCheck: ReturnType<typeof setInterval> | undefined;
+  /** Sockets the supervisor holds for this worker's listeners, by listen
+   * key, until adopted. */
+  readonly #held = inheritedListeners();
 
   private constructor(
     config: Config,
@@ -293,6 +301,10 @@ export class Daemon {
     } catch (e) {
       await daemon.stop();
       throw e;
+    } finally {
+      // The config's listeners took theirs; none is left to keep open.
+      for (const fd of daemon.#held.values()) shim.close(fd);
+      daemon.#held.clear();
     }
     if (config.admin) daemon.#startAdmin(config.admin);
     return daemon;
@@ -310,7 +322,7 @@ export class Daemon {
    * Throws if one cannot open; the others are then as they were. */
   #openListeners(config: Config): void {
     const listen = config.listen;
-    const key = (l: Listen) => `${l.address}|${l.port}`;
+    const key = listenKey;
     const opened: string[] = [];
     try {
       for (const l of listen) {
@@ -319,17 +331,13 @@ export class Daemon {
           entry.listen = l; // proxy_protocol and the lane: #applyExpress
           continue;
         }
-        // Workers share the port: the kernel spreads connections over them.
-        const reusePort = this.#worker !== null;
-        const options = { hostname: l.address, port: l.port, reusePort } as Deno.TcpListenOptions;
-        const listener = Deno.listen(options);
-        const fresh: ListenerEntry = { listener, listen: l, fd: null, lane: null };
+        const fresh: ListenerEntry = { ...this.#listen(l), listen: l, fd: null, lane: null };
         this.#listeners.set(key(l), fresh);
         opened.push(key(l));
-        this.#log.info("listening", { address: addressText(displayAddress(fresh.listener.addr)) });
+        this.#log.info("listening", { address: fresh.address });
         this.#acceptLoop(fresh);
         fresh.lane = this.#laneFor(fresh);
-        if (fresh.lane === null) fresh.fd = this.#burstFd(listener);
+        if (fresh.lane === null) fresh.fd = this.#burstFd(fresh.socket);
       }
     } catch (e) {
       for (const k of opened) this.#closeListener(k);
@@ -342,18 +350,52 @@ export class Daemon {
     }
   }
 
+  /**
+   * A listener for the entry: on the socket the supervisor holds for it
+   * (inherited: src/held_listeners.ts), which a placeholder's runtime
+   * listener adopts, else a socket of its own (several workers without a
+   * supervisor share the port with SO_REUSEPORT).
+   */
+  #listen(l: Listen): Pick<ListenerEntry, "listener" | "socket" | "address"> {
+    const held = this.#held.get(listenKey(l));
+    if (held !== undefined) {
+      this.#held.delete(listenKey(l)); // adopted once: it is the runtime's now
+      const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      try {
+        const socket = this.#shim.listenerFd(listener.addr);
+        const at = this.#shim.listenerAddress(held);
+        this.#shim.adoptListener(socket, held);
+        const address = addressText(displayAddress({ transport: "tcp", ...at! }));
+        return { listener, socket, address };
+      } catch (e) {
+        listener.close();
+        throw e;
+      } finally {
+        this.#shim.close(held);
+      }
+    }
+    const reusePort = this.#worker !== null;
+    const options = { hostname: l.address, port: l.port, reusePort } as Deno.TcpListenOptions;
+    const listener = Deno.listen(options);
+    return {
+      listener,
+      socket: this.#shim.listenerFd(listener.addr),
+      address: addressText(displayAddress(listener.addr)),
+    };
+  }
+
   /** Lets the kernel accept a connection once its first bytes are in: one
    * wake-up and one look per connection instead of two (a client that
    * waits for the server is accepted after about a second). */
   #deferAccept(entry: ListenerEntry, on: boolean): void {
     try {
       this.#shim.deferAccept(
-        entry.fd ?? entry.lane ?? this.#shim.listenerFd(entry.listener.addr),
+        entry.socket,
         on,
       );
     } catch (e) {
       this.#log.warn("defer-accept-off", {
-        address: addressText(displayAddress(entry.listener.addr)),
+        address: entry.address,
         error: String(e),
       });
     }
@@ -375,9 +417,7 @@ export class Daemon {
     try {
       entry.listener.close();
     } catch { /* closed */ }
-    this.#log.info("listener-closed", {
-      address: addressText(displayAddress(entry.listener.addr)),
-    });
+    this.#log.info("listener-closed", { address: entry.address });
   }
 
   /** Hands the listener to the express lane, if it can take it (not behind
@@ -386,12 +426,11 @@ export class Daemon {
   #laneFor(entry: ListenerEntry): number | null {
     if (!this.#lane || entry.listen.proxyProtocol !== null) return null;
     try {
-      const fd = this.#shim.listenerFd(entry.listener.addr);
-      this.#lane.listen(fd);
-      return fd;
+      this.#lane.listen(entry.socket);
+      return entry.socket;
     } catch (e) {
       this.#log.warn("express-lane-off", {
-        address: addressText(displayAddress(entry.listener.addr)),
+        address: entry.address,
         error: String(e),
       });
       return null;
@@ -405,14 +444,8 @@ export class Daemon {
   /** The listener's fd, for the shim to take bursts from; null when it
    * cannot (without the preloaded shim, a socket it accepted could not be
    * handed to Deno.serve or made a TcpConn). */
-  #burstFd(listener: Deno.TcpListener): number | null {
-    if (!this.#shim.interposerActive()) return null;
-    try {
-      return this.#shim.listenerFd(listener.addr);
-    } catch (e) {
-      this.#log.warn("burst-accept-off", { error: String(e) });
-      return null;
-    }
+  #burstFd(socket: number): number | null {
+    return this.#shim.interposerActive() ? socket : null;
   }
 
   async #acceptLoop(entry: ListenerEntry): Promise<void> {
@@ -787,9 +820,7 @@ export class Daemon {
     this.#log.info("reloaded", {
       config: next.source,
       https: old ? "new certificate or handler" : "unchanged",
-      listeners: [...this.#listeners.values()].map((e) =>
-        addressText(displayAddress(e.listener.addr))
-      ),
+      listeners: [...this.#listeners.values()].map((e) => e.address),
     });
   }
 

@@ -8,30 +8,14 @@
  */
 import { dirname } from "node:path";
 import { stringify } from "yaml";
-import {
-  applyEnvironment,
-  type Config,
-  ConfigError,
-  describeConfig,
-  loadConfigFile,
-  parseConfig,
-} from "./config.ts";
+import { type Config, ConfigError, describeConfig } from "./config.ts";
+import { loadConfig } from "./config_file.ts";
 import { parseCommand, USAGE } from "./cli.ts";
 import { Daemon } from "./daemon.ts";
 import { logFormat, Logger } from "./log.ts";
 import denoJson from "../deno.json" with { type: "json" };
 
-const DEFAULT_CONFIG = new URL("../config/default.yaml", import.meta.url);
 const env = (name: string) => Deno.env.get(name);
-
-/** The config file (or the embedded default), environment applied.
- * Throws ConfigError. */
-async function loadConfig(file: string | null): Promise<Config> {
-  const parsed = file
-    ? loadConfigFile(file)
-    : parseConfig(await Deno.readTextFile(DEFAULT_CONFIG), "embedded default config", ".");
-  return applyEnvironment(parsed, env);
-}
 
 /** loadConfig, or exit 2 with one line on a mistake. */
 async function readConfig(file: string | null): Promise<Config> {

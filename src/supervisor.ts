@@ -11,10 +11,21 @@
  *                  listener on its port + i. A worker that dies is started
  *                  again; one that cannot start stops them all.
  *
+ * The listening sockets are held here, not in the workers
+ * (src/held_listeners.ts): systemd's when it passes them (socket
+ * activation), else bound here; every worker accepts on them.
+ *
  * Signals are passed on to every worker; resolves with the exit code.
  */
+import { Shim } from "../ffi/shim.ts";
+import { parseCommand } from "./cli.ts";
+import { ConfigError } from "./config.ts";
+import { loadConfig } from "./config_file.ts";
+import { logFormat, Logger } from "./log.ts";
+import { type HeldListener, holdListeners, LISTENERS_ENV } from "./held_listeners.ts";
 
 const STARTUP_MS = 5000; // a start-up error shows within this
+const RESTART_MS = 1000; // a worker that died is started again after this
 
 export interface SuperviseOptions {
   /** The shim library to preload. */
@@ -56,7 +67,17 @@ export async function supervise(opts: SuperviseOptions): Promise<number> {
   const oneShot = rest[0] === "check" || rest.includes("--help") || rest.includes("-h") ||
     rest.includes("--version");
   const workers = oneShot ? 1 : taken.workers;
+  let held: HeldListener[] = [];
+  if (!oneShot) {
+    try {
+      held = await holdFor(rest, opts.shim);
+    } catch (e) {
+      console.error(`portmux: cannot start: ${(e as Error).message}`);
+      return 1;
+    }
+  }
   const preload = [opts.shim, Deno.env.get("LD_PRELOAD")].filter(Boolean).join(":");
+  const log = new Logger("info", logFormat(), { supervisor: Deno.pid });
   const children = new Map<number, Deno.ChildProcess>();
   let stopping = false;
 
@@ -77,6 +98,7 @@ export async function supervise(opts: SuperviseOptions): Promise<number> {
         ...opts.env,
         LD_PRELOAD: preload,
         ...(workers > 1 ? { PORTMUX_WORKER: `${index}/${workers}` } : {}),
+        ...(held.length ? { [LISTENERS_ENV]: JSON.stringify(held) } : {}),
       },
       stdin: "inherit",
     }).spawn();
@@ -92,8 +114,16 @@ export async function supervise(opts: SuperviseOptions): Promise<number> {
         if (couldNotStart && !stopping && workers > 1) stopAll("SIGTERM");
         return status.code;
       }
-      console.error(`portmux: worker ${index} exited (code ${status.code}); starting it again`);
-      await new Promise((r) => setTimeout(r, 1000));
+      // The others go on accepting on the held sockets meanwhile: only what
+      // was inside this worker is lost.
+      log.error("worker-exited", {
+        worker: index,
+        pid: child.pid,
+        code: status.code,
+        signal: status.signal,
+        restart_in_ms: RESTART_MS,
+      });
+      await new Promise((r) => setTimeout(r, RESTART_MS));
       return stopping ? status.code : start(index);
     });
   };
@@ -110,4 +140,19 @@ export async function supervise(opts: SuperviseOptions): Promise<number> {
   }
   const codes = await Promise.all(Array.from({ length: workers }, (_, i) => start(i)));
   return Math.max(...codes);
+}
+
+/** Holds the listening sockets of the config the workers will read; none
+ * when that config cannot be read (the workers say why, and exit 2). */
+async function holdFor(args: readonly string[], shimPath: string): Promise<HeldListener[]> {
+  const command = parseCommand(args, (n) => Deno.env.get(n));
+  if (command.kind !== "run") return [];
+  let listen;
+  try {
+    listen = (await loadConfig(command.config)).listen;
+  } catch (e) {
+    if (e instanceof ConfigError) return [];
+    throw e;
+  }
+  return holdListeners(new Shim(shimPath), listen).held;
 }

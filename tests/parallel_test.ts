@@ -67,3 +67,51 @@ routes:
     assert.equal(status.code, 0);
   }
 });
+
+Deno.test("a worker that stops, then is killed, loses nothing queued: the other worker serves every connection, and the crash is logged", async () => {
+  const port = freePort();
+  const d = await startDaemon({
+    workers: 2,
+    config: `
+listen: [{ address: 127.0.0.1, port: ${port} }]
+tls: { self_signed: true }
+routes: [{ name: web, match: { protocol: tls }, action: https }]
+`,
+  });
+  try {
+    await d.waitFor(() => d.logs.filter((l) => l.event === "started").length === 2);
+    const victim = d.logs.find((l) => l.event === "started" && l.worker === 1)!.pid as number;
+    Deno.kill(victim, "SIGSTOP");
+    // 40 clients while worker 1 cannot accept: with a socket per worker,
+    // about half would wait in its queue, and die with it.
+    const answers = Promise.all(Array.from({ length: 40 }, () =>
+      run("curl", [
+        "-sk",
+        "--max-time",
+        "20",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        `https://127.0.0.1:${port}/`,
+      ]).then((r) => r.stdout)));
+    await new Promise((r) => setTimeout(r, 1000));
+    Deno.kill(victim, "SIGKILL");
+    assert.deepEqual(await answers, Array(40).fill("200"));
+    const crash = await d.waitFor((l) => l.event === "worker-exited");
+    assert.deepEqual([crash.worker, crash.pid, crash.signal], [1, victim, "SIGKILL"]);
+    // Started again, it serves too.
+    await d.waitFor(() => d.logs.filter((l) => l.event === "started").length === 3);
+    const again = await run("curl", [
+      "-sk",
+      "-o",
+      "/dev/null",
+      "-w",
+      "%{http_code}",
+      `https://127.0.0.1:${port}/`,
+    ]);
+    assert.equal(again.stdout, "200");
+  } finally {
+    await d.stop();
+  }
+});
