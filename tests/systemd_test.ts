@@ -31,6 +31,7 @@ Deno.test({
     assert.deepEqual(files.map((f) => basename(f)).sort(), [
       "portmux-echo-example.service",
       "portmux.service",
+      "portmux.socket",
     ]);
     const ok = await run("systemd-analyze", ["verify", "--man=no", ...files]);
     assert.equal(ok.code, 0, ok.stderr);
@@ -46,11 +47,16 @@ Deno.test({
   },
 });
 
-Deno.test("the daemon unit binds 443 the way the README says: ambient capability, own user, no root", async () => {
+Deno.test("the daemon unit gets 443 from its socket unit: no capability, own user, no root", async () => {
   const unit = await Deno.readTextFile(join(UNITS, "portmux.service"));
+  const socket = await Deno.readTextFile(join(UNITS, "portmux.socket"));
+  assert.match(socket, /^ListenStream=0\.0\.0\.0:443$/m);
+  assert.doesNotMatch(socket, /^Accept=yes/m);
+  assert.match(unit, /^Requires=portmux\.socket$/m);
   assert.match(unit, /^User=portmux$/m);
-  assert.match(unit, /^AmbientCapabilities=CAP_NET_BIND_SERVICE$/m);
-  assert.match(unit, /^CapabilityBoundingSet=CAP_NET_BIND_SERVICE$/m);
+  assert.doesNotMatch(unit, /^AmbientCapabilities=/m);
+  assert.match(unit, /^CapabilityBoundingSet=$/m);
+  assert.match(unit, /^KillMode=mixed$/m);
   assert.match(unit, /^NoNewPrivileges=yes$/m);
   assert.match(unit, /^Restart=on-failure$/m);
   assert.match(unit, /^ExecReload=\/bin\/kill -HUP \$MAINPID$/m);
