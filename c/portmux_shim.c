@@ -22,6 +22,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -32,6 +33,7 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -249,12 +251,12 @@ PM_EXPORT int pm_accept_batch(int listener, uint8_t *out, int max) {
 
 /* ---------- listeners held by the supervisor ---------- */
 
-/* A listening TCP socket on host:port (port 0: any), non-blocking and NOT
- * close-on-exec: the supervisor binds it once and its workers inherit it,
- * so that it outlives any worker (a worker's death loses nothing queued;
- * a new generation accepts on the same socket). SO_REUSEADDR as servers
- * do; no SO_REUSEPORT: the workers share this one socket and its queue.
- * Returns the fd. */
+/* A listening TCP socket on host:port (port 0: any), non-blocking and
+ * close-on-exec: the supervisor binds it once and its workers inherit it
+ * (it clears close-on-exec just for their start), so that it outlives any
+ * worker (a worker's death loses nothing queued; a new generation accepts
+ * on the same socket). SO_REUSEADDR as servers do; no SO_REUSEPORT: the
+ * workers share this one socket and its queue. Returns the fd. */
 PM_EXPORT int pm_tcp_listen(const char *host, int port, int backlog) {
   int family;
   uint8_t bytes[16];
@@ -273,7 +275,7 @@ PM_EXPORT int pm_tcp_listen(const char *host, int port, int backlog) {
     memcpy(&a->sin6_addr, bytes, 16);
     sl = sizeof *a;
   }
-  int s = socket(family, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  int s = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (s < 0) return -errno;
   int on = 1, off = 0;
   setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
@@ -376,6 +378,15 @@ PM_EXPORT int pm_channel_send(int chan, int fd, const uint8_t *payload, int len)
   }
   ssize_t n = sendmsg(chan, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
   return n < 0 ? -errno : (int)n;
+}
+
+/* What a channel's service has not read yet (SIOCOUTQ), or -errno. Linux
+ * counts the memory of the unread messages, not their bytes: a record of up
+ * to 192 bytes costs 768. A count that does not go down is a stalled
+ * service (src/service_channels.ts). */
+PM_EXPORT int pm_unread(int chan) {
+  int n = 0;
+  return ioctl(chan, SIOCOUTQ, &n) < 0 ? -errno : n;
 }
 
 /* 1 when something accepts connections at the Unix socket path sa (a live

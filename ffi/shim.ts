@@ -23,6 +23,8 @@ const SYMBOLS = {
   pm_channel_open: { parameters: ["buffer", "i32", "i32", "i32"], result: "i32" },
   // int pm_channel_send(int chan, int fd, uint8_t *payload, int len)
   pm_channel_send: { parameters: ["i32", "i32", "buffer", "i32"], result: "i32" },
+  // int pm_unread(int chan)
+  pm_unread: { parameters: ["i32"], result: "i32" },
   // int pm_channel_recv(int sock, uint8_t *buf, int len, int32_t *fds, int max_fds, int32_t *info)
   pm_channel_recv: {
     parameters: ["i32", "buffer", "i32", "buffer", "i32", "buffer"],
@@ -455,6 +457,12 @@ export class Shim {
   channelSend(chan: number, fd: number, payload: Uint8Array<ArrayBuffer>): number {
     const n = this.#lib.symbols.pm_channel_send(chan, fd, payload, payload.length);
     return n === -11 ? 0 : check("channel_send", n);
+  }
+
+  /** What the channel's peer has not read yet (SIOCOUTQ): the kernel's
+   * memory for the unread messages (768 for a record up to 192 bytes). */
+  unread(chan: number): number {
+    return check("unread", this.#lib.symbols.pm_unread(chan));
   }
 
   /** Receives what is there without waiting; null if nothing is. count 0

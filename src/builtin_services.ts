@@ -13,13 +13,19 @@ export interface BuiltinService {
 const ECHO_SERVICE = new URL("./demo_echo_service.ts", import.meta.url).pathname;
 const READY_TIMEOUT_MS = 15_000;
 
-export async function startBuiltinServices(config: Config, log: Logger): Promise<BuiltinService[]> {
+/** env: for the services' processes (the shim to preload; PORTMUX_SELF
+ * when the single binary runs them). */
+export async function startBuiltinServices(
+  config: Config,
+  log: Logger,
+  env: Record<string, string> = {},
+): Promise<BuiltinService[]> {
   const started: BuiltinService[] = [];
   for (const service of config.services.values()) {
     if (service.builtin !== "echo") continue;
     await Deno.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
     try {
-      started.push(await startChild(service.name, ECHO_SERVICE, service.sockets[0]!));
+      started.push(await startChild(service.name, ECHO_SERVICE, service.sockets[0]!, env));
     } catch (e) {
       for (const s of started) await s.stop();
       throw e;
@@ -29,10 +35,15 @@ export async function startBuiltinServices(config: Config, log: Logger): Promise
   return started;
 }
 
-async function startChild(name: string, script: string, socket: string): Promise<BuiltinService> {
+async function startChild(
+  name: string,
+  script: string,
+  socket: string,
+  env: Record<string, string>,
+): Promise<BuiltinService> {
   // Run as the single binary (src/portmux.ts), the service is the same
   // binary in another role; otherwise Deno runs its script.
-  const self = Deno.env.get("PORTMUX_SELF");
+  const self = env.PORTMUX_SELF ?? Deno.env.get("PORTMUX_SELF");
   const [command, ...start] = self
     ? JSON.parse(self) as string[]
     : [Deno.execPath(), "run", "-A", script];
@@ -44,7 +55,7 @@ async function startChild(name: string, script: string, socket: string): Promise
     stderr: "inherit",
     // With the daemon's shim preloaded, its receiver accepts handed-off
     // clients in the runtime's own accept (src/service_receiver.ts).
-    env: self ? { PORTMUX_ROLE: "echo-service" } : {},
+    env: { ...env, ...(self ? { PORTMUX_ROLE: "echo-service" } : {}) },
   }).spawn();
   const stdin = child.stdin.getWriter();
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();

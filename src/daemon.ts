@@ -15,16 +15,17 @@ import { detachConn, relay } from "./relay.ts";
 import { Admission, type Lease, type LimitName } from "./admission.ts";
 import { ThrottledLog } from "./throttled_log.ts";
 import { Metrics } from "./metrics.ts";
-import { connFd } from "./conn_fd.ts";
 import { type ClientSocket, DenoClient, ShimClient } from "./client_socket.ts";
 import { encodeRecord } from "./handoff.ts";
-import { ServiceChannels } from "./service_channels.ts";
+import { ServiceChannels, shortestWait } from "./service_channels.ts";
 import { HttpsSites, readHttps } from "./https_sites.ts";
 import type { Logger } from "./log.ts";
 import { Preread } from "./preread.ts";
 import { type BuiltinService, startBuiltinServices } from "./builtin_services.ts";
 import { ExpressLane, type LaneReport } from "./express_lane.ts";
 import { type Health, startAdmin } from "./admin.ts";
+import { type Mechanism, RuntimeChecks, type Trigger } from "./runtime_check.ts";
+import { stopInjecting } from "./https.ts";
 import { inheritedListeners, listenKey } from "./held_listeners.ts";
 
 /** What became of a connection, as the log says it. */
@@ -105,9 +106,11 @@ export class Daemon {
   /** The express lane (src/express_lane.ts); null when it cannot run. */
   #lane: ExpressLane | null = null;
   #channelCheck: ReturnType<typeof setInterval> | undefined;
+  /** Proofs of the runtime internals the paths rely on (src/runtime_check.ts). */
+  readonly #runtime: RuntimeChecks;
   /** Sockets the supervisor holds for this worker's listeners, by listen
    * key, until adopted. */
-  readonly #held = inheritedListeners();
+  readonly #held: Map<string, number>;
 
   private constructor(
     config: Config,
@@ -121,12 +124,14 @@ export class Daemon {
     this.#config = config;
     this.#log = log;
     this.#shim = shim;
+    this.#held = inheritedListeners(shim);
     this.#https = https;
     this.#builtins = builtins;
     this.#preread = new Preread(shim, Math.max(config.preread.maxBytes, PROXY_HEADER_MAX));
     this.#admission = new Admission(config.limits);
     this.#throttled = new ThrottledLog(log);
     this.#declareMetrics();
+    this.#runtime = new RuntimeChecks(shim, log, metrics);
     this.#updateChannels(config);
     if (ExpressLane.usable(shim, config)) this.#startLane(config);
   }
@@ -140,6 +145,46 @@ export class Daemon {
     }, CHANNEL_CHECK_MS);
   }
 
+  /** Proves the runtime internals the daemon relies on; a mechanism that
+   * fails is turned to its fallback (src/runtime_check.ts). */
+  async #checkRuntime(trigger: Trigger): Promise<void> {
+    await this.#runtime.run(trigger, {
+      site: () => this.#https?.sites[0]?.frontend ?? null,
+      lane: () => this.#lane,
+      fallback: (m, error) => this.#runtimeFallback(m, error),
+    });
+  }
+
+  /** fd and release are read per connection; inject and lane act now. */
+  async #runtimeFallback(m: Mechanism, error: string): Promise<void> {
+    if (m === "inject") await this.#bridgeHttps(error);
+    if (m === "lane") this.#laneOff();
+  }
+
+  /** Starts the HTTPS sites again, bridged; the injecting ones drain. */
+  async #bridgeHttps(why: string): Promise<void> {
+    stopInjecting(why);
+    const material = await readHttps(this.#config);
+    const old = this.#https;
+    const restarted = () => this.#setLaneTable(this.#config);
+    this.#https = material &&
+      await HttpsSites.start(material, this.#shim, this.#log, this.metrics, restarted);
+    this.#setLaneTable(this.#config); // no injecting site: the lane leaves HTTPS to the daemon
+    old?.stop();
+  }
+
+  /** Before the listeners join it, the lane is closed; after (a reload),
+   * it passes every connection to the daemon (#applyExpress reads the
+   * check), as it cannot give a listener back to the runtime. */
+  #laneOff(): void {
+    if ([...this.#listeners.values()].some((e) => e.lane !== null)) {
+      return this.#applyExpress(this.#config);
+    }
+    clearInterval(this.#channelCheck);
+    this.#lane?.close();
+    this.#lane = null;
+  }
+
   /**
    * Applies preread.express and proxy_protocol to the listeners (a reload
    * may change either): a listener without the PROXY protocol joins the
@@ -148,7 +193,7 @@ export class Daemon {
    * (whose header only the daemon reads).
    */
   #applyExpress(config: Config): void {
-    const on = config.preread.express;
+    const on = config.preread.express && this.#runtime.ok("lane");
     if (on && !this.#lane && ExpressLane.usable(this.#shim, config)) this.#startLane(config);
     for (const entry of this.#listeners.values()) {
       const proxied = entry.listen.proxyProtocol !== null;
@@ -218,6 +263,8 @@ export class Daemon {
         );
       }
     }
+    // Unread for longer than the routes' wait, a channel is stalled.
+    for (const c of this.#channels.values()) c.waitMs = shortestWait(config.routes, c.service.name);
   }
 
   /** The admin listener: /metrics and /healthz (src/admin.ts). */
@@ -249,6 +296,8 @@ export class Daemon {
     m.counter("portmux_handoff_waits_total", "Times a handoff waited for an instance.");
     m.counter("portmux_handoff_instance_down_total", "Times an instance was found down.");
     m.counter("portmux_handoff_channel_full_total", "Times a channel was full.");
+    m.counter("portmux_handoff_stalled_total", "Channels found stalled (unread), by service.");
+    m.counter("portmux_handoff_stalled_closed_total", "Stalled channels closed, by service.");
     m.counter("portmux_https_requests_total", "HTTPS requests answered, by status code.");
     m.counter("portmux_uncaught_errors_total", "Errors nothing caught; logged, and survived.");
     m.counter("portmux_https_site_down_total", "Times an HTTPS site's server stopped, by site.");
@@ -289,7 +338,11 @@ export class Daemon {
     let builtins: BuiltinService[];
     try {
       // With several workers, worker 0 runs the built-in services for all.
-      builtins = worker && worker.index > 0 ? [] : await startBuiltinServices(config, log);
+      // Under the supervisor, it runs them (they outlive a generation of
+      // workers); else the first worker does.
+      const elsewhere = Deno.env.get("PORTMUX_BUILTINS") === "supervisor" ||
+        (worker !== null && worker.index > 0);
+      builtins = elsewhere ? [] : await startBuiltinServices(config, log);
     } catch (e) {
       await https?.stop();
       throw e;
@@ -297,6 +350,7 @@ export class Daemon {
     daemon = new Daemon(config, log, shim, https, builtins, metrics);
     daemon.#worker = worker;
     try {
+      await daemon.#checkRuntime("start"); // before any client: fallbacks in place first
       daemon.#openListeners(config);
     } catch (e) {
       await daemon.stop();
@@ -579,7 +633,7 @@ export class Daemon {
       fields.accepted_by = "shim";
     } else {
       try {
-        const found = connFd(this.#shim, accepted);
+        const found = this.#runtime.fd(accepted);
         conn = new DenoClient(accepted, found.fd, this.#shim);
         if (found.via === "lookup") fields.fd_lookup = "fallback";
       } catch (e) {
@@ -691,6 +745,9 @@ export class Daemon {
           return done("https", { delivery: site.mode });
         }
         case "handoff": {
+          if (conn.acceptedBy === "deno" && !this.#runtime.ok("release")) {
+            return await this.#handoffRefused(action, c);
+          }
           const record = encodeRecord({
             v: 1,
             route: route.name,
@@ -769,6 +826,25 @@ export class Daemon {
       { name: "close", action: { kind: "close" } };
   }
 
+  /** A connection Deno accepted is not handed off when release failed its
+   * runtime check: closing its Deno object would cut the service's copy
+   * (FIN, DESIGN.md fact 2). Its route's fallback serves it. */
+  async #handoffRefused(
+    action: Extract<Route["action"], { kind: "handoff" }>,
+    c: Connection,
+  ): Promise<Relay | void> {
+    this.metrics.inc("portmux_handoff_fallbacks_total", { service: action.service.name });
+    const fallback = this.#routeNamed(action.fallback);
+    const note = {
+      fallback: fallback.name,
+      handoff_error: "not handed off: release failed its runtime check (a FIN would cut it)",
+    };
+    return await this.#act(fallback, {
+      ...c,
+      done: (outcome, more = {}) => c.done(outcome, { ...note, ...more }),
+    });
+  }
+
   /**
    * Applies a new config to new connections: routes, services, limits,
    * listeners (opened, closed, or kept), the admin listener, the log
@@ -817,6 +893,7 @@ export class Daemon {
     }
     this.#log.level = next.log.level;
     this.#config = next;
+    await this.#checkRuntime("reload");
     this.#log.info("reloaded", {
       config: next.source,
       https: old ? "new certificate or handler" : "unchanged",

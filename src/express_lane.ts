@@ -145,6 +145,7 @@ export class ExpressLane {
   #generation = 0;
   #timer: ReturnType<typeof setTimeout> | null = null;
   #delay = DRAIN_BUSY_MS;
+  #runtimeSite: number | null = null;
 
   constructor(shim: Shim, report: (r: LaneReport) => void) {
     this.#shim = shim;
@@ -163,11 +164,21 @@ export class ExpressLane {
     serviceIds: ReadonlyMap<string, number>,
   ): void {
     const generation = ++this.#generation;
-    this.#shim.expressTable(laneTable(config, generation, sites, serviceIds));
+    const table = laneTable(config, generation, sites, serviceIds);
+    this.#shim.expressTable(table);
+    const site = /^site (\d+)/m.exec(table); // the first: place_listeners in c/express_lane.c
+    this.#runtimeSite = site ? Number(site[1]) : null;
     this.#configs.set(generation, config);
     // Events of a table two reloads old are long read.
     this.#configs.delete(generation - 2);
     this.#timer ??= setTimeout(() => this.#tick(), this.#delay);
+  }
+
+  /** The listener of the HTTPS site under whose epoll token the runtime's
+   * own accept takes the lane's listeners (the table's first site), or
+   * null: the lane's thread accepts them. */
+  get runtimeSite(): number | null {
+    return this.#runtimeSite;
   }
 
   /** Lets the lane accept this listener's connections; throws if it cannot

@@ -6,8 +6,18 @@
  * - https-accept: the first HTTPS site's first internal accept fails (as a
  *   Deno.serve meeting an accept error: it stops for good).
  * - https-restart: the first start again of a stopped HTTPS site fails.
+ * - runtime-fd, runtime-release, runtime-inject, runtime-lane: the first
+ *   runtime check of that mechanism (src/runtime_check.ts) meets it broken:
+ *   the runtime's fd symbol is ignored; the conn is closed without release;
+ *   the socket is not pushed; the lane stops taking connections.
  */
-export type Fault = "https-accept" | "https-restart";
+export type Fault =
+  | "https-accept"
+  | "https-restart"
+  | "runtime-fd"
+  | "runtime-release"
+  | "runtime-inject"
+  | "runtime-lane";
 
 const faults = new Set((Deno.env.get("PORTMUX_TEST_FAULTS") ?? "").split(",").filter(Boolean));
 

@@ -8,9 +8,10 @@
  * The sockets are the ones systemd passes (socket activation,
  * sd_listen_fds(3): LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES; fds from 3),
  * which must match the config's `listen:` entries one for one, or else
- * sockets the supervisor binds itself. Workers inherit them (not
- * close-on-exec) and learn which is which from PORTMUX_LISTENERS; each
- * worker makes its runtime accept on them (Shim.adoptListener).
+ * sockets the supervisor binds itself. Workers inherit them (and no other
+ * child does: withInherited) and learn which is which from
+ * PORTMUX_LISTENERS; each worker makes its runtime accept on them
+ * (Shim.adoptListener).
  */
 import { type Endpoint, type Shim, ShimError } from "../ffi/shim.ts";
 import type { Listen } from "./config.ts";
@@ -88,11 +89,18 @@ function matchSystemd(shim: Shim, fds: number[], listen: readonly Listen[]): Hel
  * bound here. They are left open across exec for the workers. Throws an
  * Error that says what went wrong.
  */
+/** The sockets held, and who made them. */
+export interface Held {
+  readonly listeners: readonly HeldListener[];
+  /** systemd's (it keeps them when we stop) or bound here. */
+  readonly from: "systemd" | "bound";
+}
+
 export function holdListeners(
   shim: Shim,
   listen: readonly Listen[],
   env: (name: string) => string | undefined = (n) => Deno.env.get(n),
-): { held: HeldListener[]; from: "systemd" | "bound" } {
+): Held {
   const fds = systemdFds(env);
   let held: HeldListener[];
   if (fds) {
@@ -111,15 +119,53 @@ export function holdListeners(
       throw new Error(`cannot listen on ${shown({ hostname: l.address, port: l.port })}: ${why}`);
     }
   }
-  for (const h of held) shim.setCloseOnExec(h.fd, false);
-  return { held, from: fds ? "systemd" : "bound" };
+  // Only the workers get them (withInherited), no other child.
+  for (const h of held) shim.setCloseOnExec(h.fd, true);
+  return { listeners: held, from: fds ? "systemd" : "bound" };
 }
 
-/** What a worker's environment says of its held sockets, by listen key. */
+/** The sockets for a new config's listen entries (an upgrade): the held
+ * one for an entry that has one, else a new one bound here. */
+export function holdMore(shim: Shim, held: Held, listen: readonly Listen[]): HeldListener[] {
+  const byKey = new Map(held.listeners.map((h) => [h.key, h.fd]));
+  const fresh = listen.filter((l) => !byKey.has(listenKey(l)));
+  const bound = fresh.length ? holdListeners(shim, fresh, () => undefined).listeners : [];
+  return [
+    ...held.listeners.filter((h) => listen.some((l) => listenKey(l) === h.key)),
+    ...bound,
+  ];
+}
+
+/** Closes the sockets of these that keep does not have. */
+export function closeExcept(
+  shim: Shim,
+  these: readonly HeldListener[],
+  keep: readonly HeldListener[],
+): void {
+  for (const h of these) if (!keep.some((k) => k.fd === h.fd)) shim.close(h.fd);
+}
+
+/** Runs spawn (which starts a worker) with the sockets inheritable: they
+ * are close-on-exec at every other moment, so that no other child (a
+ * built-in service, say) holds a listening socket. */
+export function withInherited<T>(shim: Shim, held: readonly HeldListener[], spawn: () => T): T {
+  for (const h of held) shim.setCloseOnExec(h.fd, false);
+  try {
+    return spawn();
+  } finally {
+    for (const h of held) shim.setCloseOnExec(h.fd, true);
+  }
+}
+
+/** What a worker's environment says of its held sockets, by listen key.
+ * They are made close-on-exec at once: no child of the worker's holds
+ * them. */
 export function inheritedListeners(
+  shim: Shim,
   env: (name: string) => string | undefined = (n) => Deno.env.get(n),
 ): Map<string, number> {
   const text = env(LISTENERS_ENV);
   const held = text ? JSON.parse(text) as HeldListener[] : [];
+  for (const h of held) shim.setCloseOnExec(h.fd, true);
   return new Map(held.map((h) => [h.key, h.fd]));
 }

@@ -64,6 +64,16 @@ export interface HttpsOptions {
 
 let loads = 0;
 
+/** Why sites must bridge although the shim is preloaded: injection failed
+ * its runtime check (src/runtime_check.ts); null: they inject. */
+let injectionBroken: string | null = null;
+
+/** Makes the sites started from now on bridge (the runtime does not
+ * change while the process runs: injection stays off). */
+export function stopInjecting(reason: string): void {
+  injectionBroken = reason;
+}
+
 /** Loads a user module and checks that it exports default { fetch }. Each
  * load reads the file afresh (a reload must see a changed module, and Deno
  * caches modules by URL: the query makes each load's URL new). */
@@ -145,7 +155,7 @@ export class HttpsFrontend {
     this.#shim = opts.shim;
     this.#log = opts.log;
     this.#accessLog = opts.accessLog;
-    this.#inject = opts.shim.interposerActive();
+    this.#inject = opts.shim.interposerActive() && injectionBroken === null;
     this.#server = this.#serve();
     this.#listenerFd = this.#register();
     if (this.#listenerFd !== null && fault("https-accept")) {
@@ -182,7 +192,9 @@ export class HttpsFrontend {
       return fd;
     }
     this.#log.warn("https-bridge-fallback", {
-      message: "the accept4 interposer is not preloaded (start with `deno task start`); " +
+      message: (injectionBroken === null
+        ? "the accept4 interposer is not preloaded (start with `deno task start`); "
+        : `injection failed its runtime check (${injectionBroken}); `) +
         "HTTPS connections are bridged through a loopback copy, slower than injection",
     });
     this.#log.info("https-ready", { delivery: "bridge", internal_port: this.port });

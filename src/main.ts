@@ -12,6 +12,7 @@ import { type Config, ConfigError, describeConfig } from "./config.ts";
 import { loadConfig } from "./config_file.ts";
 import { parseCommand, USAGE } from "./cli.ts";
 import { Daemon } from "./daemon.ts";
+import { notifyReady } from "./readiness.ts";
 import { logFormat, Logger } from "./log.ts";
 import denoJson from "../deno.json" with { type: "json" };
 
@@ -150,6 +151,7 @@ async function main(): Promise<void> {
     https: daemon.httpsMode,
     pid: Deno.pid,
   });
+  await notifyReady();
 }
 
 await main();

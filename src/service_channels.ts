@@ -11,9 +11,20 @@
  * expected uid (and gid, and pid from a pid file, if configured), checked
  * with SO_PEERCRED; a socket in a folder that others can write is refused,
  * since anyone could have put a listener there.
+ *
+ * Stalls: a service that stops reading a channel (deadlock, SIGSTOP) would
+ * hold every client sent there. What it has not read (SIOCOUTQ) is looked
+ * at on each send and every WATCH_MS while some is unread; when that has
+ * not gone down for the service's wait, the channel is stalled: no more
+ * handoffs there, from here or from the express lane, until it goes down.
+ * Stalled past STALL_CLOSE_MIN_MS..MAX (5 x the wait), it is closed and
+ * reopened after a backoff. The clients already in it stay in the
+ * service's socket (the kernel frees them when the service reads them or
+ * exits, not when our end closes): a stall strands at most what was sent
+ * before it was found.
  */
 import { type Shim, ShimError } from "../ffi/shim.ts";
-import type { Service } from "./config.ts";
+import type { Route, Service } from "./config.ts";
 import type { ThrottledLog } from "./throttled_log.ts";
 import type { Metrics } from "./metrics.ts";
 import type { Logger } from "./log.ts";
@@ -22,10 +33,38 @@ import { dirname } from "node:path";
 const BACKOFF_FIRST_MS = 50;
 const BACKOFF_MAX_MS = 2000;
 const RETRY_FULL_MS = 5; // a full channel drains fast if its service reads
+/** A route's wait_ms when none is configured (src/config.ts). */
+const DEFAULT_WAIT_MS = 1000;
+/** Unread records are looked at this often: a busy service's queue, seen
+ * often, goes down now and then; a stalled one never does. */
+const WATCH_MS = 50;
+/** A stall is never judged over less than this (wait_ms may be 0). */
+const STALL_MIN_MS = 250;
+/** A channel stalled for 5 x the wait is closed, but not before 2 s (a
+ * pause may end) nor after 30 s (its service is gone for good). */
+const STALL_CLOSE_FACTOR = 5;
+const STALL_CLOSE_MIN_MS = 2000;
+const STALL_CLOSE_MAX_MS = 30_000;
+/** After a stall-close the instance is left alone for the close limit,
+ * doubled on each stall-close in a row: each reopening to a service that
+ * is still stalled strands what is sent before the stall is found again. */
+const STALL_BACKOFF_MAX_MS = 60_000;
+/** What one record costs in SIOCOUTQ (kernel memory, not bytes) until a
+ * send on an empty channel measures it: 768 on Linux for up to 192 bytes. */
+let recordCost = 768;
 
 export type SendResult =
   | { readonly sent: true; readonly socket: string; readonly waitedMs: number }
   | { readonly sent: false; readonly reason: string; readonly waitedMs: number };
+
+/** The shortest wait_ms of the routes that hand off to the service: how
+ * long its channels may go unread before they count as stalled. */
+export function shortestWait(routes: readonly Route[], service: string): number {
+  const waits = routes.flatMap((r) =>
+    r.action.kind === "handoff" && r.action.service.name === service ? [r.action.waitMs] : []
+  );
+  return waits.length ? Math.min(...waits) : DEFAULT_WAIT_MS;
+}
 
 /** Why a socket must not be trusted, or null if it may be used. */
 export function untrustedSocketFolder(socket: string): string | null {
@@ -60,6 +99,14 @@ class Instance {
   /** Bytes of a record whose fd was sent but whose rest was not (a
    * partial send): they go before anything else on this channel. */
   tail: Uint8Array<ArrayBuffer> | null = null;
+  /** What the service had not read at the last look (SIOCOUTQ), and when
+   * that last went down (or started from none). */
+  unread = 0;
+  progressAt = 0;
+  /** Since when its channel is stalled; null: it is not. */
+  stalledAt: number | null = null;
+  /** How long the next stall-close keeps the instance out. */
+  stallBackoffMs = 0;
   constructor(readonly socket: string) {}
 }
 
@@ -70,6 +117,10 @@ export class ServiceChannels {
   #next = 0;
   /** Under this id the express lane knows the service's channels. */
   readonly id = ++lastId;
+  /** The shortest wait_ms of the routes to the service (set by the
+   * daemon): unread for longer, a channel is stalled. */
+  waitMs = DEFAULT_WAIT_MS;
+  #watch: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
     readonly service: Service,
@@ -95,11 +146,12 @@ export class ServiceChannels {
       if (laneNext >= 0) this.#next = laneNext; // one round robin with the express lane
       for (let k = 0; k < n; k++) {
         const inst = this.#instances[(this.#next + k) % n]!;
-        if (inst.downUntil > performance.now()) continue;
+        if (!this.#usable(inst)) continue;
         if (this.#trySend(inst, fd, record)) {
           this.#next = (this.#next + k + 1) % n;
           this.#openIdle(); // so that the express lane spreads them too
           this.#publish(); // the lane goes on from the instance due next
+          this.#arm();
           return { sent: true, socket: inst.socket, waitedMs: performance.now() - started };
         }
       }
@@ -116,6 +168,14 @@ export class ServiceChannels {
       );
       await new Promise((r) => setTimeout(r, Math.max(1, wake - now)));
     }
+  }
+
+  /** Not down, and its channel (if open) not stalled. */
+  #usable(inst: Instance): boolean {
+    const now = performance.now();
+    if (inst.downUntil > now) return false;
+    this.#look(inst, now);
+    return inst.stalledAt === null && inst.downUntil <= now;
   }
 
   /** One attempt on one instance: true if the fd went. */
@@ -150,7 +210,130 @@ export class ServiceChannels {
       this.#flushTail(inst);
     }
     inst.backoffMs = 0;
+    this.#afterSend(inst);
     return true;
+  }
+
+  /** Looks again, so that a read right after counts as progress; on a
+   * channel that was empty, the rise is what one record costs. */
+  #afterSend(inst: Instance): void {
+    const before = inst.unread;
+    this.#look(inst, performance.now());
+    if (before === 0 && inst.unread > 0 && !inst.tail) recordCost = inst.unread;
+  }
+
+  /**
+   * Looks at what the service has not read on inst's channel: when that
+   * has not gone down within the wait, the channel is stalled; stalled
+   * past the close limit, it is closed. A fall ends a stall.
+   */
+  #look(inst: Instance, now: number): void {
+    if (inst.chan === null) return;
+    let unread: number;
+    try {
+      unread = this.shim.unread(inst.chan);
+    } catch {
+      return; // broken: the next send or maintain() finds it
+    }
+    if (unread < inst.unread || inst.unread === 0) {
+      inst.progressAt = now;
+      if (unread < inst.unread) inst.stallBackoffMs = 0;
+      if (inst.stalledAt !== null) this.#resume(inst, now, unread);
+    }
+    inst.unread = unread;
+    if (inst.stalledAt === null) {
+      if (unread > 0 && now - inst.progressAt >= this.#stallMs) this.#stall(inst, now);
+    } else if (now - inst.stalledAt >= this.#closeAfterMs) {
+      this.#closeStalled(inst, now);
+    }
+  }
+
+  get #stallMs(): number {
+    return Math.max(STALL_MIN_MS, this.waitMs);
+  }
+
+  get #closeAfterMs(): number {
+    const ms = STALL_CLOSE_FACTOR * this.#stallMs;
+    return Math.min(STALL_CLOSE_MAX_MS, Math.max(STALL_CLOSE_MIN_MS, ms));
+  }
+
+  /** How much waits unread in inst's channel. bytes_queued is the
+   * kernel's count (memory, with its overhead); dividing by what one
+   * record costs gives the clients, exact while the records queued are of
+   * one size class (they all are, short of long route names or IPv6). */
+  #queued(inst: Instance): Record<string, number> {
+    return {
+      bytes_queued: inst.unread,
+      clients_queued_est: Math.max(1, Math.round(inst.unread / recordCost)),
+    };
+  }
+
+  #stall(inst: Instance, now: number): void {
+    inst.stalledAt = now;
+    inst.lastError = notReading(`nothing read for ${Math.round(now - inst.progressAt)} ms`);
+    this.#publish(); // the express lane stops sending there too
+    this.metrics.inc("portmux_handoff_stalled_total", { service: this.service.name });
+    this.log.warn("service-stalled", {
+      service: this.service.name,
+      socket: inst.socket,
+      unread_ms: Math.round(now - inst.progressAt),
+      ...this.#queued(inst),
+      close_after_ms: this.#closeAfterMs,
+    });
+  }
+
+  #resume(inst: Instance, now: number, unread: number): void {
+    const stalledMs = Math.round(now - (inst.stalledAt ?? now));
+    inst.stalledAt = null;
+    inst.lastError = "";
+    this.#publish();
+    this.log.info("service-resumed", {
+      service: this.service.name,
+      socket: inst.socket,
+      stalled_ms: stalledMs,
+      bytes_queued: unread,
+    });
+  }
+
+  /** Closes a channel stalled past the limit; its instance rests, longer
+   * each time in a row. Its clients stay in the service's socket. */
+  #closeStalled(inst: Instance, now: number): void {
+    const queued = this.#queued(inst);
+    const stalledMs = Math.round(now - (inst.stalledAt ?? now));
+    this.#closeChannel(inst);
+    inst.stallBackoffMs = Math.min(
+      STALL_BACKOFF_MAX_MS,
+      Math.max(this.#closeAfterMs, inst.stallBackoffMs * 2),
+    );
+    inst.downUntil = now + inst.stallBackoffMs;
+    inst.lastError = notReading(`closed after ${stalledMs} ms stalled`);
+    this.metrics.inc("portmux_handoff_stalled_closed_total", { service: this.service.name });
+    this.log.error("service-stalled-closed", {
+      service: this.service.name,
+      socket: inst.socket,
+      stalled_ms: stalledMs,
+      ...queued,
+      reopen_after_ms: inst.stallBackoffMs,
+    });
+  }
+
+  /** While some channel has unread records, looks at them every WATCH_MS
+   * (maintain() runs only with the express lane, and a stall must be found
+   * and closed without new sends). */
+  #arm(): void {
+    if (this.#watch !== undefined) return;
+    if (!this.#instances.some((i) => i.chan !== null && i.unread > 0)) return;
+    const watch = this.#watch = setTimeout(() => {
+      this.#watch = undefined;
+      this.#lookAll();
+      this.#arm();
+    }, WATCH_MS);
+    Deno.unrefTimer(watch);
+  }
+
+  #lookAll(): void {
+    const now = performance.now();
+    for (const inst of this.#instances) this.#look(inst, now);
   }
 
   #flushTail(inst: Instance): boolean {
@@ -241,12 +424,14 @@ export class ServiceChannels {
     for (let j = 0; j < n; j++) { // from the instance due next: the lane goes on from there
       const k = (this.#next + j) % n;
       const inst = this.#instances[k]!;
-      if (inst.chan !== null && !inst.tail) usable.push([inst.chan, k]);
+      if (inst.chan !== null && !inst.tail && inst.stalledAt === null) usable.push([inst.chan, k]);
     }
     this.shim.expressChannels(this.id, usable);
   }
 
   #closeChannel(inst: Instance): void {
+    inst.unread = 0;
+    inst.stalledAt = null;
     if (inst.chan !== null) {
       const chan = inst.chan;
       inst.chan = null;
@@ -279,6 +464,8 @@ export class ServiceChannels {
         this.#markDown(inst, "channel closed by the service", true);
       }
     }
+    this.#lookAll();
+    this.#arm();
     this.#openIdle();
   }
 
@@ -293,8 +480,16 @@ export class ServiceChannels {
   }
 
   close(): void {
+    clearTimeout(this.#watch);
+    this.#watch = undefined;
     for (const inst of this.#instances) this.#closeChannel(inst);
   }
+}
+
+/** Why a stalled instance took nothing: to the daemon, a channel its
+ * service does not read within the wait is as full as one out of room. */
+function notReading(detail: string): string {
+  return `channel full (the service is not reading): stalled, ${detail}`;
 }
 
 function explainOpenError(code: string, service: Service): string {

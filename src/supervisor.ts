@@ -1,15 +1,19 @@
 /**
  * Runs the daemon in worker processes with the shim preloaded, so that its
  * accept4 interposes the runtime's and HTTPS gets accept injection
- * (DESIGN.md fact 4). Used by src/launch.ts (`deno task start`) and by the
+ * (docs/design.md). Used by src/launch.ts (`deno task start`) and by the
  * single binary's entry (src/portmux.ts).
  *
- *   --parallel N   N worker processes (default: the number of CPUs), each
- *                  with its own listeners on the same ports (SO_REUSEPORT:
- *                  the kernel spreads new connections over them). Worker 0
- *                  runs the built-in services; worker i serves the admin
- *                  listener on its port + i. A worker that dies is started
- *                  again; one that cannot start stops them all.
+ *   --parallel N   N worker processes (default: the number of CPUs), all
+ *                  accepting on the same held sockets. Worker i serves the
+ *                  admin listener on its port + i. A worker that dies is
+ *                  started again; one that cannot start stops them all.
+ *
+ * The built-in services run here too: they outlive a generation of
+ * workers. SIGUSR2 upgrades in place: a new generation of workers from the
+ * code and config now on disk; once each of its workers says it serves
+ * (src/readiness.ts), the old one drains. A new generation that cannot
+ * start is said (upgrade-failed), and the old one goes on.
  *
  * The listening sockets are held here, not in the workers
  * (src/held_listeners.ts): systemd's when it passes them (socket
@@ -19,13 +23,24 @@
  */
 import { Shim } from "../ffi/shim.ts";
 import { parseCommand } from "./cli.ts";
-import { ConfigError } from "./config.ts";
+import { type Config, ConfigError } from "./config.ts";
 import { loadConfig } from "./config_file.ts";
 import { logFormat, Logger } from "./log.ts";
-import { type HeldListener, holdListeners, LISTENERS_ENV } from "./held_listeners.ts";
+import {
+  closeExcept,
+  type Held,
+  type HeldListener,
+  holdListeners,
+  holdMore,
+  LISTENERS_ENV,
+  withInherited,
+} from "./held_listeners.ts";
+import { type BuiltinService, startBuiltinServices } from "./builtin_services.ts";
+import { NOTIFY_ENV, readinessChannel } from "./readiness.ts";
 
 const STARTUP_MS = 5000; // a start-up error shows within this
 const RESTART_MS = 1000; // a worker that died is started again after this
+const UPGRADE_READY_MS = 30_000; // a new generation must serve within this
 
 export interface SuperviseOptions {
   /** The shim library to preload. */
@@ -56,6 +71,19 @@ function takeParallel(args: readonly string[]): { workers: number; rest: string[
   return { workers, rest };
 }
 
+/** One generation of workers: all started from the same code and config.
+ * An upgrade starts the next, then retires this one. */
+interface Generation {
+  readonly number: number;
+  readonly children: Map<number, Deno.ChildProcess>;
+  /** Its workers that said they serve (by pid). */
+  readonly ready: Set<number>;
+  /** Retired or stopping: a worker that ends is not started again. */
+  retired: boolean;
+  /** The highest exit code, once every worker has ended for good. */
+  done: Promise<number>;
+}
+
 export async function supervise(opts: SuperviseOptions): Promise<number> {
   const taken = takeParallel(opts.args);
   if (typeof taken === "string") {
@@ -67,92 +95,197 @@ export async function supervise(opts: SuperviseOptions): Promise<number> {
   const oneShot = rest[0] === "check" || rest.includes("--help") || rest.includes("-h") ||
     rest.includes("--version");
   const workers = oneShot ? 1 : taken.workers;
-  let held: HeldListener[] = [];
-  if (!oneShot) {
+  const preload = [opts.shim, Deno.env.get("LD_PRELOAD")].filter(Boolean).join(":");
+  const log = new Logger("info", logFormat(), { supervisor: Deno.pid });
+  const command = parseCommand(rest, (n) => Deno.env.get(n));
+  const shim = new Shim(opts.shim);
+  let held: Held = { listeners: [], from: "bound" };
+  let builtins: BuiltinService[] = [];
+  if (!oneShot && command.kind === "run") {
     try {
-      held = await holdFor(rest, opts.shim);
+      const config = await configOrNull(command.config);
+      if (config) {
+        held = holdListeners(shim, config.listen);
+        // Here, not in a worker: they outlive a generation of workers.
+        builtins = await startBuiltinServices(config, log, { ...opts.env, LD_PRELOAD: preload });
+      }
     } catch (e) {
+      for (const h of held.listeners) shim.close(h.fd);
       console.error(`portmux: cannot start: ${(e as Error).message}`);
       return 1;
     }
   }
-  const preload = [opts.shim, Deno.env.get("LD_PRELOAD")].filter(Boolean).join(":");
-  const log = new Logger("info", logFormat(), { supervisor: Deno.pid });
-  const children = new Map<number, Deno.ChildProcess>();
+  const notify = oneShot ? null : await readinessChannel();
   let stopping = false;
+  let generations = 0;
 
-  const stopAll = (signal: Deno.Signal) => {
-    stopping = true;
-    for (const child of children.values()) {
+  const startGeneration = (listeners: readonly HeldListener[]): Generation => {
+    const gen: Generation = {
+      number: ++generations,
+      children: new Map(),
+      ready: new Set(),
+      retired: false,
+      done: Promise.resolve(0),
+    };
+    const start = (index: number): Promise<number> => {
+      const [program, ...args] = opts.daemon;
+      const child = withInherited(shim, listeners, () =>
+        new Deno.Command(program!, {
+          args: [...args, ...rest],
+          env: {
+            ...opts.env,
+            LD_PRELOAD: preload,
+            ...(workers > 1 ? { PORTMUX_WORKER: `${index}/${workers}` } : {}),
+            ...(listeners.length ? { [LISTENERS_ENV]: JSON.stringify(listeners) } : {}),
+            ...(oneShot ? {} : { PORTMUX_BUILTINS: "supervisor" }),
+            ...(notify ? { [NOTIFY_ENV]: notify.path } : {}),
+          },
+          stdin: "inherit",
+        }).spawn());
+      gen.children.set(index, child);
+      notify?.expect(child.pid, () => gen.ready.add(child.pid));
+      const born = performance.now();
+      return child.status.then(async (status) => {
+        gen.children.delete(index);
+        notify?.forget(child.pid);
+        // Exit codes 1 and 2 soon after start: it could not start (a config
+        // or start-up error), and neither will the others.
+        const couldNotStart = performance.now() - born < STARTUP_MS &&
+          (status.code === 1 || status.code === 2);
+        if (stopping || gen.retired || couldNotStart || status.code === 0) {
+          if (couldNotStart && !stopping && !gen.retired) retire(gen, "SIGTERM");
+          return status.code;
+        }
+        // The others go on accepting on the held sockets meanwhile (a lone
+        // worker's clients wait in their queue): only what was inside this
+        // worker is lost.
+        log.error("worker-exited", {
+          worker: index,
+          pid: child.pid,
+          code: status.code,
+          signal: status.signal,
+          restart_in_ms: RESTART_MS,
+        });
+        await new Promise((r) => setTimeout(r, RESTART_MS));
+        return stopping || gen.retired ? status.code : start(index);
+      });
+    };
+    gen.done = Promise.all(Array.from({ length: workers }, (_, i) => start(i))).then((codes) =>
+      Math.max(...codes)
+    );
+    return gen;
+  };
+
+  const signalAll = (gen: Generation, signal: Deno.Signal) => {
+    for (const child of gen.children.values()) {
       try {
         child.kill(signal);
       } catch { /* already exited */ }
     }
   };
-
-  const start = (index: number): Promise<number> => {
-    const [command, ...args] = opts.daemon;
-    const child = new Deno.Command(command!, {
-      args: [...args, ...rest],
-      env: {
-        ...opts.env,
-        LD_PRELOAD: preload,
-        ...(workers > 1 ? { PORTMUX_WORKER: `${index}/${workers}` } : {}),
-        ...(held.length ? { [LISTENERS_ENV]: JSON.stringify(held) } : {}),
-      },
-      stdin: "inherit",
-    }).spawn();
-    children.set(index, child);
-    const born = performance.now();
-    return child.status.then(async (status) => {
-      children.delete(index);
-      // Exit codes 1 and 2 soon after start: it could not start (a config
-      // or start-up error), and neither will the others.
-      const couldNotStart = performance.now() - born < STARTUP_MS &&
-        (status.code === 1 || status.code === 2);
-      if (stopping || workers === 1 || couldNotStart || status.code === 0) {
-        if (couldNotStart && !stopping && workers > 1) stopAll("SIGTERM");
-        return status.code;
-      }
-      // The others go on accepting on the held sockets meanwhile: only what
-      // was inside this worker is lost.
-      log.error("worker-exited", {
-        worker: index,
-        pid: child.pid,
-        code: status.code,
-        signal: status.signal,
-        restart_in_ms: RESTART_MS,
-      });
-      await new Promise((r) => setTimeout(r, RESTART_MS));
-      return stopping ? status.code : start(index);
-    });
+  const retire = (gen: Generation, signal: Deno.Signal) => {
+    gen.retired = true;
+    signalAll(gen, signal);
   };
 
-  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+  /** Every generation with workers still running (while an upgrade
+   * drains the old one, two). */
+  const all = new Set<Generation>();
+  const track = (gen: Generation) => {
+    all.add(gen);
+    gen.done.finally(() => all.delete(gen));
+    return gen;
+  };
+  let current = track(startGeneration(held.listeners));
+  let upgrading = false;
+
+  /** SIGUSR2: a new generation from the code and config now on disk; the
+   * old one drains once the new one serves. */
+  const upgrade = async () => {
+    if (upgrading || stopping || !notify) return;
+    upgrading = true;
+    const next = generations + 1;
+    log.info("upgrading", { generation: next });
+    let listeners: HeldListener[];
+    try {
+      const config = await configOrNull(command.kind === "run" ? command.config : null);
+      if (!config) throw new Error("the config on disk cannot be read (see the check command)");
+      listeners = holdMore(shim, held, config.listen);
+    } catch (e) {
+      log.error("upgrade-failed", { generation: next, error: (e as Error).message });
+      upgrading = false;
+      return;
+    }
+    const gen = track(startGeneration(listeners));
+    const ready = await Promise.race([
+      waitUntil(() => gen.ready.size === workers, UPGRADE_READY_MS).then((ok) =>
+        ok ? null : `its workers did not say they serve within ${UPGRADE_READY_MS} ms`
+      ),
+      gen.done.then((code) => `its workers exited (code ${code})`),
+    ]);
+    if (ready !== null || stopping) {
+      retire(gen, "SIGKILL"); // it took no connection the old one could not
+      log.error("upgrade-failed", { generation: gen.number, error: ready ?? "stopping" });
+      closeExcept(shim, listeners, held.listeners); // what it bound for the new one
+      upgrading = false;
+      return;
+    }
+    const old = current;
+    current = gen;
+    retire(old, "SIGTERM"); // it drains while the new one takes every new connection
+    log.info("upgraded", {
+      generation: gen.number,
+      pids: [...gen.children.values()].map((c) => c.pid),
+      retired_pids: [...old.children.values()].map((c) => c.pid),
+    });
+    old.done.then(() => {
+      closeExcept(shim, held.listeners, listeners); // what the new config no longer names
+      held = { ...held, listeners };
+    });
+    upgrading = false;
+  };
+
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP", "SIGUSR2"] as const) {
     Deno.addSignalListener(signal, () => {
-      if (signal !== "SIGHUP") return stopAll(signal);
-      for (const child of children.values()) {
-        try {
-          child.kill("SIGHUP");
-        } catch { /* it just exited */ }
+      if (signal === "SIGUSR2") return void upgrade();
+      if (signal === "SIGHUP") return signalAll(current, "SIGHUP");
+      if (!stopping && held.from === "bound") {
+        // New clients are refused at once rather than queued for nobody
+        // (systemd's sockets stay: it holds them for the next start).
+        for (const h of held.listeners) shim.close(h.fd);
       }
+      stopping = true;
+      for (const gen of all) signalAll(gen, signal);
     });
   }
-  const codes = await Promise.all(Array.from({ length: workers }, (_, i) => start(i)));
-  return Math.max(...codes);
+  let code: number;
+  for (;;) {
+    const gen = current;
+    code = await gen.done;
+    if (gen === current) break; // not replaced by an upgrade meanwhile
+  }
+  await Promise.all([...all].map((g) => g.done));
+  for (const b of builtins) await b.stop();
+  notify?.close();
+  return code;
 }
 
-/** Holds the listening sockets of the config the workers will read; none
- * when that config cannot be read (the workers say why, and exit 2). */
-async function holdFor(args: readonly string[], shimPath: string): Promise<HeldListener[]> {
-  const command = parseCommand(args, (n) => Deno.env.get(n));
-  if (command.kind !== "run") return [];
-  let listen;
+/** The config a run reads; null when it cannot be read (the workers say
+ * why, and exit 2). */
+async function configOrNull(file: string | null): Promise<Config | null> {
   try {
-    listen = (await loadConfig(command.config)).listen;
+    return await loadConfig(file);
   } catch (e) {
-    if (e instanceof ConfigError) return [];
+    if (e instanceof ConfigError) return null;
     throw e;
   }
-  return holdListeners(new Shim(shimPath), listen).held;
+}
+
+async function waitUntil(test: () => boolean, ms: number): Promise<boolean> {
+  const end = performance.now() + ms;
+  while (!test()) {
+    if (performance.now() > end) return false;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return true;
 }
