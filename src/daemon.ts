@@ -278,6 +278,13 @@ export class Daemon {
     });
   }
 
+  /** Opens a handoff channel to each service instance (one try: a service
+   * not running is tried again with backoff as it is used); returns the
+   * services that have none open. */
+  openChannels(): string[] {
+    return [...this.#channels].filter(([, c]) => !c.openAll()).map(([name]) => name);
+  }
+
   /** Not ok while stopping, or while an HTTPS site cannot accept. */
   #health(): Health {
     if (this.#stopping) return { ok: false, text: "stopping" };
@@ -882,6 +889,7 @@ export class Daemon {
       setTimeout(() => retiring.stop(), next.drainTimeoutMs);
     }
     this.#updateChannels(next);
+    for (const c of this.#channels.values()) c.openAll(); // new services: ready for the first
     this.#setLaneTable(next);
     this.#applyExpress(next);
     this.#admission.limits = next.limits;

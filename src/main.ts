@@ -151,6 +151,10 @@ async function main(): Promise<void> {
     https: daemon.httpsMode,
     pid: Deno.pid,
   });
+  // It serves once its services' channels are open too: an upgrade
+  // retires the old workers only then.
+  const notUp = daemon.openChannels();
+  if (notUp.length) log.warn("services-not-up", { services: notUp });
   await notifyReady();
 }
 

@@ -471,6 +471,15 @@ export class ServiceChannels {
 
   readonly #probe = new Uint8Array(1);
 
+  /** Opens a channel to every instance that has none (at start and after
+   * a reload, so that the first clients, the express lane's too, find
+   * them open); true when at least one is open. */
+  openAll(): boolean {
+    this.#openIdle();
+    this.#publish();
+    return this.#instances.some((i) => i.chan !== null);
+  }
+
   /** Opens the instances not open yet whose backoff allows. */
   #openIdle(): void {
     const now = performance.now();
