@@ -12,7 +12,7 @@ import threading
 
 
 def echo(c):
-    c.setblocking(True)  # a received fd is non-blocking (DESIGN.md fact 5)
+    c.setblocking(True)  # a received fd is non-blocking (docs/design.md R6)
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     with c:
         while True:

@@ -8,7 +8,7 @@
  *     not sent bytes yet;
  *   - with LD_PRELOAD (src/launch.ts), so that its accept4() interposes the
  *     runtime's: for a registered internal listener it returns client fds
- *     queued by the daemon ("accept injection", DESIGN.md fact 4), and an
+ *     queued by the daemon ("accept injection", docs/design.md R4), and an
  *     eventfd in the runtime's epoll set tells the runtime to call it; for
  *     a protocol service's receiving listener it returns handed-off
  *     clients read from the channels (handoff_receiver.c).
@@ -358,7 +358,7 @@ PM_EXPORT int pm_peer_cred(int sock, int32_t *out) {
 
 /* Sends payload on a channel without waiting, with fd attached to its
  * first byte (fd < 0: bytes only, to finish a record). SCM_RIGHTS needs at
- * least one byte (DESIGN.md fact 6). Returns the bytes sent (the fd went
+ * least one byte (docs/design.md R7). Returns the bytes sent (the fd went
  * with them if > 0), -EAGAIN if the channel is full (nothing sent), or
  * -errno (-EPIPE: the service closed the channel). */
 PM_EXPORT int pm_channel_send(int chan, int fd, const uint8_t *payload, int len) {
@@ -465,7 +465,7 @@ PM_EXPORT int pm_wait_readable(int fd, int timeout_ms) {
 }
 
 /* Sets or clears O_NONBLOCK (it lives on the shared file description, so a
- * received fd comes with the sender's mode: DESIGN.md fact 5). */
+ * received fd comes with the sender's mode: docs/design.md R6). */
 PM_EXPORT int pm_set_nonblocking(int fd, int on) {
   int fl = fcntl(fd, F_GETFL);
   if (fl < 0) return -errno;
@@ -547,7 +547,7 @@ static int delete_from_epolls(int fd) {
  *     item is left pointing at runtime memory that is about to be freed;
  * (2) dup2 an unconnected socket onto the fd number, so the runtime's
  *     shutdown(SHUT_WR) + close() hit the placeholder, not the connection,
- *     which a service (or the injected listener) now owns (DESIGN.md fact 2).
+ *     which a service (or the injected listener) now owns (docs/design.md R2).
  * Returns how many epoll sets held it. */
 PM_EXPORT int pm_release(int fd) {
   /* One placeholder serves every release: dup3 copies it and leaves it
@@ -575,7 +575,7 @@ PM_EXPORT int pm_release(int fd) {
 /* ---------- readiness waiter for the preread ---------- */
 
 /* One epoll set for all connections waiting for their first bytes, waited on
- * by one thread, so no thread is tied up per idle client (DESIGN.md fact 7).
+ * by one thread, so no thread is tied up per idle client (docs/design.md R8).
  * Edge-triggered: a connection is reported when new bytes (or EOF) arrive,
  * and once on add if bytes are already there. */
 PM_EXPORT int pm_waiter_create(void) {

@@ -64,7 +64,7 @@ export class DenoClient implements ClientSocket {
 
   letGo(): void {
     // Deno's close shuts the socket down; it must hit a placeholder, not
-    // the client's socket (DESIGN.md fact 2).
+    // the client's socket (docs/design.md R2).
     this.#shim.release(this.fd);
     this.conn.close();
   }

@@ -1,6 +1,6 @@
 /**
  * The OS fd behind an accepted Deno.TcpConn. Deno keeps it in an own symbol
- * property described as "Deno.internal.fd" (DESIGN.md fact 1). That is an
+ * property described as "Deno.internal.fd" (docs/design.md R1). That is an
  * internal detail, so the fd is always verified against the connection's
  * addresses before use, and found by its 4-tuple when the symbol is gone or
  * wrong: handing out the wrong fd would give another client's connection
@@ -43,7 +43,7 @@ export function connFd(shim: Shim, conn: Deno.TcpConn): ConnFd {
 /**
  * Takes the socket out of Deno's hands: returns a new fd for it that the
  * caller owns, and closes conn without a FIN reaching the client (the
- * runtime's shutdown+close hit a placeholder: DESIGN.md fact 2). If this
+ * runtime's shutdown+close hit a placeholder: docs/design.md R2). If this
  * throws, conn was closed normally (the client sees the connection end).
  */
 export function detach(shim: Shim, conn: Deno.Conn, fd: number): number {

@@ -771,7 +771,7 @@ export class Daemon {
           const waited = { waited_ms: Math.round(sent.waitedMs * 100) / 100 };
           if (sent.sent) {
             // The service has the socket now. Let go of ours without a FIN
-            // (DESIGN.md fact 2): release, then close.
+            // (docs/design.md R2): release, then close.
             conn.letGo();
             return done("handed-off", {
               service: action.service.name,
@@ -835,7 +835,7 @@ export class Daemon {
 
   /** A connection Deno accepted is not handed off when release failed its
    * runtime check: closing its Deno object would cut the service's copy
-   * (FIN, DESIGN.md fact 2). Its route's fallback serves it. */
+   * (FIN, docs/design.md R2). Its route's fallback serves it. */
   async #handoffRefused(
     action: Extract<Route["action"], { kind: "handoff" }>,
     c: Connection,

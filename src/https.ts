@@ -2,7 +2,7 @@
  * HTTPS in-process: an internal Deno.serve (TLS, HTTP/1.1 and HTTP/2 by
  * ALPN) on a loopback port, given the classified connections.
  *
- * - "inject" mode (the shim is preloaded, DESIGN.md fact 4): the client's
+ * - "inject" mode (the shim is preloaded, docs/design.md R4): the client's
  *   socket is queued in the shim and Deno.serve's own accept4 returns it, so
  *   TLS and HTTP run at Deno's full speed and the handler sees the real
  *   client address. Anyone connecting to the internal port directly is

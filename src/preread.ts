@@ -3,7 +3,7 @@
  * whoever gets the connection reads it from its first byte. A peek without
  * waiting comes first (the bytes are usually there already); otherwise the
  * connection joins one shared epoll set that one thread waits on, so an idle
- * client costs no thread (DESIGN.md fact 7), and a timer enforces the
+ * client costs no thread (docs/design.md R8), and a timer enforces the
  * deadline.
  *
  * An idle client costs little memory: all connections peek into one shared

@@ -1,6 +1,6 @@
 /**
  * Proofs that the Deno internals the design relies on still behave as they
- * were found to (DESIGN.md facts 1, 2 and 4, and the express lane's
+ * were found to (docs/design.md R1, R2 and R4, and the express lane's
  * listener trick), made at start and after each reload on loopback
  * connections of our own, in a few milliseconds:
  *

@@ -1,6 +1,6 @@
 /**
  * The C shim and the Deno internals it relies on, in-process. These pin
- * down DESIGN.md facts 1 and 2: if a Deno upgrade changes them, these fail
+ * down docs/design.md R1 and R2: if a Deno upgrade changes them, these fail
  * first and say which fact broke.
  */
 import assert from "node:assert/strict";
@@ -29,14 +29,14 @@ async function pair(): Promise<{ client: Deno.TcpConn; conn: Deno.TcpConn; close
   };
 }
 
-Deno.test("Deno exposes the fd of an accepted TcpConn under the symbol DESIGN.md fact 1 names", async () => {
+Deno.test("Deno exposes the fd of an accepted TcpConn under the symbol docs/design.md R1 names", async () => {
   const p = await pair();
   try {
     const fd = internalFd(p.conn);
     assert.ok(
       fd !== undefined,
       `Deno ${Deno.version.deno} no longer has an own symbol "${FD_SYMBOL_DESCRIPTION}" on ` +
-        `accepted connections: DESIGN.md fact 1 broke; only the slow fallback lookup is left`,
+        `accepted connections: docs/design.md R1 broke; only the slow fallback lookup is left`,
     );
     assert.ok(
       shim.verifyFd(fd, p.conn.localAddr, p.conn.remoteAddr),
@@ -100,7 +100,7 @@ Deno.test("peek shows the client's bytes without consuming them, and null before
   }
 });
 
-Deno.test("closing a conn whose fd was dup'ed still sends FIN (DESIGN.md fact 2: why release exists)", async () => {
+Deno.test("closing a conn whose fd was dup'ed still sends FIN (docs/design.md R2: why release exists)", async () => {
   const p = await pair();
   const fd = internalFd(p.conn)!;
   const copy = shim.dup(fd);
