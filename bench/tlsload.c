@@ -9,18 +9,38 @@
  *       "GET / HTTP/1.1" with "Connection: close", read to the end, close.
  *       A connection counts only if the answer is "HTTP/1.1 200".
  *       Prints {"connections":N,"seconds":S,"errors":E}.
+ *   tlsload classify HOST PORT SNI THREADS SECONDS
+ *       The same connections, every one's result classified, for
+ *       bench/ops_bench.ts: served (a whole answer: a 200 with all of its
+ *       body), refused (ECONNREFUSED at connect), reset (ECONNRESET, or the
+ *       end of the stream before a whole answer, after connect), other (any
+ *       other error, an answer other than 200; nothing within 10 s is
+ *       other, also counted as timeout). Runs for SECONDS (0: until SIGTERM
+ *       or SIGINT; the connections under way are finished and counted).
+ *       SIGUSR1 marks the moment of an operation: the connections begun
+ *       after it are also counted under "after". Prints the JSON of
+ *       privload classify (bench/privload.c): the counts, "after", and the
+ *       longest time without a served connection ending (max_gap_ms, from
+ *       gap_from_ms after the mark).
  *
  * Build: cc -O2 -pthread -o tlsload tlsload.c -lssl -lcrypto
  */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -79,9 +99,220 @@ static void *run(void *arg) {
   return NULL;
 }
 
+/* ---- classify (the same harness as bench/privload.c's) ----------------- */
+
+enum result { SERVED, REFUSED, RESET, OTHER, TIMEOUT };
+#define CLASSIFY_TIMEOUT_S 10
+
+struct counts {
+  long attempted, served, refused, reset, other, timeout;
+};
+
+struct classifier {
+  pthread_t thread;
+  struct counts all, after;
+  double *ends; /* when each served connection ended */
+  long n_ends, cap_ends;
+};
+
+static _Atomic int classify_stop;
+static _Atomic double mark = INFINITY;
+
+static void count(struct counts *c, enum result r) {
+  c->attempted++;
+  switch (r) {
+  case SERVED: c->served++; break;
+  case REFUSED: c->refused++; break;
+  case RESET: c->reset++; break;
+  case TIMEOUT: c->timeout++; c->other++; break;
+  default: c->other++;
+  }
+}
+
+/* A socket call that failed (n < 0, errno err) or met the end (n == 0). */
+static enum result failed(ssize_t n, int err) {
+  if (n == 0 || err == ECONNRESET || err == EPIPE) return RESET;
+  if (err == EAGAIN || err == EWOULDBLOCK || err == EINPROGRESS || err == ETIMEDOUT) {
+    return TIMEOUT;
+  }
+  return OTHER;
+}
+
+/* A TLS call that returned ret <= 0, errno err just after it. */
+static enum result tls_failed(SSL *ssl, int ret, int err) {
+  switch (SSL_get_error(ssl, ret)) {
+  case SSL_ERROR_ZERO_RETURN: return RESET;
+  case SSL_ERROR_SYSCALL: return failed(err == 0 ? 0 : -1, err);
+  case SSL_ERROR_WANT_READ:
+  case SSL_ERROR_WANT_WRITE: return TIMEOUT; /* SO_RCVTIMEO/SO_SNDTIMEO ran out */
+  case SSL_ERROR_SSL:
+    /* OpenSSL 3 says a peer's close without close_notify this way. */
+    if (ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) return RESET;
+    return err == ECONNRESET || err == EPIPE ? RESET : OTHER;
+  default: return OTHER;
+  }
+}
+
+/* Whether head (the answer's first bytes, NUL-terminated) and total (all
+ * its bytes) make a whole answer: its headers, and Content-Length bytes of
+ * body if it says it. */
+static int whole_answer(const char *head, long total) {
+  const char *end = strstr(head, "\r\n\r\n");
+  if (!end) return 0;
+  long header_len = end + 4 - head;
+  const char *cl = strcasestr(head, "\r\ncontent-length:");
+  if (!cl || cl > end) return 1;
+  return total - header_len >= atol(cl + 17);
+}
+
+static enum result classify_request(void) {
+  ERR_clear_error();
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  if (s < 0) return OTHER;
+  int one = 1;
+  setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  /* Bounds connect too: a connection that is never answered is a failure,
+   * not a stuck thread. */
+  struct timeval tv = {.tv_sec = CLASSIFY_TIMEOUT_S};
+  setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  if (connect(s, (struct sockaddr *)&target, sizeof target) < 0) {
+    enum result r = errno == ECONNREFUSED ? REFUSED : failed(-1, errno);
+    close(s);
+    return r;
+  }
+  enum result r = SERVED;
+  SSL *ssl = SSL_new(ctx);
+  SSL_set_fd(ssl, s);
+  SSL_set_tlsext_host_name(ssl, sni);
+  int ret = SSL_connect(ssl);
+  if (ret != 1) {
+    r = tls_failed(ssl, ret, errno);
+    goto done;
+  }
+  char req[256];
+  int len = snprintf(req, sizeof req,
+                     "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", sni);
+  ret = SSL_write(ssl, req, len);
+  if (ret != len) {
+    r = ret <= 0 ? tls_failed(ssl, ret, errno) : OTHER;
+    goto done;
+  }
+  char head[4096], chunk[4096];
+  long total = 0;
+  while ((ret = SSL_read(ssl, chunk, sizeof chunk)) > 0) {
+    if (total < (long)sizeof head - 1) {
+      long room = (long)sizeof head - 1 - total;
+      memcpy(head + total, chunk, (size_t)(ret < room ? ret : room));
+    }
+    total += ret;
+  }
+  int err = errno;
+  head[total < (long)sizeof head - 1 ? total : (long)sizeof head - 1] = 0;
+  if (whole_answer(head, total)) r = strncmp(head, "HTTP/1.1 200", 12) == 0 ? SERVED : OTHER;
+  else if (total > 0 && strncmp(head, "HTTP/", 5) != 0) r = OTHER; /* not HTTP at all */
+  else r = tls_failed(ssl, ret, err); /* cut short: how it ended says what it is */
+done:
+  SSL_free(ssl);
+  close(s);
+  return r;
+}
+
+static void *run_classify(void *arg) {
+  struct classifier *w = arg;
+  while (!atomic_load(&classify_stop)) {
+    double t0 = now();
+    enum result r = classify_request();
+    count(&w->all, r);
+    if (t0 >= atomic_load(&mark)) count(&w->after, r);
+    if (r != SERVED) continue;
+    if (w->n_ends == w->cap_ends) {
+      w->cap_ends = w->cap_ends ? 2 * w->cap_ends : 4096;
+      w->ends = realloc(w->ends, sizeof(double) * (size_t)w->cap_ends);
+    }
+    w->ends[w->n_ends++] = now();
+  }
+  return NULL;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static void add(struct counts *sum, const struct counts *c) {
+  sum->attempted += c->attempted;
+  sum->served += c->served;
+  sum->refused += c->refused;
+  sum->reset += c->reset;
+  sum->other += c->other;
+  sum->timeout += c->timeout;
+}
+
+static void print_counts(const struct counts *c) {
+  printf("\"attempted\":%ld,\"served\":%ld,\"refused\":%ld,\"reset\":%ld,\"other\":%ld,"
+         "\"timeout\":%ld",
+         c->attempted, c->served, c->refused, c->reset, c->other, c->timeout);
+}
+
+static int classify(int threads, double seconds) {
+  /* Only this thread takes the signals (sigtimedwait), so that none
+   * interrupts a worker's connect or read. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  struct classifier *ws = calloc((size_t)threads, sizeof *ws);
+  double start = now();
+  for (int i = 0; i < threads; i++) pthread_create(&ws[i].thread, NULL, run_classify, &ws[i]);
+  for (;;) {
+    double left = seconds > 0 ? start + seconds - now() : 1;
+    if (left <= 0) break;
+    struct timespec ts = {.tv_sec = (time_t)left, .tv_nsec = (long)((left - (long)left) * 1e9)};
+    int sig = sigtimedwait(&set, NULL, &ts);
+    if (sig == SIGUSR1) atomic_store(&mark, now());
+    else if (sig == SIGTERM || sig == SIGINT) break;
+  }
+  atomic_store(&classify_stop, 1);
+  struct counts all = {0}, after = {0};
+  long n = 0;
+  for (int i = 0; i < threads; i++) {
+    pthread_join(ws[i].thread, NULL);
+    add(&all, &ws[i].all);
+    add(&after, &ws[i].after);
+    n += ws[i].n_ends;
+  }
+  double end = now();
+  double *ends = malloc(sizeof(double) * (size_t)(n + 2));
+  long k = 0;
+  ends[k++] = start;
+  for (int i = 0; i < threads; i++) {
+    memcpy(ends + k, ws[i].ends, sizeof(double) * (size_t)ws[i].n_ends);
+    k += ws[i].n_ends;
+  }
+  ends[k++] = end;
+  qsort(ends, (size_t)k, sizeof *ends, cmp_double);
+  double gap = 0, from = start;
+  for (long i = 1; i < k; i++) {
+    if (ends[i] - ends[i - 1] > gap) gap = ends[i] - ends[i - 1], from = ends[i - 1];
+  }
+  double origin = isfinite(atomic_load(&mark)) ? atomic_load(&mark) : start;
+  printf("{");
+  print_counts(&all);
+  printf(",\"after\":{");
+  print_counts(&after);
+  printf("},\"seconds\":%.3f,\"max_gap_ms\":%.1f,\"gap_from_ms\":%.1f}\n", end - start,
+         gap * 1e3, (from - origin) * 1e3);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  int classifying = argc == 7 && strcmp(argv[1], "classify") == 0;
+  if (classifying) argc--, argv++;
   if (argc != 6) {
-    fprintf(stderr, "usage: tlsload HOST PORT SNI THREADS SECONDS\n");
+    fprintf(stderr, "usage: tlsload [classify] HOST PORT SNI THREADS SECONDS\n");
     return 2;
   }
   target.sin_family = AF_INET;
@@ -99,6 +330,11 @@ int main(int argc, char **argv) {
   static const unsigned char alpn[] = "\x08http/1.1";
   SSL_CTX_set_alpn_protos(ctx, alpn, sizeof alpn - 1);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF); /* every handshake in full */
+  if (classifying) {
+    int code = classify(threads, seconds);
+    SSL_CTX_free(ctx);
+    return code;
+  }
 
   struct worker *ws = calloc((size_t)threads, sizeof *ws);
   double start = now();

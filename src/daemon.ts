@@ -358,6 +358,7 @@ export class Daemon {
     daemon.#worker = worker;
     try {
       await daemon.#checkRuntime("start"); // before any client: fallbacks in place first
+      daemon.#https?.sites[0]?.frontend.armAcceptFault(); // tests only (src/faults.ts)
       daemon.#openListeners(config);
     } catch (e) {
       await daemon.stop();

@@ -1,11 +1,12 @@
 /**
  * Faults that tests switch on to see the daemon survive what it cannot
  * otherwise be made to meet on loopback: PORTMUX_TEST_FAULTS, a comma
- * list. Never set it in production.
+ * list; "name:N" fires N times, "name" once. Never set it in production.
  *
- * - https-accept: the first HTTPS site's first internal accept fails (as a
- *   Deno.serve meeting an accept error: it stops for good).
- * - https-restart: the first start again of a stopped HTTPS site fails.
+ * - https-accept: the first HTTPS site's first internal accept once the
+ *   daemon serves fails (as a Deno.serve meeting an accept error: it stops
+ *   for good).
+ * - https-restart: a start again of a stopped HTTPS site fails.
  * - runtime-fd, runtime-release, runtime-inject, runtime-lane: the first
  *   runtime check of that mechanism (src/runtime_check.ts) meets it broken:
  *   the runtime's fd symbol is ignored; the conn is closed without release;
@@ -19,9 +20,18 @@ export type Fault =
   | "runtime-inject"
   | "runtime-lane";
 
-const faults = new Set((Deno.env.get("PORTMUX_TEST_FAULTS") ?? "").split(",").filter(Boolean));
+/** By name, how many more times each fault fires: "name" once, "name:N"
+ * N times. */
+const faults = new Map(
+  (Deno.env.get("PORTMUX_TEST_FAULTS") ?? "").split(",").filter(Boolean).map((f) => {
+    const [name, times] = f.split(":");
+    return [name!, Number(times ?? 1)];
+  }),
+);
 
-/** Whether the fault is on; once on, it is spent (each fault fires once). */
+/** Whether the fault fires now (each time spends one). */
 export function fault(name: Fault): boolean {
-  return faults.delete(name);
+  const left = faults.get(name) ?? 0;
+  if (left > 0) faults.set(name, left - 1);
+  return left > 0;
 }

@@ -158,6 +158,11 @@ export class HttpsFrontend {
     this.#inject = opts.shim.interposerActive() && injectionBroken === null;
     this.#server = this.#serve();
     this.#listenerFd = this.#register();
+  }
+
+  /** For tests (src/faults.ts, https-accept): the next accept of this
+   * site's server fails, as nothing else makes it on loopback. */
+  armAcceptFault(): void {
     if (this.#listenerFd !== null && fault("https-accept")) {
       this.#shim.injectFailNext(this.#listenerFd);
     }

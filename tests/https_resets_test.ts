@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { freePort, run, startDaemon } from "./helpers/daemon.ts";
+import { freePort, httpsStatus, run, startDaemon } from "./helpers/daemon.ts";
 import { FIXTURES } from "./helpers/tls_records.ts";
 
 const CLIENTS = new URL("./services/reset_clients.py", import.meta.url).pathname;
@@ -23,20 +23,6 @@ async function helloThenReset(port: number, split: boolean): Promise<void> {
     `${FIXTURES}curl-openssl3-h2.bin`,
   ]);
   assert.equal(r.code, 0, r.stderr);
-}
-
-async function httpsAnswers(port: number): Promise<string> {
-  const r = await run("curl", [
-    "-sk",
-    "--max-time",
-    "5",
-    "-o",
-    "/dev/null",
-    "-w",
-    "%{http_code}",
-    `https://127.0.0.1:${port}/`,
-  ]);
-  return r.stdout;
 }
 
 for (
@@ -67,7 +53,7 @@ routes: [{ name: web, match: { protocol: tls }, action: https }]
           await helloThenReset(port, split);
         }
         for (let i = 0; i < 6; i++) {
-          assert.equal(await httpsAnswers(port), "200", `split=${split}: HTTPS answers`);
+          assert.equal(await httpsStatus(port, 5), "200", `split=${split}: HTTPS answers`);
         }
       }
       const died = d.logs.filter((l) =>
@@ -86,8 +72,8 @@ Deno.test("an internal server that stops is said, counted and started again; /he
   const d = await startDaemon({
     dataDir: dir,
     // The site's first accept fails (Deno.serve stops for good on it), and
-    // so does its first start again: it stays down for a second.
-    env: { PORTMUX_TEST_FAULTS: "https-accept,https-restart" },
+    // so do its first three starts again: it stays down for 3 s.
+    env: { PORTMUX_TEST_FAULTS: "https-accept,https-restart:3" },
     config: `
 listen: [{ address: 127.0.0.1, port: 0 }]
 tls: { self_signed: true }
@@ -102,15 +88,15 @@ routes: [{ name: web, match: { protocol: tls }, action: https }]
   try {
     await d.waitFor((l) => l.event === "admin");
     assert.equal(await health(), "200 ok");
-    await httpsAnswers(d.port); // meets the fault: its server stops
+    await httpsStatus(d.port, 5); // meets the fault: its server stops
     const down = await d.waitFor((l) => l.event === "https-site-down");
     assert.equal(down.site, "default");
     assert.match(String(down.error), /ConnectionAborted|abort/i);
     await d.waitFor((l) => l.event === "https-site-restart-failed");
     assert.equal(await health(), "503 https site default down");
-    await d.waitFor((l) => l.event === "https-site-up", 5000);
+    await d.waitFor((l) => l.event === "https-site-up", 10_000);
     assert.equal(await health(), "200 ok");
-    for (let i = 0; i < 3; i++) assert.equal(await httpsAnswers(d.port), "200");
+    for (let i = 0; i < 3; i++) assert.equal(await httpsStatus(d.port, 5), "200");
     const metrics = await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text();
     assert.match(metrics, /^portmux_https_site_down_total\{site="default"\} 1$/m);
     assert.deepEqual(d.logs.filter((l) => l.event === "uncaught-error"), []);

@@ -136,7 +136,9 @@ Deno.test("release failing its check: said, counted, and a handoff of a connecti
   const dir = await Deno.makeTempDir({ prefix: "portmux-runtime-check-" });
   const d = await startDaemon({
     dataDir: dir,
-    config: config(),
+    // The lane off: every connection is one Deno accepted (the lane's own
+    // need no release, and it hands them off).
+    config: config("preread: { express: false }"),
     env: { PORTMUX_TEST_FAULTS: "runtime-release" },
   });
   try {
@@ -155,7 +157,7 @@ Deno.test("release failing its check: said, counted, and a handoff of a connecti
     assert.match(String(refused.handoff_error), /release failed its runtime check/);
     assert.match((await curl(d)).body, /portmux: HTTPS is served here/);
     // A reload does not undo it.
-    await reload(d, dir, config());
+    await reload(d, dir, config("preread: { express: false }"));
     const again = await checked(d, "reload");
     assert.equal((again.skipped as Record<string, string>).release, "off since it failed a check");
   } finally {

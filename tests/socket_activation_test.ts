@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { freePort, type LogLine, run, TestDaemon } from "./helpers/daemon.ts";
+import { freePort, httpsStatus, type LogLine, TestDaemon } from "./helpers/daemon.ts";
 import { loadClients } from "./helpers/load_clients.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -58,15 +58,7 @@ routes:
   try {
     await d.waitFor((l) => l.event === "started", 30_000);
     assert.equal((await d.waitFor((l) => l.event === "listening")).address, `127.0.0.1:${port}`);
-    const https = await run("curl", [
-      "-sk",
-      "-o",
-      "/dev/null",
-      "-w",
-      "%{http_code}",
-      `https://127.0.0.1:${port}/`,
-    ]);
-    assert.equal(https.stdout, "200");
+    assert.equal(await httpsStatus(port), "200");
 
     // 3,000 private-protocol clients, 16 at a time, while portmux restarts.
     const load = loadClients("echo", port, 3000, 16, "", 30);

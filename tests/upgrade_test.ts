@@ -6,7 +6,13 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { freePort, type LogLine, run, startDaemon, type TestDaemon } from "./helpers/daemon.ts";
+import {
+  freePort,
+  httpsStatus,
+  type LogLine,
+  startDaemon,
+  type TestDaemon,
+} from "./helpers/daemon.ts";
 import { loadClients } from "./helpers/load_clients.ts";
 
 const config = (port: number) => `
@@ -27,17 +33,7 @@ function httpsLoop(port: number) {
   let going = true;
   const done = (async () => {
     while (going) {
-      const r = await run("curl", [
-        "-sk",
-        "--max-time",
-        "10",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        `https://127.0.0.1:${port}/`,
-      ]);
-      codes.push(r.stdout);
+      codes.push(await httpsStatus(port));
     }
   })();
   return {
@@ -109,15 +105,7 @@ Deno.test("an upgrade whose new generation cannot start is said, and the old one
     Deno.kill(d.launcherPid, "SIGUSR2");
     const failed = await d.waitFor((l) => l.event === "upgrade-failed", 60_000);
     assert.match(String(failed.error), /exited|config/);
-    const r = await run("curl", [
-      "-sk",
-      "-o",
-      "/dev/null",
-      "-w",
-      "%{http_code}",
-      `https://127.0.0.1:${port}/`,
-    ]);
-    assert.equal(r.stdout, "200");
+    assert.equal(await httpsStatus(port), "200");
     assert.ok(before.every(isAlive), "the old workers serve on");
   } finally {
     await d.stop();

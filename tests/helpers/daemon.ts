@@ -143,7 +143,11 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<TestDaemon>
   const child = new Deno.Command(program!, {
     args: programArgs,
     cwd: ROOT,
-    env: { PORTMUX_DATA_DIR: dataDir, ...opts.env },
+    env: {
+      PORTMUX_DATA_DIR: dataDir,
+      ...(entry === "src/main.ts" && !opts.viaTask ? { LD_PRELOAD: withoutShim() } : {}),
+      ...opts.env,
+    },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -156,6 +160,13 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<TestDaemon>
   const https = daemon.logs.find((l) => l.event === "https-ready");
   if (https) daemon.internalPort = https.internal_port as number;
   return daemon;
+}
+
+/** LD_PRELOAD without the shim: src/main.ts runs the bridge fallback even
+ * when the tests run with the shim preloaded (`deno task test:asan`). */
+function withoutShim(): string {
+  return (Deno.env.get("LD_PRELOAD") ?? "").split(/[: ]/)
+    .filter((p) => p && !p.endsWith("/libportmux.so")).join(":");
 }
 
 /** Runs a command and returns its exit code and output. */
@@ -178,6 +189,24 @@ export async function run(
   const out = await child.output();
   const dec = new TextDecoder();
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+/** The status code curl gets for GET https://127.0.0.1:port/ (a new TLS
+ * connection; the certificate is not checked); "000" when none came
+ * within timeoutS. */
+export async function httpsStatus(port: number, timeoutS = 10): Promise<string> {
+  const url = `https://127.0.0.1:${port}/`;
+  const r = await run("curl", [
+    "-sk",
+    "--max-time",
+    String(timeoutS),
+    "-o",
+    "/dev/null",
+    "-w",
+    "%{http_code}",
+    url,
+  ]);
+  return r.stdout;
 }
 
 /** A free loopback TCP port (bound and released). */
