@@ -19,6 +19,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <linux/filter.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -287,6 +288,17 @@ PM_EXPORT int pm_tcp_listen(const char *host, int port, int backlog) {
     return r;
   }
   return s;
+}
+
+/* Keeps new clients out of a listening socket that is about to close,
+ * while those the kernel accepted already wait in its queue to be taken:
+ * a filter that drops every packet to the listener (new SYNs go
+ * unanswered; refused once it closes), for every process that holds it.
+ * 0, or -errno. */
+PM_EXPORT int pm_listener_refuse_new(int fd) {
+  struct sock_filter drop = BPF_STMT(BPF_RET | BPF_K, 0);
+  struct sock_fprog prog = {.len = 1, .filter = &drop};
+  return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0 ? -errno : 0;
 }
 
 /* Facts of an fd that may be an inherited listener: out[0] = 1 if it is a

@@ -76,6 +76,8 @@ const SYMBOLS = {
   pm_tcp_listen: { parameters: ["buffer", "i32", "i32"], result: "i32" },
   // int pm_listener_info(int fd, int32_t out[2], char addr[PM_ADDR_TEXT])
   pm_listener_info: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  // int pm_listener_refuse_new(int fd)
+  pm_listener_refuse_new: { parameters: ["i32"], result: "i32" },
   // int pm_set_cloexec(int fd, int on)
   pm_set_cloexec: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_adopt_listener(int runtime_fd, int held_fd)
@@ -404,6 +406,12 @@ export class Shim {
     if (rc === -88 || rc === -9 || (rc === 0 && out[0] !== 1)) return null; // ENOTSOCK, EBADF
     check("listener_info", rc);
     return { hostname: cText(addr, 0), port: out[1]! };
+  }
+
+  /** New clients of the listening socket fd go unanswered (and are
+   * refused once it closes); those queued already can still be taken. */
+  refuseNew(fd: number): void {
+    check("listener_refuse_new", this.#lib.symbols.pm_listener_refuse_new(fd));
   }
 
   setCloseOnExec(fd: number, on: boolean): void {

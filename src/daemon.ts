@@ -36,6 +36,8 @@ const ACCEPT_RETRY_MS = 100;
  * BURST_MAX at a time, so that the event loop moves on in between. */
 const BURST_BATCH = 64;
 const BURST_MAX = 512;
+/** The listening sockets' backlog (the supervisor's, pm_tcp_listen's). */
+const BACKLOG = 4096;
 const LANE_LAST_PASS_MS = 20;
 const CHANNEL_CHECK_MS = 250;
 
@@ -476,6 +478,9 @@ export class Daemon {
       const dropped = this.#shim.injectUnregister(entry.lane);
       if (dropped) this.#log.warn("express-queue-dropped", { connections: dropped });
     }
+    // What the kernel accepted is served, not reset by the last close (at a
+    // stop the supervisor keeps new clients out first: refuseNew).
+    if (this.#shim.interposerActive()) this.#acceptBurst(entry.socket, entry, true);
     try {
       entry.listener.close();
     } catch { /* closed */ }
@@ -543,9 +548,11 @@ export class Daemon {
 
   /** Takes the rest of a burst at once: the connections already waiting on
    * the listener are accepted by the shim, without a Deno connection
-   * object each (src/client_socket.ts). */
-  #acceptBurst(listenerFd: number, entry: ListenerEntry): void {
-    for (let taken = 0; taken < BURST_MAX && !this.#stopping;) {
+   * object each (src/client_socket.ts). last: the listener closes next,
+   * take its whole queue (a backlog's worth at most). */
+  #acceptBurst(listenerFd: number, entry: ListenerEntry, last = false): void {
+    const most = last ? BACKLOG : BURST_MAX;
+    for (let taken = 0; taken < most && (last || !this.#stopping);) {
       let batch;
       try {
         batch = this.#shim.acceptBatch(listenerFd, BURST_BATCH);

@@ -250,9 +250,9 @@ export async function supervise(opts: SuperviseOptions): Promise<number> {
       if (signal === "SIGUSR2") return void upgrade();
       if (signal === "SIGHUP") return signalAll(current, "SIGHUP");
       if (!stopping && held.from === "bound") {
-        // New clients are refused at once rather than queued for nobody
-        // (systemd's sockets stay: it holds them for the next start).
-        for (const h of held.listeners) shim.close(h.fd);
+        // No new client gets in, and the workers take the queued ones
+        // before they close (systemd's sockets queue on for the next start).
+        for (const h of held.listeners) shim.refuseNew(h.fd);
       }
       stopping = true;
       for (const gen of all) signalAll(gen, signal);

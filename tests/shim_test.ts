@@ -282,3 +282,33 @@ Deno.test("with an HTTPS site, the runtime's own accept takes the public listene
   }
   assert.equal(third.accepted, third.client, "served from there");
 });
+
+Deno.test("refuseNew keeps new clients out of a listening socket while the queued ones can still be taken (a stop loses none it accepted)", async () => {
+  const fd = shim.tcpListen("127.0.0.1", 0);
+  const port = shim.listenerAddress(fd)!.port;
+  try {
+    const queued = await Deno.connect({ hostname: "127.0.0.1", port }); // handshake done
+    shim.refuseNew(fd);
+    // A new client's SYN goes unanswered: its connect does not complete.
+    const late = Deno.connect({ hostname: "127.0.0.1", port });
+    const outcome = await Promise.race([
+      late.then((c) => (c.close(), "connected"), () => "failed"),
+      new Promise((r) => setTimeout(() => r("waiting"), 500)),
+    ]);
+    assert.equal(outcome, "waiting");
+    // The one queued before is still there to take.
+    const taken = shim.acceptBatch(fd, 8);
+    assert.equal(taken.length, 1);
+    assert.equal(taken[0]!.remote.port, queued.localAddr.port);
+    shim.close(taken[0]!.fd);
+    queued.close();
+    shim.close(fd);
+    // Closed, the port refuses the late client when its SYN comes again.
+    assert.equal(await late.then((c) => (c.close(), "connected"), () => "refused"), "refused");
+  } catch (e) {
+    try {
+      shim.close(fd);
+    } catch { /* closed */ }
+    throw e;
+  }
+});
