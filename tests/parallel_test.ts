@@ -4,7 +4,7 @@
  * worker that dies is started again, and a stop stops them all.
  */
 import assert from "node:assert/strict";
-import { freePort, httpsStatus, type LogLine, run, startDaemon } from "./helpers/daemon.ts";
+import { freePort, httpsStatus, type LogLine, startDaemon } from "./helpers/daemon.ts";
 import { roundTrip } from "./helpers/client.ts";
 
 Deno.test("two workers share one port: both serve HTTPS and handoffs, reload, restart and stop together", async () => {
