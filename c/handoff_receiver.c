@@ -182,6 +182,7 @@ static void pair_record(struct receiver *r, struct rx_channel *c, const char *li
 /* Pairs the channel's complete lines while there is room for them; keeps
  * the rest. */
 static void split_records(struct receiver *r, struct rx_channel *c) {
+  if (!c->text) return; /* nothing read on this channel yet */
   int start = 0;
   char *nl = NULL;
   while (r->ready_len < RX_READY && (nl = memchr(c->text + start, '\n', (size_t)(c->len - start)))) {

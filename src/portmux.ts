@@ -18,7 +18,17 @@ if (role === "daemon") {
 } else if (role === "echo-service") {
   await import("./demo_echo_service.ts");
 } else {
-  const embedded = new URL("../build/libportmux.so", import.meta.url);
+  // Under `deno task test:asan`, the sanitized build (never compiled in).
+  const sanitized = Deno.env.get("PORTMUX_SHIM_SANITIZE") === "1" &&
+    !import.meta.url.includes("/deno-compile-");
+  const embedded = new URL(`../build/${sanitized ? "asan/" : ""}libportmux.so`, import.meta.url);
+  // The daemon preloads the extracted copy: one inherited from LD_PRELOAD
+  // (test:asan preloads its build into every process) would be a second.
+  const preload = Deno.env.get("LD_PRELOAD");
+  if (preload) {
+    const others = preload.split(/[: ]/).filter((p) => p && !p.endsWith("/libportmux.so"));
+    Deno.env.set("LD_PRELOAD", others.join(":"));
+  }
   let shim: string;
   try {
     shim = await extractShim(await Deno.readFile(embedded));

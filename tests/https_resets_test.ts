@@ -72,8 +72,8 @@ Deno.test("an internal server that stops is said, counted and started again; /he
   const d = await startDaemon({
     dataDir: dir,
     // The site's first accept fails (Deno.serve stops for good on it), and
-    // so do its first three starts again: it stays down for 3 s.
-    env: { PORTMUX_TEST_FAULTS: "https-accept,https-restart:3" },
+    // so do its first five starts again: it stays down for 5 s.
+    env: { PORTMUX_TEST_FAULTS: "https-accept,https-restart:5" },
     config: `
 listen: [{ address: 127.0.0.1, port: 0 }]
 tls: { self_signed: true }
@@ -94,7 +94,7 @@ routes: [{ name: web, match: { protocol: tls }, action: https }]
     assert.match(String(down.error), /ConnectionAborted|abort/i);
     await d.waitFor((l) => l.event === "https-site-restart-failed");
     assert.equal(await health(), "503 https site default down");
-    await d.waitFor((l) => l.event === "https-site-up", 10_000);
+    await d.waitFor((l) => l.event === "https-site-up", 20_000);
     assert.equal(await health(), "200 ok");
     for (let i = 0; i < 3; i++) assert.equal(await httpsStatus(d.port, 5), "200");
     const metrics = await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text();

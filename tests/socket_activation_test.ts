@@ -60,15 +60,16 @@ routes:
     assert.equal((await d.waitFor((l) => l.event === "listening")).address, `127.0.0.1:${port}`);
     assert.equal(await httpsStatus(port), "200");
 
-    // 3,000 private-protocol clients, 16 at a time, while portmux restarts.
-    const load = loadClients("echo", port, 3000, 16, "", 30);
-    await new Promise((r) => setTimeout(r, 300));
+    // 6,000 private-protocol clients, 16 at a time, while portmux restarts.
+    const load = loadClients("echo", port, 6000, 16, "", 30);
+    // Restart once the load is under way (slow machines start it late).
+    await d.waitFor((l) => l.event === "connection" && l.outcome === "handed-off", 30_000);
     await say("restart");
     await d.waitFor((l) => l.event === "restarted");
     await d.waitFor(() => count(d, "started").length === 2, 30_000);
     const echoed = await load.waitFor("echoed", 90_000);
     await load.done();
-    assert.deepEqual([echoed.ok, echoed.bad, echoed.errors], [3000, 0, 0], JSON.stringify(echoed));
+    assert.deepEqual([echoed.ok, echoed.bad, echoed.errors], [6000, 0, 0], JSON.stringify(echoed));
     assert.equal(count(d, "restarted")[0]!.code, 0, "the first one stopped cleanly");
     await say("stop");
     await d.waitFor((l) => l.event === "stopped");
@@ -78,7 +79,7 @@ routes:
     );
     assert.equal(served.length, 2);
     assert.ok(served.every((n) => n > 0), `handed off by each: ${served}`);
-    assert.equal(served[0]! + served[1]!, 3000);
+    assert.equal(served[0]! + served[1]!, 6000);
   } finally {
     await say("stop").catch(() => {});
     await child.status;

@@ -53,7 +53,8 @@ Deno.test("SIGUSR2 upgrades in place under load: no connection fails, and every 
     const before = workerPids(d);
     const https = httpsLoop(port);
     const load = loadClients("echo", port, 12_000, 8, "", 30);
-    await new Promise((r) => setTimeout(r, 300));
+    // Upgrade once the load is under way (slow machines start it late).
+    await d.waitFor((l) => l.event === "connection" && l.outcome === "handed-off", 30_000);
     Deno.kill(d.launcherPid, "SIGUSR2");
     const upgraded = await d.waitFor((l) => l.event === "upgraded", 60_000);
     const after = workerPids(d, 2);
