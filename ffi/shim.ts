@@ -391,8 +391,9 @@ export class Shim {
     );
   }
 
-  /** A listening socket on host:port (0: any) that child processes inherit
-   * (not close-on-exec): the supervisor holds it for its workers. */
+  /** A listening socket on host:port (0: any), close-on-exec: the
+   * supervisor holds it, and lets only its workers inherit it
+   * (src/held_listeners.ts withInherited). */
   tcpListen(host: string, port: number, backlog = 4096): number {
     return check("tcp_listen", this.#lib.symbols.pm_tcp_listen(hostCstr(host), port, backlog));
   }
@@ -630,14 +631,14 @@ export class Shim {
     check("inject_push", this.#lib.symbols.pm_inject_push(listenerFd, clientFd));
   }
 
-  /** Forgets the listener (call before it closes); closes what was queued
-   * and returns how many. */
   /** For tests only: the runtime's next accept on the injected listener
    * fails with ECONNABORTED (src/faults.ts). */
   injectFailNext(listenerFd: number): void {
     check("inject_fail_next", this.#lib.symbols.pm_inject_fail_next(listenerFd, ECONNABORTED));
   }
 
+  /** Forgets the listener (call before it closes); closes what was queued
+   * and returns how many. */
   injectUnregister(listenerFd: number): number {
     return check("inject_unregister", this.#lib.symbols.pm_inject_unregister(listenerFd));
   }

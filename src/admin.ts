@@ -52,6 +52,9 @@ export function startAdmin(o: AdminOptions): Deno.HttpServer {
   return Deno.serve({
     hostname: o.address,
     port: o.port,
+    // During an upgrade the old and the new generation's worker i both
+    // serve admin port + i for a moment.
+    reusePort: true,
     onListen: (addr) =>
       o.log.info("admin", { address: addressText(displayAddress(addr as Deno.NetAddr)) }),
   }, (req) => {

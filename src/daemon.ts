@@ -113,6 +113,9 @@ export class Daemon {
   /** Sockets the supervisor holds for this worker's listeners, by listen
    * key, until adopted. */
   readonly #held: Map<string, number>;
+  /** The listen entries the supervisor holds sockets for (null: none):
+   * only an upgrade or a restart changes them. */
+  readonly #heldKeys: ReadonlySet<string> | null;
 
   private constructor(
     config: Config,
@@ -127,6 +130,7 @@ export class Daemon {
     this.#log = log;
     this.#shim = shim;
     this.#held = inheritedListeners(shim);
+    this.#heldKeys = this.#held.size ? new Set(this.#held.keys()) : null;
     this.#https = https;
     this.#builtins = builtins;
     this.#preread = new Preread(shim, Math.max(config.preread.maxBytes, PROXY_HEADER_MAX));
@@ -362,7 +366,8 @@ export class Daemon {
       await daemon.#checkRuntime("start"); // before any client: fallbacks in place first
       daemon.#https?.sites[0]?.frontend.armAcceptFault(); // tests only (src/faults.ts)
       daemon.#openListeners(config);
-    } catch (e) {
+      if (config.admin) daemon.#startAdmin(config.admin);
+    } catch (e) { // it may have accepted already: those drain
       await daemon.stop();
       throw e;
     } finally {
@@ -370,7 +375,6 @@ export class Daemon {
       for (const fd of daemon.#held.values()) shim.close(fd);
       daemon.#held.clear();
     }
-    if (config.admin) daemon.#startAdmin(config.admin);
     return daemon;
   }
 
@@ -870,6 +874,16 @@ export class Daemon {
    * part cannot be applied; what was applied before stays.
    */
   async reload(next: Config): Promise<void> {
+    const keys = new Set(next.listen.map(listenKey));
+    if (
+      this.#heldKeys &&
+      (keys.size !== this.#heldKeys.size || ![...keys].every((k) => this.#heldKeys!.has(k)))
+    ) {
+      throw new Error(
+        "listen: changed, and the listening sockets are the supervisor's: an upgrade (SIGUSR2) " +
+          "or a restart applies it",
+      );
+    }
     const material = await readHttps(next);
     let old: HttpsSites | null = null;
     if (material?.madeFrom !== this.#https?.madeFrom) {

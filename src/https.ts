@@ -157,7 +157,7 @@ export class HttpsFrontend {
     this.#accessLog = opts.accessLog;
     this.#inject = opts.shim.interposerActive() && injectionBroken === null;
     this.#server = this.#serve();
-    this.#listenerFd = this.#register();
+    this.#listenerFd = this.#register(this.#server);
   }
 
   /** For tests (src/faults.ts, https-accept): the next accept of this
@@ -190,10 +190,11 @@ export class HttpsFrontend {
 
   /** Makes the server's listener take injected connections; null when the
    * shim is not preloaded (bridge mode). */
-  #register(): number | null {
+  #register(server: Deno.HttpServer<Deno.NetAddr>): number | null {
+    const port = server.addr.port;
     if (this.#inject) {
-      const fd = this.#shim.injectRegister(this.port);
-      this.#log.info("https-ready", { delivery: "inject", internal_port: this.port });
+      const fd = this.#shim.injectRegister(port);
+      this.#log.info("https-ready", { delivery: "inject", internal_port: port });
       return fd;
     }
     this.#log.warn("https-bridge-fallback", {
@@ -202,7 +203,7 @@ export class HttpsFrontend {
         : `injection failed its runtime check (${injectionBroken}); `) +
         "HTTPS connections are bridged through a loopback copy, slower than injection",
     });
-    this.#log.info("https-ready", { delivery: "bridge", internal_port: this.port });
+    this.#log.info("https-ready", { delivery: "bridge", internal_port: port });
     return null;
   }
 
@@ -226,11 +227,14 @@ export class HttpsFrontend {
 
   #restart(): void {
     if (this.#stopping) return;
+    let server: Deno.HttpServer<Deno.NetAddr> | null = null;
     try {
       if (fault("https-restart")) throw new Error("test fault: https-restart");
-      this.#server = this.#serve();
-      this.#listenerFd = this.#register();
+      server = this.#serve();
+      this.#listenerFd = this.#register(server);
+      this.#server = server;
     } catch (e) {
+      server?.shutdown(); // started, but cannot take injected clients: not kept
       this.#log.error("https-site-restart-failed", { site: this.#opts.site, error: String(e) });
       this.#retry = setTimeout(() => this.#restart(), RESTART_RETRY_MS);
       return;

@@ -127,9 +127,9 @@ export async function supervise(opts: SuperviseOptions): Promise<number> {
       retired: false,
       done: Promise.resolve(0),
     };
-    const start = (index: number): Promise<number> => {
+    const spawn = (index: number): Deno.ChildProcess => {
       const [program, ...args] = opts.daemon;
-      const child = withInherited(shim, listeners, () =>
+      return withInherited(shim, listeners, () =>
         new Deno.Command(program!, {
           args: [...args, ...rest],
           env: {
@@ -142,37 +142,53 @@ export async function supervise(opts: SuperviseOptions): Promise<number> {
           },
           stdin: "inherit",
         }).spawn());
+    };
+    /** Runs worker index until it ends for good; its exit code. first: the
+     * generation's own start, where a quick failure means none can start. */
+    const start = async (index: number, first: boolean): Promise<number> => {
+      let child: Deno.ChildProcess;
+      try {
+        child = spawn(index);
+      } catch (e) { // the deno binary replaced or gone, out of processes...
+        log.error("worker-start-failed", { worker: index, error: String(e) });
+        if (first) {
+          retire(gen, "SIGTERM");
+          return 1;
+        }
+        await new Promise((r) => setTimeout(r, RESTART_MS));
+        return stopping || gen.retired ? 1 : start(index, false);
+      }
       gen.children.set(index, child);
       notify?.expect(child.pid, () => gen.ready.add(child.pid));
       const born = performance.now();
-      return child.status.then(async (status) => {
-        gen.children.delete(index);
-        notify?.forget(child.pid);
-        // Exit codes 1 and 2 soon after start: it could not start (a config
-        // or start-up error), and neither will the others.
-        const couldNotStart = performance.now() - born < STARTUP_MS &&
-          (status.code === 1 || status.code === 2);
-        if (stopping || gen.retired || couldNotStart || status.code === 0) {
-          if (couldNotStart && !stopping && !gen.retired) retire(gen, "SIGTERM");
-          return status.code;
-        }
-        // The others go on accepting on the held sockets meanwhile (a lone
-        // worker's clients wait in their queue): only what was inside this
-        // worker is lost.
-        log.error("worker-exited", {
-          worker: index,
-          pid: child.pid,
-          code: status.code,
-          signal: status.signal,
-          restart_in_ms: RESTART_MS,
-        });
-        await new Promise((r) => setTimeout(r, RESTART_MS));
-        return stopping || gen.retired ? status.code : start(index);
+      const status = await child.status;
+      gen.children.delete(index);
+      gen.ready.delete(child.pid);
+      notify?.forget(child.pid);
+      // Exit codes 1 and 2 soon after the generation's start: it could not
+      // start (a config or start-up error), and neither will the others.
+      const couldNotStart = first && performance.now() - born < STARTUP_MS &&
+        (status.code === 1 || status.code === 2);
+      if (stopping || gen.retired || couldNotStart || status.code === 0) {
+        if (couldNotStart && !stopping && !gen.retired) retire(gen, "SIGTERM");
+        return status.code;
+      }
+      // The others go on accepting on the held sockets meanwhile (a lone
+      // worker's clients wait in their queue): only what was inside this
+      // worker is lost.
+      log.error("worker-exited", {
+        worker: index,
+        pid: child.pid,
+        code: status.code,
+        signal: status.signal,
+        restart_in_ms: RESTART_MS,
       });
+      await new Promise((r) => setTimeout(r, RESTART_MS));
+      return stopping || gen.retired ? status.code : start(index, false);
     };
-    gen.done = Promise.all(Array.from({ length: workers }, (_, i) => start(i))).then((codes) =>
-      Math.max(...codes)
-    );
+    gen.done = Promise.all(Array.from({ length: workers }, (_, i) => start(i, true))).then((
+      codes,
+    ) => Math.max(...codes));
     return gen;
   };
 
@@ -187,6 +203,9 @@ export async function supervise(opts: SuperviseOptions): Promise<number> {
     gen.retired = true;
     signalAll(gen, signal);
   };
+  /** Its workers that are alive and said they serve. */
+  const serving = (gen: Generation) =>
+    [...gen.children.values()].filter((c) => gen.ready.has(c.pid)).length;
 
   /** Every generation with workers still running (while an upgrade
    * drains the old one, two). */
@@ -218,30 +237,31 @@ export async function supervise(opts: SuperviseOptions): Promise<number> {
     }
     const gen = track(startGeneration(listeners));
     const ready = await Promise.race([
-      waitUntil(() => gen.ready.size === workers, UPGRADE_READY_MS).then((ok) =>
+      waitUntil(() => serving(gen) === workers, UPGRADE_READY_MS).then((ok) =>
         ok ? null : `its workers did not say they serve within ${UPGRADE_READY_MS} ms`
       ),
       gen.done.then((code) => `its workers exited (code ${code})`),
     ]);
     if (ready !== null || stopping) {
-      retire(gen, "SIGKILL"); // it took no connection the old one could not
+      // Those that started accept on the held sockets: they drain too.
+      retire(gen, "SIGTERM");
       log.error("upgrade-failed", { generation: gen.number, error: ready ?? "stopping" });
-      closeExcept(shim, listeners, held.listeners); // what it bound for the new one
+      gen.done.then(() => closeExcept(shim, listeners, held.listeners)); // what it bound
       upgrading = false;
       return;
     }
     const old = current;
+    const oldListeners = held.listeners;
     current = gen;
+    held = { ...held, listeners }; // the next upgrade starts from these
     retire(old, "SIGTERM"); // it drains while the new one takes every new connection
     log.info("upgraded", {
       generation: gen.number,
       pids: [...gen.children.values()].map((c) => c.pid),
       retired_pids: [...old.children.values()].map((c) => c.pid),
     });
-    old.done.then(() => {
-      closeExcept(shim, held.listeners, listeners); // what the new config no longer names
-      held = { ...held, listeners };
-    });
+    // What the new config no longer names, once nothing accepts there.
+    old.done.then(() => closeExcept(shim, oldListeners, held.listeners));
     upgrading = false;
   };
 
@@ -249,13 +269,22 @@ export async function supervise(opts: SuperviseOptions): Promise<number> {
     Deno.addSignalListener(signal, () => {
       if (signal === "SIGUSR2") return void upgrade();
       if (signal === "SIGHUP") return signalAll(current, "SIGHUP");
-      if (!stopping && held.from === "bound") {
+      const again = stopping;
+      stopping = true;
+      if (!again && held.from === "bound") {
         // No new client gets in, and the workers take the queued ones
         // before they close (systemd's sockets queue on for the next start).
-        for (const h of held.listeners) shim.refuseNew(h.fd);
+        for (const h of held.listeners) {
+          try {
+            shim.refuseNew(h.fd);
+          } catch (e) {
+            log.warn("refuse-new-failed", { error: String(e) }); // they close at exit anyway
+          }
+        }
       }
-      stopping = true;
-      for (const gen of all) signalAll(gen, signal);
+      // A retired generation is draining already: only a second request
+      // (stop now) reaches it too.
+      for (const gen of all) if (again || !gen.retired) signalAll(gen, signal);
     });
   }
   let code: number;

@@ -113,6 +113,29 @@ Deno.test("an upgrade whose new generation cannot start is said, and the old one
   }
 });
 
+Deno.test("a changed listen: takes an upgrade: the new generation listens where the config says", async () => {
+  const port = freePort();
+  const dir = await Deno.makeTempDir({ prefix: "portmux-upgrade-listen-" });
+  const d = await startDaemon({ dataDir: dir, config: config(port) });
+  try {
+    await d.waitFor((l) => l.event === "started");
+    const extra = freePort();
+    await Deno.writeTextFile(
+      join(dir, "config.yaml"),
+      config(port).replace(
+        `port: ${port} }]`,
+        `port: ${port} }, { address: 127.0.0.1, port: ${extra} }]`,
+      ),
+    );
+    Deno.kill(d.launcherPid, "SIGUSR2");
+    await d.waitFor((l) => l.event === "upgraded", 60_000);
+    assert.equal(await httpsStatus(extra), "200");
+    assert.equal(await httpsStatus(port), "200");
+  } finally {
+    await d.stop();
+  }
+});
+
 function isAlive(pid: number): boolean {
   try {
     Deno.kill(pid, "SIGCONT"); // harmless: a signal that asks nothing
