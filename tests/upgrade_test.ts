@@ -113,10 +113,12 @@ Deno.test("an upgrade whose new generation cannot start is said, and the old one
   }
 });
 
-Deno.test("a changed listen: takes an upgrade: the new generation listens where the config says", async () => {
+Deno.test("a changed listen: takes an upgrade: the new generation listens where the config says (beside the old one's admin port)", async () => {
   const port = freePort();
   const dir = await Deno.makeTempDir({ prefix: "portmux-upgrade-listen-" });
-  const d = await startDaemon({ dataDir: dir, config: config(port) });
+  // A fixed admin port: both generations' workers hold it for a moment.
+  const admin = `admin: { port: ${freePort()} }\n`;
+  const d = await startDaemon({ dataDir: dir, config: config(port) + admin });
   try {
     await d.waitFor((l) => l.event === "started");
     const extra = freePort();
@@ -125,7 +127,7 @@ Deno.test("a changed listen: takes an upgrade: the new generation listens where 
       config(port).replace(
         `port: ${port} }]`,
         `port: ${port} }, { address: 127.0.0.1, port: ${extra} }]`,
-      ),
+      ) + admin,
     );
     Deno.kill(d.launcherPid, "SIGUSR2");
     await d.waitFor((l) => l.event === "upgraded", 60_000);
