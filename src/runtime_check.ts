@@ -41,6 +41,7 @@ const FALLBACKS: Record<Exclude<Mechanism, "fd">, string> = {
 /** Loopback answers come in well under a millisecond; these only bound a
  * check that meets a broken mechanism (never a hang). */
 const ANSWER_MS = 1000;
+const CHECK_ATTEMPTS = 2;
 const LANE_MS = 500;
 /** The lane's own thread takes a connection the runtime left on a listener
  * after two looks STALL_CHECK_MS apart (c/express_lane.c): one taken
@@ -417,7 +418,7 @@ export class RuntimeChecks {
     if (why) return void run.found.set(m, { status: "skipped", text: why, ms: 0 });
     const at = performance.now();
     try {
-      const note = await this.#check(m, run.targets);
+      const note = await this.#checkTwice(m, run.targets);
       run.found.set(m, { status: "passed", text: note ?? "", ms: round(performance.now() - at) });
     } catch (e) {
       const error = e instanceof Error ? e.message : String(e);
@@ -426,6 +427,19 @@ export class RuntimeChecks {
       }
       run.found.set(m, { status: "failed", text: error, ms: round(performance.now() - at) });
       await this.#fail(m, error, run.trigger, run.targets);
+    }
+  }
+
+  /** A mechanism is turned off for good only when it fails twice in a row:
+   * a host busy enough to miss a deadline once (the lane's 50 ms) must not
+   * lose the fast path. */
+  async #checkTwice(m: Mechanism, t: Targets): Promise<string | null> {
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await this.#check(m, t);
+      } catch (e) {
+        if (attempt === CHECK_ATTEMPTS || e instanceof CannotCheck) throw e;
+      }
     }
   }
 

@@ -112,7 +112,7 @@ Deno.test("with nothing broken, runtime-checked says every mechanism passed, at 
 Deno.test("injection failing its check: said, counted, and HTTPS is bridged for curl", async () => {
   const d = await startDaemon({
     config: config(),
-    env: { PORTMUX_TEST_FAULTS: "runtime-inject" },
+    env: { PORTMUX_TEST_FAULTS: "runtime-inject:2" },
   });
   try {
     const failed = await saidAndCounted(d, "inject");
@@ -139,7 +139,7 @@ Deno.test("release failing its check: said, counted, and a handoff of a connecti
     // The lane off: every connection is one Deno accepted (the lane's own
     // need no release, and it hands them off).
     config: config("preread: { express: false }"),
-    env: { PORTMUX_TEST_FAULTS: "runtime-release" },
+    env: { PORTMUX_TEST_FAULTS: "runtime-release:2" },
   });
   try {
     const failed = await saidAndCounted(d, "release");
@@ -166,7 +166,7 @@ Deno.test("release failing its check: said, counted, and a handoff of a connecti
 });
 
 Deno.test("the lane's trick failing its check: said, counted, and the daemon's path serves HTTPS and handoffs", async () => {
-  const d = await startDaemon({ config: config(), env: { PORTMUX_TEST_FAULTS: "runtime-lane" } });
+  const d = await startDaemon({ config: config(), env: { PORTMUX_TEST_FAULTS: "runtime-lane:2" } });
   try {
     const failed = await saidAndCounted(d, "lane");
     assert.match(String(failed.error), /took no connection/);
@@ -185,7 +185,7 @@ Deno.test("the lane's trick failing its check: said, counted, and the daemon's p
 Deno.test("the fd symbol failing its check: said, counted, and connections are served through the lookup", async () => {
   const d = await startDaemon({
     config: config("preread: { express: false }"),
-    env: { PORTMUX_TEST_FAULTS: "runtime-fd" },
+    env: { PORTMUX_TEST_FAULTS: "runtime-fd:2" },
   });
   try {
     const failed = await saidAndCounted(d, "fd");
@@ -195,6 +195,18 @@ Deno.test("the fd symbol failing its check: said, counted, and connections are s
     assert.equal(echoed, "PRIV hello");
     assert.equal(line.outcome, "handed-off");
     assert.equal(line.fd_lookup, "fallback");
+  } finally {
+    await d.stop();
+  }
+});
+
+Deno.test("a check that fails once (a busy host missing a deadline) is tried again before its mechanism is turned off", async () => {
+  const d = await startDaemon({ config: config(), env: { PORTMUX_TEST_FAULTS: "runtime-lane" } });
+  try {
+    const start = await checked(d, "start");
+    assert.deepEqual(start.failed, []);
+    assert.ok((start.passed as string[]).includes("lane"));
+    assert.ok(!d.logs.some((l) => l.event === "runtime-check-failed"));
   } finally {
     await d.stop();
   }
