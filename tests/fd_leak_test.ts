@@ -112,10 +112,13 @@ for (const [inject, total] of [[true, 1000], [false, 250]] as const) {
 }
 
 Deno.test("the daemon's fds are listed by the test helper (sanity check of the measure)", async () => {
-  const d = await startDaemon({ config: CONFIG });
+  // Silent clients accepted at once and held long enough to be counted
+  // (with 300 ms, on a busy machine they could come and go between looks).
+  const held = "preread: { timeout_ms: 10000, defer_accept: false }";
+  const d = await startDaemon({ config: CONFIG.replace("preread: { timeout_ms: 300 }", held) });
   try {
     const before = d.fdCount();
-    const held = await Promise.all(
+    const clients = await Promise.all(
       Array.from({ length: 20 }, () => Deno.connect({ hostname: "127.0.0.1", port: d.port })),
     );
     // 20 silent clients wait in preread: the daemon must hold 20 more fds.
@@ -124,7 +127,7 @@ Deno.test("the daemon's fds are listed by the test helper (sanity check of the m
       await new Promise((r) => setTimeout(r, 20));
     }
     assert.ok(d.fdCount() >= before + 20, `expected ${before + 20}+, got ${d.fdCount()}`);
-    held.forEach((c) => c.close());
+    clients.forEach((c) => c.close());
     assert.equal(await d.settleFds(before), before);
   } finally {
     await d.stop();
