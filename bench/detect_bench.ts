@@ -3,8 +3,8 @@
  * detection issue asks for: ClientHellos parsed per second for a typical
  * 512-byte hello (curl's), at least 1,000,000.
  */
-import { decide } from "../src/classify.ts";
-import { parseConfig } from "../src/config.ts";
+import { decide } from "../src/route/classify.ts";
+import { parseConfig } from "../src/config/config.ts";
 import { detectHttp1 } from "../src/detect/http.ts";
 import { detectSsh } from "../src/detect/ssh.ts";
 import { detectTls } from "../src/detect/tls.ts";

@@ -9,7 +9,7 @@
  */
 import net from "node:net";
 import { Shim } from "../ffi/shim.ts";
-import { serveHandoffs } from "../src/service_receiver.ts";
+import { serveHandoffs } from "../src/service/receiver.ts";
 
 const arg = (name: string) => Deno.args[Deno.args.indexOf(name) + 1]!;
 

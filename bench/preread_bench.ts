@@ -244,7 +244,7 @@ async function legitimateClients(port: number, caCert: string) {
 
 async function partB(): Promise<string> {
   const dir = await Deno.makeTempDir({ prefix: "portmux-bench-slowloris-" });
-  const { selfSignedCertIn } = await import("../src/self_signed_cert.ts");
+  const { selfSignedCertIn } = await import("../src/actions/https/self_signed_cert.ts");
   const { cert } = await selfSignedCertIn(dir);
   const backendPort = freePort();
   const backend = new Deno.Command(Deno.execPath(), {

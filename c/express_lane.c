@@ -5,8 +5,8 @@
  * on that site runs it (see "accepting on the runtime's thread"); a thread
  * of its own keeps the rest.
  *
- * The daemon compiles its routes into a table (src/express_lane.ts) of the
- * conditions C evaluates exactly as src/classify.ts does: a TLS ClientHello
+ * The daemon compiles its routes into a table (src/route/express_lane.ts) of the
+ * conditions C evaluates exactly as src/route/classify.ts does: a TLS ClientHello
  * (SNI, ALPN) in one record, and byte prefixes. Actions: inject into the
  * HTTPS site the SNI picks, or send the fd to a service channel the daemon
  * opened and checked. Anything else, or any doubt (a route C cannot
@@ -107,7 +107,7 @@ static int parse_name(const char *s, struct name_pattern *p) {
 
 static char *next_token(char **save) { return strtok_r(NULL, " \t", save); }
 
-/* One line of the table's text (src/express_lane.ts writes it):
+/* One line of the table's text (src/route/express_lane.ts writes it):
  *   limits <peek_max> <wait_ms> <max_preread> <max_connections> <max_per_source> <generation>
  *   site <listener_fd> <name>...
  *   rule <route> <slow|https|handoff> <service> <head hex> opaque
@@ -349,7 +349,7 @@ static enum verdict rule_verdict(const struct rule *r, const uint8_t *b, int n, 
 
 /* The rule that takes these bytes: its index, or -V_MORE / -V_SLOW. The
  * first rule that matches wins once every earlier one said no (as
- * decide() in src/classify.ts); bytes that match none go to the daemon,
+ * decide() in src/route/classify.ts); bytes that match none go to the daemon,
  * which knows the default route. */
 #define DECIDE_MORE (-V_MORE)
 #define DECIDE_SLOW (-V_SLOW)
@@ -860,7 +860,7 @@ static int accept_from(int li) {
       continue;
     }
     /* Over a limit, the newest connection is closed, as the daemon does
-     * (src/admission.ts), and said through the ring. */
+     * (src/accept/admission.ts), and said through the ring. */
     enum limit over = pending_total >= table->max_connections ? L_MAX_CONNECTIONS
                       : pending_total >= table->max_preread  ? L_MAX_PREREAD
                       : source_waiting(c->source) >= table->max_per_source ? L_MAX_PER_SOURCE

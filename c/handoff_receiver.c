@@ -19,7 +19,7 @@
  * fd comes with the record's first byte and one recvmsg never holds the
  * fds of two records: the i-th fd belongs to the i-th record. An fd lost
  * to MSG_CTRUNC (the service out of fds) keeps its place as LOST, so that
- * later records keep their own (as src/handoff_records.ts does).
+ * later records keep their own (as src/service/record_assembly.ts does).
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -395,7 +395,7 @@ PM_EXPORT int pm_channel_send(int chan, int fd, const uint8_t *payload, int len)
 /* What a channel's service has not read yet (SIOCOUTQ), or -errno. Linux
  * counts the memory of the unread messages, not their bytes: a record of up
  * to 192 bytes costs 768. A count that does not go down is a stalled
- * service (src/service_channels.ts). */
+ * service (src/actions/handoff/channels.ts). */
 PM_EXPORT int pm_unread(int chan) {
   int n = 0;
   return ioctl(chan, SIOCOUTQ, &n) < 0 ? -errno : n;

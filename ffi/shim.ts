@@ -393,7 +393,7 @@ export class Shim {
 
   /** A listening socket on host:port (0: any), close-on-exec: the
    * supervisor holds it, and lets only its workers inherit it
-   * (src/held_listeners.ts withInherited). */
+   * (src/accept/held_listeners.ts withInherited). */
   tcpListen(host: string, port: number, backlog = 4096): number {
     return check("tcp_listen", this.#lib.symbols.pm_tcp_listen(hostCstr(host), port, backlog));
   }
@@ -632,7 +632,7 @@ export class Shim {
   }
 
   /** For tests only: the runtime's next accept on the injected listener
-   * fails with ECONNABORTED (src/faults.ts). */
+   * fails with ECONNABORTED (src/ops/faults.ts). */
   injectFailNext(listenerFd: number): void {
     check("inject_fail_next", this.#lib.symbols.pm_inject_fail_next(listenerFd, ECONNABORTED));
   }
@@ -643,7 +643,7 @@ export class Shim {
     return check("inject_unregister", this.#lib.symbols.pm_inject_unregister(listenerFd));
   }
 
-  /** Installs the express lane's routing table (src/express_lane.ts writes
+  /** Installs the express lane's routing table (src/route/express_lane.ts writes
    * it); the lane's thread starts with the first. */
   expressTable(text: string): void {
     check("express_table", this.#lib.symbols.pm_express_table(cstr(text)));

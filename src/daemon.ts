@@ -4,29 +4,29 @@
  * says what happened and why.
  */
 import { Shim, ShimError } from "../ffi/shim.ts";
-import { addressText, displayAddress, normalizeAddress } from "./address.ts";
-import { decide, type Decision } from "./classify.ts";
-import type { Config, DefaultRoute, Listen, Route, Service } from "./config.ts";
-import type { Address } from "./address.ts";
+import { addressText, displayAddress, normalizeAddress } from "./net/address.ts";
+import { decide, type Decision } from "./route/classify.ts";
+import type { Config, DefaultRoute, Listen, Route, Service } from "./config/config.ts";
+import type { Address } from "./net/address.ts";
 import { detectProxyHeader } from "./detect/proxy_protocol.ts";
-import { cidrContains } from "./ip.ts";
-import { openUpstream } from "./tcp_proxy.ts";
-import { detachConn, relay } from "./relay.ts";
-import { Admission, type Lease, type LimitName } from "./admission.ts";
-import { ThrottledLog } from "./throttled_log.ts";
-import { Metrics } from "./metrics.ts";
-import { type ClientSocket, DenoClient, ShimClient } from "./client_socket.ts";
-import { encodeRecord } from "./handoff.ts";
-import { ServiceChannels, shortestWait } from "./service_channels.ts";
-import { HttpsSites, readHttps } from "./https_sites.ts";
-import type { Logger } from "./log.ts";
-import { Preread } from "./preread.ts";
-import { type BuiltinService, startBuiltinServices } from "./builtin_services.ts";
-import { ExpressLane, type LaneReport } from "./express_lane.ts";
-import { type Health, startAdmin } from "./admin.ts";
-import { type Mechanism, RuntimeChecks, type Trigger } from "./runtime_check.ts";
-import { stopInjecting } from "./https.ts";
-import { inheritedListeners, listenKey } from "./held_listeners.ts";
+import { cidrContains } from "./net/ip.ts";
+import { openUpstream } from "./actions/proxy/upstream.ts";
+import { detachConn, relay } from "./actions/proxy/relay.ts";
+import { Admission, type Lease, type LimitName } from "./accept/admission.ts";
+import { ThrottledLog } from "./ops/throttled_log.ts";
+import { Metrics } from "./ops/metrics.ts";
+import { type ClientSocket, DenoClient, ShimClient } from "./accept/client_socket.ts";
+import { encodeRecord } from "./actions/handoff/record.ts";
+import { ServiceChannels, shortestWait } from "./actions/handoff/channels.ts";
+import { HttpsSites, readHttps } from "./actions/https/sites.ts";
+import type { Logger } from "./ops/log.ts";
+import { Preread } from "./accept/preread.ts";
+import { type BuiltinService, startBuiltinServices } from "./ops/builtin_services.ts";
+import { ExpressLane, type LaneReport } from "./route/express_lane.ts";
+import { type Health, startAdmin } from "./ops/admin.ts";
+import { type Mechanism, RuntimeChecks, type Trigger } from "./ops/runtime_check.ts";
+import { stopInjecting } from "./actions/https/frontend.ts";
+import { inheritedListeners, listenKey } from "./accept/held_listeners.ts";
 
 /** What became of a connection, as the log says it. */
 type Outcome = "handed-off" | "https" | "proxied" | "closed" | "failed";
@@ -105,10 +105,10 @@ export class Daemon {
   #admin: Deno.HttpServer | null = null;
   /** This process's place among --parallel workers; null when alone. */
   #worker: { index: number; count: number } | null = null;
-  /** The express lane (src/express_lane.ts); null when it cannot run. */
+  /** The express lane (src/route/express_lane.ts); null when it cannot run. */
   #lane: ExpressLane | null = null;
   #channelCheck: ReturnType<typeof setInterval> | undefined;
-  /** Proofs of the runtime internals the paths rely on (src/runtime_check.ts). */
+  /** Proofs of the runtime internals the paths rely on (src/ops/runtime_check.ts). */
   readonly #runtime: RuntimeChecks;
   /** Sockets the supervisor holds for this worker's listeners, by listen
    * key, until adopted. */
@@ -152,7 +152,7 @@ export class Daemon {
   }
 
   /** Proves the runtime internals the daemon relies on; a mechanism that
-   * fails is turned to its fallback (src/runtime_check.ts). */
+   * fails is turned to its fallback (src/ops/runtime_check.ts). */
   async #checkRuntime(trigger: Trigger): Promise<void> {
     await this.#runtime.run(trigger, {
       site: () => this.#https?.sites[0]?.frontend ?? null,
@@ -273,7 +273,7 @@ export class Daemon {
     for (const c of this.#channels.values()) c.waitMs = shortestWait(config.routes, c.service.name);
   }
 
-  /** The admin listener: /metrics and /healthz (src/admin.ts). */
+  /** The admin listener: /metrics and /healthz (src/ops/admin.ts). */
   #startAdmin(configured: NonNullable<Config["admin"]>): void {
     this.#admin = startAdmin({
       ...this.#adminAt(configured),
@@ -364,7 +364,7 @@ export class Daemon {
     daemon.#worker = worker;
     try {
       await daemon.#checkRuntime("start"); // before any client: fallbacks in place first
-      daemon.#https?.sites[0]?.frontend.armAcceptFault(); // tests only (src/faults.ts)
+      daemon.#https?.sites[0]?.frontend.armAcceptFault(); // tests only (src/ops/faults.ts)
       daemon.#openListeners(config);
       if (config.admin) daemon.#startAdmin(config.admin);
     } catch (e) { // it may have accepted already: those drain
@@ -420,7 +420,7 @@ export class Daemon {
 
   /**
    * A listener for the entry: on the socket the supervisor holds for it
-   * (inherited: src/held_listeners.ts), which a placeholder's runtime
+   * (inherited: src/accept/held_listeners.ts), which a placeholder's runtime
    * listener adopts, else a socket of its own (several workers without a
    * supervisor share the port with SO_REUSEPORT).
    */
@@ -552,7 +552,7 @@ export class Daemon {
 
   /** Takes the rest of a burst at once: the connections already waiting on
    * the listener are accepted by the shim, without a Deno connection
-   * object each (src/client_socket.ts). last: the listener closes next,
+   * object each (src/accept/client_socket.ts). last: the listener closes next,
    * take its whole queue (a backlog's worth at most). */
   #acceptBurst(listenerFd: number, entry: ListenerEntry, last = false): void {
     const most = last ? BACKLOG : BURST_MAX;

@@ -1,10 +1,10 @@
 /**
  * The launcher behind `deno task start`: builds the shim if it is missing
  * or stale, then runs the daemon (src/main.ts) under the supervisor, with
- * the shim preloaded (src/supervisor.ts: --parallel, signals, restarts).
+ * the shim preloaded (src/ops/supervisor.ts: --parallel, signals, restarts).
  */
 import { buildShim } from "./build_shim.ts";
-import { supervise } from "./supervisor.ts";
+import { supervise } from "./ops/supervisor.ts";
 
 let shim: string;
 try {

@@ -1,5 +1,5 @@
 /**
- * The daemon's entry point (commands: src/cli.ts):
+ * The daemon's entry point (commands: src/ops/cli.ts):
  *
  *   deno run -A src/main.ts [run|check] [--config FILE]
  *
@@ -8,12 +8,12 @@
  */
 import { dirname } from "node:path";
 import { stringify } from "yaml";
-import { type Config, ConfigError, describeConfig } from "./config.ts";
-import { loadConfig } from "./config_file.ts";
-import { parseCommand, USAGE } from "./cli.ts";
+import { type Config, ConfigError, describeConfig } from "./config/config.ts";
+import { loadConfig } from "./config/file.ts";
+import { parseCommand, USAGE } from "./ops/cli.ts";
 import { Daemon } from "./daemon.ts";
-import { notifyReady } from "./readiness.ts";
-import { logFormat, Logger } from "./log.ts";
+import { notifyReady } from "./ops/readiness.ts";
+import { logFormat, Logger } from "./ops/log.ts";
 import denoJson from "../deno.json" with { type: "json" };
 
 const env = (name: string) => Deno.env.get(name);

@@ -1,14 +1,14 @@
 /**
  * The entry of the single binary (`deno task compile`), which has no C
  * compiler at hand: the shim is embedded. It extracts the shim to a private
- * runtime folder (hash-checked, src/embedded_shim.ts) and runs itself again
+ * runtime folder (hash-checked, src/ops/embedded_shim.ts) and runs itself again
  * as the daemon, with the shim preloaded, under the supervisor.
  *
  * Also runs uncompiled (`deno run -A src/portmux.ts`), reading the shim
  * from build/, which is how the tests exercise this path.
  */
-import { extractShim } from "./embedded_shim.ts";
-import { supervise } from "./supervisor.ts";
+import { extractShim } from "./ops/embedded_shim.ts";
+import { supervise } from "./ops/supervisor.ts";
 
 const ROLE = "PORTMUX_ROLE";
 
@@ -16,7 +16,7 @@ const role = Deno.env.get(ROLE);
 if (role === "daemon") {
   await import("./main.ts");
 } else if (role === "echo-service") {
-  await import("./demo_echo_service.ts");
+  await import("./service/demo_echo.ts");
 } else {
   // Under `deno task test:asan`, the sanitized build (never compiled in).
   const sanitized = Deno.env.get("PORTMUX_SHIM_SANITIZE") === "1" &&

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { combinedLine } from "../src/access_log.ts";
+import { combinedLine } from "../src/actions/https/access_log.ts";
 import { run, startDaemon } from "./helpers/daemon.ts";
 
 Deno.test("combinedLine() writes the Combined Log Format, escaping what would break the line", () => {

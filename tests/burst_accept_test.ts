@@ -1,6 +1,6 @@
 /**
  * Bursts: when connections are already waiting as the daemon accepts one,
- * the shim accepts the rest at once (src/client_socket.ts). Those sockets
+ * the shim accepts the rest at once (src/accept/client_socket.ts). Those sockets
  * never were Deno connections, so every action is checked on them: HTTPS
  * injection, handoff, the proxy action (which makes them Deno connections
  * after all), close, and the limits. The daemon is paused (SIGSTOP) while

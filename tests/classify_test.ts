@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { decide, type Fallbacks } from "../src/classify.ts";
-import { parseConfig, type Route } from "../src/config.ts";
+import { decide, type Fallbacks } from "../src/route/classify.ts";
+import { parseConfig, type Route } from "../src/config/config.ts";
 import { fixture } from "./helpers/tls_records.ts";
 
 const enc = new TextEncoder();

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { parse } from "yaml";
-import { parseCommand } from "../src/cli.ts";
+import { parseCommand } from "../src/ops/cli.ts";
 import { VALID_CONFIG } from "./helpers/configs.ts";
 
 const MAIN = new URL("../src/main.ts", import.meta.url).pathname;

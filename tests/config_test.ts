@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { ConfigError, loadConfigFile, parseConfig } from "../src/config.ts";
+import { ConfigError, loadConfigFile, parseConfig } from "../src/config/config.ts";
 import { VALID_CONFIG } from "./helpers/configs.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;

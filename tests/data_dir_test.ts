@@ -2,7 +2,7 @@
  * plant files in it, must not end up with the key. */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { selfSignedCertIn } from "../src/self_signed_cert.ts";
+import { selfSignedCertIn } from "../src/actions/https/self_signed_cert.ts";
 
 const KEY = "self-signed-key.pem";
 const CERT = "self-signed-cert.pem";

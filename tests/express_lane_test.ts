@@ -7,14 +7,14 @@
  * sure; it must still decide the common cases itself.
  */
 import assert from "node:assert/strict";
-import { decide, type Fallbacks } from "../src/classify.ts";
-import { parseConfig } from "../src/config.ts";
-import { laneTable } from "../src/express_lane.ts";
-import { pickSite } from "../src/https_sites.ts";
-import { type NamePattern, parseNamePattern } from "../src/name_pattern.ts";
+import { decide, type Fallbacks } from "../src/route/classify.ts";
+import { parseConfig } from "../src/config/config.ts";
+import { laneTable } from "../src/route/express_lane.ts";
+import { pickSite } from "../src/actions/https/sites.ts";
+import { type NamePattern, parseNamePattern } from "../src/route/name_pattern.ts";
 import { Shim } from "../ffi/shim.ts";
 import { join } from "node:path";
-import { encodeRecord } from "../src/handoff.ts";
+import { encodeRecord } from "../src/actions/handoff/record.ts";
 import { run, startDaemon } from "./helpers/daemon.ts";
 import { startPythonService } from "./helpers/python_service.ts";
 import { readAtLeast, roundTrip } from "./helpers/client.ts";
@@ -341,7 +341,7 @@ routes:
       assert.match(r.stdout, /portmux/);
     }
     await svc.waitForRecords(201);
-    // The record the lane wrote is the one the daemon writes (src/handoff.ts).
+    // The record the lane wrote is the one the daemon writes (src/actions/handoff/record.ts).
     const laneRecord = svc.records[200]!;
     const client = laneRecord.client as { address: string; port: number };
     assert.deepEqual(

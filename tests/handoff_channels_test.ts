@@ -75,7 +75,7 @@ Deno.test("the Deno example service without the shim preloaded (JavaScript reads
     args: [
       "run",
       "-A",
-      new URL("../src/demo_echo_service.ts", import.meta.url).pathname,
+      new URL("../src/service/demo_echo.ts", import.meta.url).pathname,
       "--socket",
       socket,
     ],

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { decodeRecord, encodeRecord, type HandoffRecord } from "../src/handoff.ts";
+import { decodeRecord, encodeRecord, type HandoffRecord } from "../src/actions/handoff/record.ts";
 
 const record: HandoffRecord = {
   v: 1,

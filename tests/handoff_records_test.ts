@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { encodeRecord, type HandoffRecord } from "../src/handoff.ts";
-import { RecordAssembler } from "../src/handoff_records.ts";
+import { encodeRecord, type HandoffRecord } from "../src/actions/handoff/record.ts";
+import { RecordAssembler } from "../src/service/record_assembly.ts";
 
 const rec = (port: number): HandoffRecord => ({
   v: 1,

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { run, startDaemon } from "./helpers/daemon.ts";
-import { makeSelfSignedCert } from "../src/self_signed_cert.ts";
+import { makeSelfSignedCert } from "../src/actions/https/self_signed_cert.ts";
 
 /** h2load's request tally: "requests: N total, ..., S succeeded, F failed, E errored". */
 function tally(out: string) {

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { type LogLine, run, startDaemon } from "./helpers/daemon.ts";
-import { makeSelfSignedCert } from "../src/self_signed_cert.ts";
+import { makeSelfSignedCert } from "../src/actions/https/self_signed_cert.ts";
 import { writeAll } from "./helpers/client.ts";
 import { buildHello, inRecords, sniExtension } from "./helpers/tls_records.ts";
 

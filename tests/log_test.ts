@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { formatJson, formatText } from "../src/log.ts";
+import { formatJson, formatText } from "../src/ops/log.ts";
 import { readLines } from "./helpers/lines.ts";
 
 Deno.test("formatText() writes time, level, event and key=value pairs, quoting where needed", () => {

@@ -82,7 +82,7 @@ routes:
 });
 
 Deno.test("label values are escaped as the Prometheus text format asks, and a series counts with the same labels as inc", async () => {
-  const { Metrics } = await import("../src/metrics.ts");
+  const { Metrics } = await import("../src/ops/metrics.ts");
   const m = new Metrics();
   m.inc("t_total", { route: 'a"b\\c\nd', outcome: "ok" });
   const s = m.series("t_total", { route: "web", outcome: "https" });

@@ -1,11 +1,11 @@
 /**
- * The shim's relay (c/relay.c through src/relay.ts), in-process: two real
+ * The shim's relay (c/relay.c through src/actions/proxy/relay.ts), in-process: two real
  * loopback connections, x to a and b to y; a and b are taken out of Deno's
  * hands and relayed, and the test talks through x and y.
  */
 import assert from "node:assert/strict";
 import { Shim } from "../ffi/shim.ts";
-import { detachConn, relay, relayToLoopback } from "../src/relay.ts";
+import { detachConn, relay, relayToLoopback } from "../src/actions/proxy/relay.ts";
 import { connectedPair, readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
 
 const shim = new Shim();

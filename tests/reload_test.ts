@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { startDaemon, type TestDaemon } from "./helpers/daemon.ts";
 import { readAtLeast, roundTrip, seesEnd, writeAll } from "./helpers/client.ts";
-import { makeSelfSignedCert } from "../src/self_signed_cert.ts";
+import { makeSelfSignedCert } from "../src/actions/https/self_signed_cert.ts";
 
 const enc = new TextEncoder();
 

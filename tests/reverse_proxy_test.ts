@@ -1,8 +1,8 @@
 /** https.proxy: requests, bodies and WebSockets go on to an upstream, with the real client. */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { type Config, describeConfig, parseConfig } from "../src/config.ts";
-import { forwardedElement, isAuthority } from "../src/reverse_proxy.ts";
+import { type Config, describeConfig, parseConfig } from "../src/config/config.ts";
+import { forwardedElement, isAuthority } from "../src/actions/https/reverse_proxy.ts";
 import { type DaemonOptions, run, startDaemon, type TestDaemon } from "./helpers/daemon.ts";
 
 /** The fields the upstream reports back. */

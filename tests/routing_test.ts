@@ -17,7 +17,7 @@ import {
 } from "./helpers/peers.ts";
 import { startPythonService } from "./helpers/python_service.ts";
 import { fixture } from "./helpers/tls_records.ts";
-import { makeSelfSignedCert } from "../src/self_signed_cert.ts";
+import { makeSelfSignedCert } from "../src/actions/https/self_signed_cert.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

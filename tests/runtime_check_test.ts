@@ -1,6 +1,6 @@
 /**
  * The daemon proves, at start and after a reload, the runtime internals it
- * relies on (src/runtime_check.ts). Each failure is forced through a test
+ * relies on (src/ops/runtime_check.ts). Each failure is forced through a test
  * fault (PORTMUX_TEST_FAULTS): it must be said loudly, counted on the
  * admin listener, and the fallback must serve real clients.
  */

@@ -7,8 +7,8 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { Shim, ShimError, shimPath } from "../ffi/shim.ts";
-import { detach, internalFd } from "../src/conn_fd.ts";
-import { encodeRecord } from "../src/handoff.ts";
+import { detach, internalFd } from "../src/accept/conn_fd.ts";
+import { encodeRecord } from "../src/actions/handoff/record.ts";
 import { connectedPair, enc, readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
 import { readLines } from "./helpers/lines.ts";
 

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { Shim, ShimError } from "../ffi/shim.ts";
-import { connFd, detach, FD_SYMBOL_DESCRIPTION, internalFd } from "../src/conn_fd.ts";
+import { connFd, detach, FD_SYMBOL_DESCRIPTION, internalFd } from "../src/accept/conn_fd.ts";
 import { connectedPair, readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
 
 const shim = new Shim();

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { extractShim } from "../src/embedded_shim.ts";
+import { extractShim } from "../src/ops/embedded_shim.ts";
 import { run, TestDaemon } from "./helpers/daemon.ts";
 import { roundTrip } from "./helpers/client.ts";
 import denoJson from "../deno.json" with { type: "json" };

@@ -265,7 +265,7 @@ static int decide_parsed(const struct parsed *p, const uint8_t *b, size_t n, int
   return rc;
 }
 
-/* Tables as src/express_lane.ts writes them (tests/express_lane_test.ts). */
+/* Tables as src/route/express_lane.ts writes them (tests/express_lane_test.ts). */
 static const char *const SEED_TABLES[] = {
     ("limits 16384 5000 20000 50000 1000 1\n"
      "site 7 =a.test *.example.org\n"

@@ -4,8 +4,8 @@
  * Parsed here (portmux consumes it from trusted sources only), and
  * encoded (v2) for the proxy action's upstreams.
  */
-import type { Address } from "../address.ts";
-import { ipBytes, isCanonicalIpv4, isStrictIpv6 } from "../ip.ts";
+import type { Address } from "../net/address.ts";
+import { ipBytes, isCanonicalIpv4, isStrictIpv6 } from "../net/ip.ts";
 import type { Detection } from "./detection.ts";
 
 export interface ProxyHeader {

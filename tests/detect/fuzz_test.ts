@@ -5,8 +5,8 @@
  * with input size). Seeded, so a failure can be replayed.
  */
 import assert from "node:assert/strict";
-import { decide } from "../../src/classify.ts";
-import { parseConfig } from "../../src/config.ts";
+import { decide } from "../../src/route/classify.ts";
+import { parseConfig } from "../../src/config/config.ts";
 import { detectHttp1, detectHttp2 } from "../../src/detect/http.ts";
 import { detectProxyHeader, encodeProxyV2, V2_SIGNATURE } from "../../src/detect/proxy_protocol.ts";
 import { detectSsh } from "../../src/detect/ssh.ts";

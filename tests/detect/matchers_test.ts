@@ -5,8 +5,8 @@ import {
   matchRegex,
   parseBytePattern,
 } from "../../src/detect/private.ts";
-import { cidrContains, ipBytes, parseCidr } from "../../src/ip.ts";
-import { nameMatches, parseNamePattern } from "../../src/name_pattern.ts";
+import { cidrContains, ipBytes, parseCidr } from "../../src/net/ip.ts";
+import { nameMatches, parseNamePattern } from "../../src/route/name_pattern.ts";
 
 const enc = new TextEncoder();
 
