@@ -627,13 +627,11 @@ PM_EXPORT int pm_waiter_wait(int ep, int32_t *out, int max, int timeout_ms) {
 
 #define MAX_LISTENERS 64 /* internal HTTPS servers: one per certificate, twice during a reload */
 #define QUEUE_CAP 4096
-#define MAX_WAKERS 64
 
 struct injected_listener {
   int fd;
-  /* An eventfd in the runtime's epoll set under the listener's own token:
-   * writing to it makes the runtime call accept4 (-1: wake with a loopback
-   * connection instead, a "waker"). */
+  /* A doorbell: an eventfd in the runtime's epoll set under the
+   * listener's own token; writing to it makes the runtime call accept4. */
   int efd;
   /* 1 for an express listener (express_lane.c): the express lane accepts
    * its connections; the runtime gets only those the lane queues. */
@@ -645,18 +643,9 @@ struct injected_listener {
   int fail_next;
 };
 
-struct waker {
-  int fd;
-  int listener_fd;
-  int port; /* its local port: how its accepted twin is recognised */
-  struct timespec born;
-};
-
 static pthread_mutex_t inject_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct injected_listener listeners[MAX_LISTENERS];
 static int listener_count;
-static struct waker wakers[MAX_WAKERS];
-static int waker_count;
 
 typedef int (*accept4_fn)(int, struct sockaddr *, socklen_t *, int);
 
@@ -684,17 +673,12 @@ static int pop_locked(struct injected_listener *l) {
   return fd;
 }
 
-/* Closes with a reset (SO_LINGER 0): a waker carries no data, so there is
- * nothing to flush, and no TIME_WAIT is left behind per injected burst. */
+/* Closes with a reset (SO_LINGER 0): a stranger on an internal port gets
+ * nothing, and leaves no TIME_WAIT behind. */
 static void close_abruptly(int fd) {
   struct linger now = {.l_onoff = 1, .l_linger = 0};
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &now, sizeof now);
   close(fd);
-}
-
-static void close_waker_locked(int i) {
-  close_abruptly(wakers[i].fd);
-  wakers[i] = wakers[--waker_count];
 }
 
 /* Hands out a queued fd as if the kernel had accepted it: applies the flags
@@ -741,16 +725,16 @@ static int deliver_queued(int fd, struct sockaddr *addr, socklen_t *addrlen, int
 }
 
 /* Our accept4 (exported as accept4 below). For an injected listener it
- * returns queued client fds; real connections on that listener are wakers
- * (closed, with their client side) or strangers (closed: nothing is served
- * to a process that connects to the internal port directly).
+ * returns queued client fds; real connections on that listener are
+ * strangers, closed: nothing is served to a process that connects to the
+ * internal port directly.
  *
  * What the runtime's accept may see. Deno.serve (2.9.6) stops its server
  * for good on any accept error but EAGAIN (ECONNABORTED included:
  * tests/https_resets_test.ts), so for an internal HTTPS listener this
  * returns a client's fd or EAGAIN, nothing else: a client that left while
  * queued is skipped (its line was written when it was queued), a failing
- * accept of a waker or stranger ends the drain, and the lane's accept
+ * accept of a stranger ends the drain, and the lane's accept
  * errors stay in the lane (accept_from). The daemon's own accept loops
  * survive every error and count a client gone: on a public listener the
  * lane passes connections to (express), a client that left while queued
@@ -782,17 +766,9 @@ static int pm_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int fla
     socklen_t sl = sizeof ss;
     int c = real(fd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
     if (c < 0) break; /* EAGAIN: drained (or an error: said as EAGAIN, below) */
-    int port = sockaddr_port(&ss);
     close_abruptly(c);
-    pthread_mutex_lock(&inject_lock);
-    for (int i = 0; i < waker_count; i++)
-      if (wakers[i].listener_fd == fd && wakers[i].port == port) {
-        close_waker_locked(i);
-        break;
-      }
-    pthread_mutex_unlock(&inject_lock);
   }
-  /* An fd pushed while we drained has no waker of its own: take it now. */
+  /* An fd pushed while we drained rang while we were here: take it now. */
   return deliver_queued(fd, addr, addrlen, flags, 0);
 }
 
@@ -874,8 +850,7 @@ int take_listener_token(int listener_fd, int fd) {
 }
 
 /* A doorbell for the listener: an eventfd added under its token. A write to
- * it makes the runtime call accept4, at the price of one write, where a
- * waker costs a loopback TCP handshake. Returns the eventfd, or -1. */
+ * it makes the runtime call accept4. Returns the eventfd, or -1. */
 static int doorbell_for(int listener_fd) {
   int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (efd >= 0 && add_under_token(listener_fd, efd) < 0) {
@@ -886,14 +861,17 @@ static int doorbell_for(int listener_fd) {
 }
 
 /* Registers the internal listener on 127.0.0.1:port (or [::1]:port) for
- * injection. Returns its fd. */
+ * injection. Returns its fd; -ENOENT when the runtime does not watch it
+ * where its doorbell could ring (the caller bridges instead). */
 PM_EXPORT int pm_inject_register(int port) {
   int found = find_listening_fd(0, NULL, port);
   if (found < 0) return found;
   pthread_mutex_lock(&inject_lock);
   if (!find_listener(found)) {
+    int efd = listener_count == MAX_LISTENERS ? -1 : doorbell_for(found);
     if (listener_count == MAX_LISTENERS) found = -ENOSPC;
-    else listeners[listener_count++] = (struct injected_listener){.fd = found, .efd = doorbell_for(found)};
+    else if (efd < 0) found = -ENOENT;
+    else listeners[listener_count++] = (struct injected_listener){.fd = found, .efd = efd};
   }
   pthread_mutex_unlock(&inject_lock);
   return found;
@@ -921,40 +899,8 @@ int inject_register_express(int listener_fd) {
   return rc;
 }
 
-static double age_ms(const struct timespec *t) {
-  struct timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return (now.tv_sec - t->tv_sec) * 1e3 + (now.tv_nsec - t->tv_nsec) / 1e6;
-}
-
-/* Opens a connection to the listener so that the runtime's epoll sees it
- * readable and calls accept4. Called with inject_lock held. */
-static int wake_locked(int listener_fd) {
-  struct sockaddr_storage ss;
-  socklen_t sl = sizeof ss;
-  if (getsockname(listener_fd, (struct sockaddr *)&ss, &sl) < 0) return -errno;
-  if (waker_count == MAX_WAKERS) close_waker_locked(0);
-  int w = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (w < 0) return -errno;
-  if (connect(w, (struct sockaddr *)&ss, sl) < 0 && errno != EINPROGRESS) {
-    int r = -errno;
-    close(w);
-    return r;
-  }
-  struct sockaddr_storage me;
-  socklen_t ml = sizeof me;
-  getsockname(w, (struct sockaddr *)&me, &ml);
-  struct waker k = {.fd = w, .listener_fd = listener_fd, .port = sockaddr_port(&me)};
-  clock_gettime(CLOCK_MONOTONIC, &k.born);
-  wakers[waker_count++] = k;
-  return 0;
-}
-
-/* Queues client_fd for the listener and wakes it: with its doorbell when it
- * has one; else with a waker, unless one is still
- * on its way (one waker serves a whole burst; a waker lost for over 100 ms,
- * say to a full backlog, is replaced). The listener takes ownership of
- * client_fd only when 0 is returned. client_fd must be non-blocking and
+/* Queues client_fd for the listener and rings its doorbell. The listener
+ * takes ownership of client_fd only when 0 is returned. client_fd must be non-blocking and
  * close-on-exec, as every socket the daemon holds is (Deno's, and those
  * pm_accept_batch makes). */
 PM_EXPORT int pm_inject_push(int listener_fd, int client_fd) {
@@ -963,22 +909,12 @@ PM_EXPORT int pm_inject_push(int listener_fd, int client_fd) {
   struct injected_listener *l = find_listener(listener_fd);
   if (!l) rc = -ENOENT;
   else if (l->len == QUEUE_CAP) rc = -EAGAIN;
-  else if (l->efd >= 0) {
+  else {
     /* A non-empty queue has its wake-up pending already: the runtime drains
      * the queue on the thread that pushes, so it cannot be half-way. Each
      * write is a new edge (EPOLLET); the count is never read. */
     static const uint64_t one = 1;
     if (l->len == 0 && write(l->efd, &one, sizeof one) != sizeof one) rc = -errno;
-    if (rc == 0) {
-      l->queue[(l->head + l->len) % QUEUE_CAP] = client_fd;
-      l->len++;
-    }
-  } else {
-    int need_wake = 1;
-    for (int i = 0; i < waker_count; i++)
-      if (wakers[i].listener_fd == listener_fd && age_ms(&wakers[i].born) < 100)
-        need_wake = 0;
-    if (need_wake) rc = wake_locked(listener_fd);
     if (rc == 0) {
       l->queue[(l->head + l->len) % QUEUE_CAP] = client_fd;
       l->len++;
@@ -1010,12 +946,10 @@ PM_EXPORT int pm_inject_unregister(int listener_fd) {
     closed = 0;
     int q;
     while ((q = pop_locked(&listeners[i])) >= 0) { close(q); closed++; }
-    if (listeners[i].efd >= 0) close(listeners[i].efd); /* leaves the epoll set with it */
+    close(listeners[i].efd); /* leaves the epoll set with it */
     listeners[i] = listeners[--listener_count];
     break;
   }
-  for (int i = 0; i < waker_count;)
-    if (wakers[i].listener_fd == listener_fd) close_waker_locked(i); else i++;
   pthread_mutex_unlock(&inject_lock);
   return closed;
 }

@@ -50,8 +50,6 @@ const SYMBOLS = {
   pm_unix_listen: { parameters: ["buffer", "i32"], result: "i32" },
   // int pm_accept(int fd): blocks
   pm_accept: { parameters: ["i32"], result: "i32", nonblocking: true },
-  // the same, on a non-blocking listener: returns at once
-  pm_accept_now: { name: "pm_accept", parameters: ["i32"], result: "i32" },
   // int pm_read(int fd, uint8_t *buf, int len): blocks
   pm_read: { parameters: ["i32", "buffer", "i32"], result: "i32", nonblocking: true },
   // int pm_write(int fd, uint8_t *buf, int len): blocks
@@ -535,13 +533,6 @@ export class Shim {
 
   async accept(fd: number): Promise<number> {
     return check("accept", await this.#lib.symbols.pm_accept(fd));
-  }
-
-  /** Accepts on a non-blocking listener without waiting; null if none is
-   * waiting. */
-  acceptNow(fd: number): number | null {
-    const c = this.#lib.symbols.pm_accept_now(fd);
-    return c === -11 ? null : check("accept", c);
   }
 
   async read(fd: number, buf: Uint8Array<ArrayBuffer>): Promise<number> {

@@ -11,7 +11,7 @@
  *   loopback connection; the handler gets the real client address through a
  *   map keyed by the bridge's port, and a direct connection gets a 403.
  */
-import type { RelayEnd, Shim } from "../../../ffi/shim.ts";
+import { type RelayEnd, type Shim, ShimError } from "../../../ffi/shim.ts";
 import { type Address, addressText, displayAddress } from "../../net/address.ts";
 import type { ClientSocket } from "../../accept/client_socket.ts";
 import type { Logger } from "../../ops/log.ts";
@@ -135,7 +135,7 @@ export class HttpsFrontend {
   #server: Deno.HttpServer<Deno.NetAddr>;
   #listenerFd: number | null;
   /** Injection (the shim preloaded), else bridge. */
-  readonly #inject: boolean;
+  #inject: boolean;
   /** Why the internal server is not serving (null: it is). */
   #down: string | null = null;
   #retry: ReturnType<typeof setTimeout> | undefined;
@@ -192,16 +192,23 @@ export class HttpsFrontend {
    * shim is not preloaded (bridge mode). */
   #register(server: Deno.HttpServer<Deno.NetAddr>): number | null {
     const port = server.addr.port;
+    let why = injectionBroken === null
+      ? "the accept4 interposer is not preloaded (start with `deno task start`)"
+      : `injection failed its runtime check (${injectionBroken})`;
     if (this.#inject) {
-      const fd = this.#shim.injectRegister(port);
-      this.#log.info("https-ready", { delivery: "inject", internal_port: port });
-      return fd;
+      try {
+        const fd = this.#shim.injectRegister(port);
+        this.#log.info("https-ready", { delivery: "inject", internal_port: port });
+        return fd;
+      } catch (e) { // no doorbell: the runtime does not watch the listener where we can ring
+        if (!(e instanceof ShimError && e.code === "ENOENT")) throw e;
+        this.#inject = false;
+        why = `the internal listener cannot be rung (${e})`;
+      }
     }
     this.#log.warn("https-bridge-fallback", {
-      message: (injectionBroken === null
-        ? "the accept4 interposer is not preloaded (start with `deno task start`); "
-        : `injection failed its runtime check (${injectionBroken}); `) +
-        "HTTPS connections are bridged through a loopback copy, slower than injection",
+      message: `${why}; HTTPS connections are bridged through a loopback copy, slower than ` +
+        "injection",
     });
     this.#log.info("https-ready", { delivery: "bridge", internal_port: port });
     return null;
