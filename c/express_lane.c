@@ -536,8 +536,8 @@ static int address_text(const struct sockaddr_storage *ss, char out[X_ADDR]) {
 /* ---------- the event ring, read by the daemon ---------- */
 
 /* O_ACCEPT_FAILED and O_ACCEPT_RECOVERED are about a listener, not a
- * connection: error holds the errno, and peeked the number of failed
- * accepts before the one that worked. */
+ * connection: error holds the errno, failures the number of failed accepts
+ * before the one that worked. O_LIMIT: limit says which. */
 enum outcome {
   O_HTTPS = 1,
   O_HANDED_OFF,
@@ -554,7 +554,7 @@ struct event {
   int32_t outcome, route, target, peeked;
   int32_t client_port, local_port, error, has_sni;
   float decide_ms;
-  int32_t generation;
+  int32_t generation, limit, failures;
   char client[X_ADDR], local[X_ADDR];
   char sni[X_NAME];
   uint8_t alpn[X_NAME]; /* length-prefixed names, a 0 after the last */
@@ -599,6 +599,27 @@ PM_EXPORT int pm_express_events(uint8_t *out, int max, int32_t *dropped) {
 }
 
 PM_EXPORT int pm_express_event_size(void) { return (int)sizeof(struct event); }
+
+/* The event record's layout, for ffi/shim.ts to check its own against at
+ * load (one contract, read mechanically): the offset of each field in this
+ * order, then the size. Returns how many numbers it wrote. */
+PM_EXPORT int pm_express_event_layout(int32_t *out, int max) {
+  const int32_t layout[] = {
+      offsetof(struct event, outcome),     offsetof(struct event, route),
+      offsetof(struct event, target),      offsetof(struct event, peeked),
+      offsetof(struct event, client_port), offsetof(struct event, local_port),
+      offsetof(struct event, error),       offsetof(struct event, has_sni),
+      offsetof(struct event, decide_ms),   offsetof(struct event, generation),
+      offsetof(struct event, limit),       offsetof(struct event, failures),
+      offsetof(struct event, client),      offsetof(struct event, local),
+      offsetof(struct event, sni),         offsetof(struct event, alpn),
+      sizeof(struct event),
+  };
+  int n = (int)(sizeof layout / sizeof layout[0]);
+  if (max < n) return -EINVAL;
+  memcpy(out, layout, sizeof layout);
+  return n;
+}
 
 /* ---------- the lane ---------- */
 
@@ -840,7 +861,7 @@ static int accept_from(int li) {
     }
     if (l->failures) {
       struct event *e = new_event(O_ACCEPT_RECOVERED);
-      if (e) e->peeked = l->failures;
+      if (e) e->failures = l->failures;
       l->failures = 0;
     }
     struct conn *c = conn_of(fd);
@@ -867,7 +888,7 @@ static int accept_from(int li) {
                                                                              : 0;
     if (over) {
       struct event *e = new_event(O_LIMIT);
-      if (e) e->error = over, e->client_port = address_text(&peer, e->client);
+      if (e) e->limit = over, e->client_port = address_text(&peer, e->client);
       close(fd);
       continue;
     }

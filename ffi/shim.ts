@@ -116,6 +116,8 @@ const SYMBOLS = {
   pm_express_events: { parameters: ["buffer", "i32", "buffer"], result: "i32" },
   // int pm_express_event_size(void)
   pm_express_event_size: { parameters: [], result: "i32" },
+  // int pm_express_event_layout(int32_t *out, int max)
+  pm_express_event_layout: { parameters: ["buffer", "i32"], result: "i32" },
   // int pm_express_decide(char *table, uint8_t *bytes, int n, struct event *out)
   pm_express_decide: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -170,8 +172,10 @@ export interface ExpressEvent {
   readonly generation: number;
   /** The site (https) or the service instance (handed-off). */
   readonly target: number;
-  /** Bytes peeked; for accept-recovered, the accepts that failed before. */
+  /** Bytes peeked. */
   readonly peeked: number;
+  /** For accept-recovered: the accepts that failed before one worked. */
+  readonly failures: number;
   readonly client: { hostname: string; port: number };
   readonly local: { hostname: string; port: number };
   /** errno name, for lost and accept-failed. */
@@ -207,10 +211,51 @@ function cText(buf: Uint8Array, at: number, max = ADDR_TEXT): string {
   return s;
 }
 
+/** Where each field of the lane's event record (struct event in
+ * c/express_lane.c) is, and its size. The C side says the same through
+ * pm_express_event_layout, compared when the library loads: one contract,
+ * checked, not mirrored by hand. */
+export const EVENT_LAYOUT = {
+  outcome: 0,
+  route: 4,
+  target: 8,
+  peeked: 12,
+  clientPort: 16,
+  localPort: 20,
+  error: 24,
+  hasSni: 28,
+  decideMs: 32,
+  generation: 36,
+  limit: 40,
+  failures: 44,
+  client: 48,
+  local: 48 + ADDR_TEXT,
+  sni: 48 + 2 * ADDR_TEXT,
+  alpn: 48 + 2 * ADDR_TEXT + EVENT_NAME,
+  size: 48 + 2 * ADDR_TEXT + 2 * EVENT_NAME,
+} as const;
+
+/** What differs between the layout the C side reports and EVENT_LAYOUT;
+ * null when they agree. */
+export function eventLayoutMismatch(reported: readonly number[]): string | null {
+  const ours = Object.entries(EVENT_LAYOUT);
+  if (reported.length !== ours.length) {
+    return `${reported.length} numbers from C, ${ours.length} in ffi/shim.ts`;
+  }
+  const wrong = ours.filter(([, at], i) => reported[i] !== at);
+  return wrong.length
+    ? wrong.map(([name, at]) =>
+      `${name}: C ${reported[ours.findIndex(([n]) => n === name)]}, ts ${at}`
+    )
+      .join(", ")
+    : null;
+}
+
 function readExpressEvent(buf: Uint8Array, view: DataView, at: number): ExpressEvent {
-  const i32 = (k: number) => view.getInt32(at + 4 * k, true);
-  const hasSni = i32(7);
-  const alpnAt = at + 40 + 2 * ADDR_TEXT + EVENT_NAME;
+  const L = EVENT_LAYOUT;
+  const i32 = (offset: number) => view.getInt32(at + offset, true);
+  const hasSni = i32(L.hasSni);
+  const alpnAt = at + L.alpn;
   const alpn: string[] = [];
   for (let i = alpnAt; buf[i]! > 0 && i < alpnAt + EVENT_NAME;) {
     const n = buf[i]!;
@@ -218,20 +263,21 @@ function readExpressEvent(buf: Uint8Array, view: DataView, at: number): ExpressE
     i += 1 + n;
   }
   return {
-    outcome: EXPRESS_OUTCOMES[i32(0)] ?? "lost",
-    route: i32(1),
-    target: i32(2),
-    peeked: i32(3),
-    client: { hostname: cText(buf, at + 40), port: i32(4) },
-    local: { hostname: cText(buf, at + 40 + ADDR_TEXT), port: i32(5) },
-    error: i32(6) ? errnoName(i32(6)) : "",
-    limit: i32(6),
+    outcome: EXPRESS_OUTCOMES[i32(L.outcome)] ?? "lost",
+    route: i32(L.route),
+    target: i32(L.target),
+    peeked: i32(L.peeked),
+    failures: i32(L.failures),
+    client: { hostname: cText(buf, at + L.client), port: i32(L.clientPort) },
+    local: { hostname: cText(buf, at + L.local), port: i32(L.localPort) },
+    error: i32(L.error) ? errnoName(i32(L.error)) : "",
+    limit: i32(L.limit),
     tls: hasSni < 0 ? null : {
-      sni: hasSni ? cText(buf, at + 40 + 2 * ADDR_TEXT, EVENT_NAME) : null,
+      sni: hasSni ? cText(buf, at + L.sni, EVENT_NAME) : null,
       alpn,
     },
-    decideMs: view.getFloat32(at + 32, true),
-    generation: i32(9),
+    decideMs: view.getFloat32(at + L.decideMs, true),
+    generation: i32(L.generation),
   };
 }
 
@@ -339,6 +385,15 @@ export class Shim {
         `cannot load the portmux shim at ${path} (run \`deno task build\`): ${
           (e as Error).message
         }`,
+      );
+    }
+    const layout = new Int32Array(32);
+    const n = this.#lib.symbols.pm_express_event_layout(layout, layout.length);
+    const wrong = eventLayoutMismatch([...layout.subarray(0, Math.max(n, 0))]);
+    if (wrong) {
+      throw new Error(
+        `the shim at ${path} does not match ffi/shim.ts (its event record: ${wrong}); ` +
+          "rebuild it: deno task build",
       );
     }
   }

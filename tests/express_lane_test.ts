@@ -12,7 +12,7 @@ import { parseConfig } from "../src/config/config.ts";
 import { laneTable } from "../src/route/express_lane.ts";
 import { pickSite } from "../src/actions/https/sites.ts";
 import { type NamePattern, parseNamePattern } from "../src/route/name_pattern.ts";
-import { Shim } from "../ffi/shim.ts";
+import { EVENT_LAYOUT, eventLayoutMismatch, Shim } from "../ffi/shim.ts";
 import { join } from "node:path";
 import { encodeRecord } from "../src/actions/handoff/record.ts";
 import { run, startDaemon } from "./helpers/daemon.ts";
@@ -540,4 +540,15 @@ routes:
   } finally {
     await d.stop();
   }
+});
+
+Deno.test("the lane's event record is one contract: the shim's layout is checked against ffi/shim.ts when it loads", () => {
+  const ours = Object.values(EVENT_LAYOUT);
+  assert.equal(eventLayoutMismatch(ours), null);
+  // A field moved on one side only is named, so the shim is refused at load.
+  const moved = [...ours];
+  moved[Object.keys(EVENT_LAYOUT).indexOf("failures")]! += 4;
+  assert.match(eventLayoutMismatch(moved)!, /^failures: C 48, ts 44$/);
+  assert.match(eventLayoutMismatch(ours.slice(1))!, /numbers from C/);
+  assert.equal(shim.expressDecide(TABLE, enc.encode("PRIV")).route, 2); // this shim passed the check
 });

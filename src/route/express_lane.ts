@@ -248,7 +248,7 @@ export class ExpressLane {
       return { limit: LIMITS[e.limit - 1] ?? "max_connections", source: e.client.hostname };
     }
     if (e.outcome === "accept-failed") return { accept: "failed", error: e.error };
-    if (e.outcome === "accept-recovered") return { accept: "recovered", failures: e.peeked };
+    if (e.outcome === "accept-recovered") return { accept: "recovered", failures: e.failures };
     if (e.outcome === "lost") {
       return {
         level: "error",
