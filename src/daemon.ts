@@ -7,16 +7,12 @@ import { Shim, ShimError } from "../ffi/shim.ts";
 import { addressText, displayAddress, normalizeAddress } from "./net/address.ts";
 import { decide, type Decision } from "./route/classify.ts";
 import type { Config, DefaultRoute, Listen, Route, Service } from "./config/config.ts";
-import type { Address } from "./net/address.ts";
 import { detectProxyHeader } from "./detect/proxy_protocol.ts";
 import { cidrContains } from "./net/ip.ts";
-import { openUpstream } from "./actions/proxy/upstream.ts";
-import { detachConn, relay } from "./actions/proxy/relay.ts";
 import { Admission, type Lease, type LimitName } from "./accept/admission.ts";
 import { ThrottledLog } from "./ops/throttled_log.ts";
 import { Metrics } from "./ops/metrics.ts";
 import { type ClientSocket, DenoClient, ShimClient } from "./accept/client_socket.ts";
-import { encodeRecord } from "./actions/handoff/record.ts";
 import { ServiceChannels, shortestWait } from "./actions/handoff/channels.ts";
 import { HttpsSites, readHttps } from "./actions/https/sites.ts";
 import type { Logger } from "./ops/log.ts";
@@ -27,9 +23,7 @@ import { type Health, startAdmin } from "./ops/admin.ts";
 import { type Mechanism, RuntimeChecks, type Trigger } from "./ops/runtime_check.ts";
 import { stopInjecting } from "./actions/https/frontend.ts";
 import { inheritedListeners, listenKey } from "./accept/held_listeners.ts";
-
-/** What became of a connection, as the log says it. */
-type Outcome = "handed-off" | "https" | "proxied" | "closed" | "failed";
+import { act, type ActionContext, type Outcome, type Relay } from "./actions/act.ts";
 
 const ACCEPT_RETRY_MS = 100;
 /** A burst is taken BURST_BATCH connections per shim call, and at most
@@ -40,12 +34,6 @@ const BURST_MAX = 512;
 const BACKLOG = 4096;
 const LANE_LAST_PASS_MS = 20;
 const CHANNEL_CHECK_MS = 250;
-
-/** Bytes copied between a client and an upstream until both are done.
- * (Wrapped: an async function returning the bare promise would wait for it.) */
-interface Relay {
-  readonly ended: Promise<void>;
-}
 
 interface ListenerEntry {
   readonly listener: Deno.TcpListener;
@@ -59,21 +47,6 @@ interface ListenerEntry {
   /** Its fd, when the express lane accepts its connections (the accept
    * loop then gets only those the lane passes on). */
   lane: number | null;
-}
-
-/** A classified connection, as the actions get it. */
-interface Connection {
-  readonly conn: ClientSocket;
-  readonly fd: number;
-  readonly client: Address;
-  readonly local: Address;
-  readonly peeked: number;
-  /** The server name of a TLS ClientHello, when a route looked for one. */
-  readonly sni: string | null;
-  /** The ALPN protocols the ClientHello offered (same). */
-  readonly alpn: readonly string[];
-  /** Logs the connection's one line. */
-  readonly done: (outcome: Outcome, more?: Record<string, unknown>) => void;
 }
 
 function sameService(a: Service, b: Service): boolean {
@@ -113,6 +86,8 @@ export class Daemon {
   /** Sockets the supervisor holds for this worker's listeners, by listen
    * key, until adopted. */
   readonly #held: Map<string, number>;
+  /** What the actions use of the daemon (src/actions/act.ts). */
+  readonly #actions: ActionContext;
   /** The listen entries the supervisor holds sockets for (null: none):
    * only an upgrade or a restart changes them. */
   readonly #heldKeys: ReadonlySet<string> | null;
@@ -130,6 +105,14 @@ export class Daemon {
     this.#log = log;
     this.#shim = shim;
     this.#held = inheritedListeners(shim);
+    this.#actions = {
+      shim,
+      metrics,
+      https: () => this.#https,
+      channels: (service) => this.#channels.get(service)!,
+      releaseWorks: () => this.#runtime.ok("release"),
+      routeNamed: (name) => this.#routeNamed(name),
+    };
     this.#heldKeys = this.#held.size ? new Set(this.#held.keys()) : null;
     this.#https = https;
     this.#builtins = builtins;
@@ -733,7 +716,7 @@ export class Daemon {
     Object.assign(fields, { route: route.name, action: route.action.kind, reason, ...facts });
 
     const { sni = null, alpn = [] } = facts;
-    return await this.#act(route, {
+    return await act(route, {
       conn,
       fd,
       client,
@@ -742,126 +725,12 @@ export class Daemon {
       sni,
       alpn,
       done,
-    });
-  }
-
-  /** Carries out a route's action; returns the relay it leaves running. */
-  async #act(route: Route | DefaultRoute, c: Connection): Promise<Relay | void> {
-    const { conn, fd, client, local, done } = c;
-    const action = route.action;
-    try {
-      switch (action.kind) {
-        case "close":
-          conn.close();
-          return done("closed");
-        case "https": {
-          if (!this.#https) { // the config forbids it; never leave conn open
-            conn.close();
-            throw new Error("no HTTPS frontend");
-          }
-          const site = this.#https.pick(c.sni);
-          site.take(conn, client, c.alpn, local);
-          return done("https", { delivery: site.mode });
-        }
-        case "handoff": {
-          if (conn.acceptedBy === "deno" && !this.#runtime.ok("release")) {
-            return await this.#handoffRefused(action, c);
-          }
-          const record = encodeRecord({
-            v: 1,
-            route: route.name,
-            service: action.service.name,
-            client,
-            local,
-            peeked: c.peeked,
-          });
-          const sent = await this.#channels.get(action.service.name)!.send(
-            fd,
-            record,
-            action.waitMs,
-          );
-          const waited = { waited_ms: Math.round(sent.waitedMs * 100) / 100 };
-          if (sent.sent) {
-            // The service has the socket now. Let go of ours without a FIN
-            // (docs/design.md R2): release, then close.
-            conn.letGo();
-            return done("handed-off", {
-              service: action.service.name,
-              socket: sent.socket,
-              ...waited,
-            });
-          }
-          this.metrics.inc("portmux_handoff_fallbacks_total", { service: action.service.name });
-          const fallback = this.#routeNamed(action.fallback);
-          const note = {
-            ...waited,
-            fallback: fallback.name,
-            handoff_error: `service "${action.service.name}" did not take it: ${sent.reason}`,
-          };
-          return await this.#act(fallback, {
-            ...c,
-            done: (outcome, more = {}) => done(outcome, { ...note, ...more }),
-          });
-        }
-        case "proxy": {
-          const target = `${action.upstream.hostname}:${action.upstream.port}`;
-          let upstream: Deno.TcpConn;
-          try {
-            upstream = await openUpstream(
-              action.upstream,
-              action.proxyProtocol ? { client, local } : null,
-            );
-          } catch (e) {
-            conn.close();
-            throw new Error(
-              `upstream ${target} unreachable (${(e as Error).message}); connection closed`,
-            );
-          }
-          let server: number, own: number;
-          try {
-            server = detachConn(this.#shim, upstream);
-          } catch (e) {
-            conn.close();
-            throw new Error(`taking over the upstream socket: ${e}`);
-          }
-          try {
-            own = conn.detach();
-          } catch (e) {
-            this.#shim.close(server);
-            throw new Error(`taking over the client socket: ${e}`);
-          }
-          done("proxied", { upstream: target });
-          // As long as the two talk; a relay that cannot start closes both.
-          return { ended: relay(this.#shim, own, server).then(() => {}, () => {}) };
-        }
-      }
-    } catch (e) {
-      return done("failed", { error: String(e) });
-    }
+    }, this.#actions);
   }
 
   #routeNamed(name: string): Route | DefaultRoute {
     return this.#config.routes.find((r) => r.name === name) ??
       { name: "close", action: { kind: "close" } };
-  }
-
-  /** A connection Deno accepted is not handed off when release failed its
-   * runtime check: closing its Deno object would cut the service's copy
-   * (FIN, docs/design.md R2). Its route's fallback serves it. */
-  async #handoffRefused(
-    action: Extract<Route["action"], { kind: "handoff" }>,
-    c: Connection,
-  ): Promise<Relay | void> {
-    this.metrics.inc("portmux_handoff_fallbacks_total", { service: action.service.name });
-    const fallback = this.#routeNamed(action.fallback);
-    const note = {
-      fallback: fallback.name,
-      handoff_error: "not handed off: release failed its runtime check (a FIN would cut it)",
-    };
-    return await this.#act(fallback, {
-      ...c,
-      done: (outcome, more = {}) => c.done(outcome, { ...note, ...more }),
-    });
   }
 
   /**
