@@ -600,6 +600,18 @@ PM_EXPORT int pm_express_events(uint8_t *out, int max, int32_t *dropped) {
 
 PM_EXPORT int pm_express_event_size(void) { return (int)sizeof(struct event); }
 
+/* The table's capacities, for the table compiler (src/route/express_lane.ts,
+ * through ffi/shim.ts) to check its own against at load: rules, names per
+ * condition, bytes per name or prefix (without the ending 0), sites, bytes
+ * of a record's head. Returns how many numbers it wrote. */
+PM_EXPORT int pm_express_table_limits(int32_t *out, int max) {
+  const int32_t limits[] = {X_MAX_RULES, X_MAX_NAMES, X_NAME - 1, X_MAX_SITES, X_HEAD - 1};
+  int n = (int)(sizeof limits / sizeof limits[0]);
+  if (max < n) return -EINVAL;
+  memcpy(out, limits, sizeof limits);
+  return n;
+}
+
 /* The event record's layout, for ffi/shim.ts to check its own against at
  * load (one contract, read mechanically): the offset of each field in this
  * order, then the size. Returns how many numbers it wrote. */

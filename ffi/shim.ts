@@ -118,6 +118,8 @@ const SYMBOLS = {
   pm_express_event_size: { parameters: [], result: "i32" },
   // int pm_express_event_layout(int32_t *out, int max)
   pm_express_event_layout: { parameters: ["buffer", "i32"], result: "i32" },
+  // int pm_express_table_limits(int32_t *out, int max)
+  pm_express_table_limits: { parameters: ["buffer", "i32"], result: "i32" },
   // int pm_express_decide(char *table, uint8_t *bytes, int n, struct event *out)
   pm_express_decide: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -235,20 +237,38 @@ export const EVENT_LAYOUT = {
   size: 48 + 2 * ADDR_TEXT + 2 * EVENT_NAME,
 } as const;
 
+/** What the lane's routing table has room for (c/express_lane.c): rules,
+ * names per condition, bytes per name or prefix, sites, bytes of a
+ * record's head. The C side reports the same (pm_express_table_limits),
+ * compared when the library loads. */
+export const LANE_TABLE_LIMITS = {
+  rules: 64,
+  names: 16,
+  nameBytes: 255,
+  sites: 16,
+  headBytes: 1023,
+} as const;
+
+/** What differs between numbers the C side reports and ours (in the order
+ * of ours); null when they agree. */
+export function contractMismatch(
+  ours: Readonly<Record<string, number>>,
+  reported: readonly number[],
+): string | null {
+  const entries = Object.entries(ours);
+  if (reported.length !== entries.length) {
+    return `${reported.length} numbers from C, ${entries.length} in ffi/shim.ts`;
+  }
+  const wrong = entries.flatMap(([name, at], i) =>
+    reported[i] === at ? [] : [`${name}: C ${reported[i]}, ts ${at}`]
+  );
+  return wrong.length ? wrong.join(", ") : null;
+}
+
 /** What differs between the layout the C side reports and EVENT_LAYOUT;
  * null when they agree. */
 export function eventLayoutMismatch(reported: readonly number[]): string | null {
-  const ours = Object.entries(EVENT_LAYOUT);
-  if (reported.length !== ours.length) {
-    return `${reported.length} numbers from C, ${ours.length} in ffi/shim.ts`;
-  }
-  const wrong = ours.filter(([, at], i) => reported[i] !== at);
-  return wrong.length
-    ? wrong.map(([name, at]) =>
-      `${name}: C ${reported[ours.findIndex(([n]) => n === name)]}, ts ${at}`
-    )
-      .join(", ")
-    : null;
+  return contractMismatch(EVENT_LAYOUT, reported);
 }
 
 function readExpressEvent(buf: Uint8Array, view: DataView, at: number): ExpressEvent {
@@ -387,13 +407,26 @@ export class Shim {
         }`,
       );
     }
-    const layout = new Int32Array(32);
-    const n = this.#lib.symbols.pm_express_event_layout(layout, layout.length);
-    const wrong = eventLayoutMismatch([...layout.subarray(0, Math.max(n, 0))]);
-    if (wrong) {
+    const numbers = (read: (out: Int32Array, max: number) => number) => {
+      const out = new Int32Array(32);
+      return [...out.subarray(0, Math.max(read(out, out.length), 0))];
+    };
+    const symbols = this.#lib.symbols;
+    const wrong = [
+      [
+        "its event record",
+        contractMismatch(EVENT_LAYOUT, numbers(symbols.pm_express_event_layout)),
+      ],
+      [
+        "its table's limits",
+        contractMismatch(LANE_TABLE_LIMITS, numbers(symbols.pm_express_table_limits)),
+      ],
+    ].filter(([, w]) => w !== null);
+    if (wrong.length) {
       throw new Error(
-        `the shim at ${path} does not match ffi/shim.ts (its event record: ${wrong}); ` +
-          "rebuild it: deno task build",
+        `the shim at ${path} does not match ffi/shim.ts (${
+          wrong.map(([what, w]) => `${what}: ${w}`).join("; ")
+        }); rebuild it: deno task build`,
       );
     }
   }

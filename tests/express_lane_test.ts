@@ -12,7 +12,13 @@ import { parseConfig } from "../src/config/config.ts";
 import { laneTable } from "../src/route/express_lane.ts";
 import { pickSite } from "../src/actions/https/sites.ts";
 import { type NamePattern, parseNamePattern } from "../src/route/name_pattern.ts";
-import { EVENT_LAYOUT, eventLayoutMismatch, Shim } from "../ffi/shim.ts";
+import {
+  contractMismatch,
+  EVENT_LAYOUT,
+  eventLayoutMismatch,
+  LANE_TABLE_LIMITS,
+  Shim,
+} from "../ffi/shim.ts";
 import { join } from "node:path";
 import { encodeRecord } from "../src/actions/handoff/record.ts";
 import { run, startDaemon } from "./helpers/daemon.ts";
@@ -542,7 +548,7 @@ routes:
   }
 });
 
-Deno.test("the lane's event record is one contract: the shim's layout is checked against ffi/shim.ts when it loads", () => {
+Deno.test("the lane's event record and table limits are one contract: checked against the shim when it loads", () => {
   const ours = Object.values(EVENT_LAYOUT);
   assert.equal(eventLayoutMismatch(ours), null);
   // A field moved on one side only is named, so the shim is refused at load.
@@ -550,5 +556,12 @@ Deno.test("the lane's event record is one contract: the shim's layout is checked
   moved[Object.keys(EVENT_LAYOUT).indexOf("failures")]! += 4;
   assert.match(eventLayoutMismatch(moved)!, /^failures: C 48, ts 44$/);
   assert.match(eventLayoutMismatch(ours.slice(1))!, /numbers from C/);
+  // The table's capacities too: a C side with room for 32 rules is named.
+  const limits = Object.values(LANE_TABLE_LIMITS);
+  assert.equal(contractMismatch(LANE_TABLE_LIMITS, limits), null);
+  assert.match(
+    contractMismatch(LANE_TABLE_LIMITS, [32, ...limits.slice(1)])!,
+    /^rules: C 32, ts 64$/,
+  );
   assert.equal(shim.expressDecide(TABLE, enc.encode("PRIV")).route, 2); // this shim passed the check
 });

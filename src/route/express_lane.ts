@@ -17,7 +17,7 @@
  * of stream, the deadline, a limit, a full or broken channel) reaches the
  * daemon's own path untouched, through the listener's injection queue.
  */
-import type { ExpressEvent, Shim } from "../../ffi/shim.ts";
+import { type ExpressEvent, LANE_TABLE_LIMITS, type Shim } from "../../ffi/shim.ts";
 import type { Config, Route } from "../config/config.ts";
 import type { NamePattern } from "./name_pattern.ts";
 import type { LimitName } from "../accept/admission.ts";
@@ -54,13 +54,15 @@ const LIMITS: readonly LimitName[] = ["max_connections", "max_preread", "max_per
  * often while it is idle, up to every DRAIN_IDLE_MS. */
 const DRAIN_BUSY_MS = 10;
 const DRAIN_IDLE_MS = 200;
-/** What c/express_lane.c has room for (X_MAX_RULES, X_MAX_NAMES, X_NAME,
- * X_MAX_SITES, X_HEAD): past them a rule is left to the daemon. */
-const MAX_RULES = 64;
-const MAX_NAMES = 16;
-const MAX_NAME_BYTES = 255;
-const MAX_SITES = 16;
-const MAX_HEAD_BYTES = 1023;
+/** What the lane's table has room for (checked against the C side when
+ * the shim loads): past it a rule is left to the daemon. */
+const {
+  rules: MAX_RULES,
+  names: MAX_NAMES,
+  nameBytes: MAX_NAME_BYTES,
+  sites: MAX_SITES,
+  headBytes: MAX_HEAD_BYTES,
+} = LANE_TABLE_LIMITS;
 const STOP_POLL_MS = 5;
 
 const encoder = new TextEncoder();
