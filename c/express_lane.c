@@ -635,8 +635,8 @@ PM_EXPORT int pm_express_event_layout(int32_t *out, int max) {
 
 /* ---------- the lane ---------- */
 
-/* Stops watching fd and forgets it (the caller has it, or gives it on). */
-static void forget(int fd, struct conn *c) {
+/* Stops watching fd: no longer the lane's (the caller has it, or gives it on). */
+static void unwatch(int fd, struct conn *c) {
   if (c->in_epoll) epoll_ctl(lane_ep, EPOLL_CTL_DEL, fd, NULL);
   c->in_epoll = 0;
   if (c->state == C_WAITING) {
@@ -647,10 +647,10 @@ static void forget(int fd, struct conn *c) {
   c->state = C_NONE;
 }
 
-/* Hands the connection to the daemon's own path, untouched. */
-static void pass_to_daemon(int fd, struct conn *c) {
+/* Passes the connection on to the daemon's own path, untouched. */
+static void pass_on(int fd, struct conn *c) {
   int listener = lane_listeners[c->listener].fd;
-  forget(fd, c);
+  unwatch(fd, c);
   c->state = C_PASSED;
   int rc = pm_inject_push(listener, fd);
   if (rc < 0) { /* queue full or listener gone: nobody can take it */
@@ -776,15 +776,17 @@ static void emit(const struct event *described, enum outcome o, int target) {
   if (e) *e = *described, e->outcome = o, e->target = target;
 }
 
-static void deliver(int fd, struct conn *c, int rule_index, int peeked, const struct hello *h,
-                    int tls) {
+/* Carries out the rule's action on the connection: injects it into the
+ * HTTPS site or sends it to the service; else passes it on. */
+static void carry_out(int fd, struct conn *c, int rule_index, int peeked, const struct hello *h,
+                      int tls) {
   const struct rule *r = &table->rules[rule_index];
   struct event ev = {0}; /* described before the fd goes: it may be closed at once after */
   if (r->action == A_HTTPS) {
     const struct site *site = pick_site(table, tls ? h : NULL);
     if (site) {
       describe(&ev, fd, c, r->route, peeked, h, tls);
-      forget(fd, c);
+      unwatch(fd, c);
       if (site->listener_fd == accepting_for && accepted_for < 0) { /* the runtime asked for it */
         accepted_for = fd;
         emit(&ev, O_HTTPS, (int)(site - table->sites));
@@ -808,14 +810,14 @@ static void deliver(int fd, struct conn *c, int rule_index, int peeked, const st
                          ev.client, ev.client_port, ev.local, ev.local_port, peeked);
       int instance = send_to_service(s, fd, rec, len);
       if (instance >= 0) {
-        forget(fd, c);
+        unwatch(fd, c);
         close(fd); /* the service has its own; ours is not Deno's: no FIN */
         emit(&ev, O_HANDED_OFF, instance);
         return;
       }
     }
   }
-  pass_to_daemon(fd, c);
+  pass_on(fd, c);
 }
 
 /* Looks at a waiting connection's bytes; delivers it, passes it on, or
@@ -832,17 +834,17 @@ static void look(int fd, uint32_t events) {
     struct event *e = new_event(O_RESET);
     struct hello none = {0};
     if (e) describe(e, fd, c, -1, 0, &none, 0), e->error = error;
-    forget(fd, c);
+    unwatch(fd, c);
     close(fd);
     return;
   }
-  if (n == 0) return pass_to_daemon(fd, c); /* end of stream: the daemon routes it */
+  if (n == 0) return pass_on(fd, c); /* end of stream: the daemon routes it */
   struct hello h = {.has_sni = 0, .alpn_len = 0}; /* read only where decide() says tls */
   int tls = 0;
   int d = decide(table, buf, (int)n, &h, &tls);
-  if (d >= 0) return deliver(fd, c, d, (int)n, &h, tls);
+  if (d >= 0) return carry_out(fd, c, d, (int)n, &h, tls);
   if (d == DECIDE_MORE && !hangup && n < table->peek_max) return;
-  pass_to_daemon(fd, c);
+  pass_on(fd, c);
 }
 
 static void disarm_listener(struct lane_listener *l) {
@@ -889,7 +891,7 @@ static int accept_from(int li) {
     memcpy(&c->peer, &peer, sizeof c->peer);
     if (l->pass_all) {
       c->state = C_NONE;
-      pass_to_daemon(fd, c);
+      pass_on(fd, c);
       continue;
     }
     /* Over a limit, the newest connection is closed, as the daemon does
@@ -907,14 +909,14 @@ static int accept_from(int li) {
     c->state = C_WAITING;
     pending_total++, l->pending++, source_add(c->source, 1);
     if (push_deadline(fd, c->seq, c->accepted_ns + table->wait_ms * 1000000LL) < 0) {
-      pass_to_daemon(fd, c);
+      pass_on(fd, c);
       continue;
     }
     look(fd, 0);
     if (c->state == C_WAITING) {
       struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = (uint64_t)fd};
       if (epoll_ctl(lane_ep, EPOLL_CTL_ADD, fd, &ev) == 0) c->in_epoll = 1;
-      else pass_to_daemon(fd, c);
+      else pass_on(fd, c);
     }
   }
   return !l->accepting;
@@ -987,7 +989,7 @@ static int expire(void) {
       break;
     }
     struct conn *c = d->fd < conn_cap ? &conns[d->fd] : NULL;
-    if (c && c->state == C_WAITING && c->seq == d->seq) pass_to_daemon(d->fd, c);
+    if (c && c->state == C_WAITING && c->seq == d->seq) pass_on(d->fd, c);
     dl_head = (dl_head + 1) % dl_cap, dl_len--;
   }
   for (int i = 0; i < lane_listener_count; i++) {

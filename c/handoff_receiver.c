@@ -159,7 +159,7 @@ static void take_fds(struct receiver *r, struct rx_channel *c, const int *fds, i
   }
 }
 
-static int next_fd(struct rx_channel *c) {
+static int take_fd(struct rx_channel *c) {
   if (c->nfds == 0) return -1;
   int fd = c->fds[0];
   memmove(c->fds, c->fds + 1, sizeof(int) * (size_t)--c->nfds);
@@ -168,7 +168,7 @@ static int next_fd(struct rx_channel *c) {
 
 /* One complete line: pairs it with its fd and queues the pair. */
 static void pair_record(struct receiver *r, struct rx_channel *c, const char *line, int len) {
-  int fd = next_fd(c);
+  int fd = take_fd(c);
   if (fd == -1) return problem(r, "handoff dropped: a record came without an fd");
   if (fd == LOST) return problem(r, "handoff dropped: its fd was lost (MSG_CTRUNC: out of fds?)");
   char *record = strndup(line, (size_t)len);
@@ -194,7 +194,7 @@ static void split_records(struct receiver *r, struct rx_channel *c) {
   memmove(c->text, c->text + start, (size_t)(c->len - start));
   c->len -= start;
   if (!nl && c->len == RX_RECORD_MAX) { /* no newline in 64 KiB: drop that record, and its fd */
-    int fd = c->skipping ? -1 : next_fd(c);
+    int fd = c->skipping ? -1 : take_fd(c);
     if (fd >= 0) close(fd);
     if (!c->skipping) problem(r, "handoff dropped: a record longer than 64 KiB");
     c->skipping = 1;

@@ -120,7 +120,7 @@ int sockaddr_port(const struct sockaddr_storage *ss) {
 
 /* The next of the process's fds in d (opendir("/proc/self/fd")), skipping
  * d's own; -1 at the end. */
-static int next_fd(DIR *d) {
+static int next_open_fd(DIR *d) {
   struct dirent *e;
   while ((e = readdir(d)) != NULL) {
     if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
@@ -163,7 +163,7 @@ PM_EXPORT int pm_find_fd(const char *local_host, int local_port,
   DIR *d = opendir("/proc/self/fd");
   if (!d) return -errno;
   int found = -ENOENT, fd;
-  while ((fd = next_fd(d)) >= 0) {
+  while ((fd = next_open_fd(d)) >= 0) {
     int r = pm_verify_fd(fd, local_host, local_port, peer_host, peer_port);
     if (r == -EINVAL) { found = r; break; }
     if (r == 1) { found = fd; break; }
@@ -181,7 +181,7 @@ int find_listening_fd(int family, const uint8_t bytes[16], int port) {
   DIR *d = opendir("/proc/self/fd");
   if (!d) return -errno;
   int found = -ENOENT, fd;
-  while ((fd = next_fd(d)) >= 0) {
+  while ((fd = next_open_fd(d)) >= 0) {
     int listening = 0;
     socklen_t ol = sizeof listening;
     struct sockaddr_storage ss;
@@ -528,7 +528,7 @@ static void rescan_epolls(void) {
   if (!d) return;
   char path[32], target[64];
   int fd;
-  while (epoll_count < 64 && (fd = next_fd(d)) >= 0) {
+  while (epoll_count < 64 && (fd = next_open_fd(d)) >= 0) {
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
     ssize_t n = readlink(path, target, sizeof target - 1);
     if (n <= 0) continue;

@@ -28,7 +28,7 @@ export interface ClientSocket {
   detach(): number;
   /** After its fd was sent to a service (which holds its own copy): lets
    * go of ours without a FIN. */
-  letGo(): void;
+  release(): void;
 }
 
 const tcp = (at: { hostname: string; port: number }): Deno.NetAddr => ({
@@ -62,7 +62,7 @@ export class DenoClient implements ClientSocket {
     return detach(this.#shim, this.conn, this.fd);
   }
 
-  letGo(): void {
+  release(): void {
     // Deno's close shuts the socket down; it must hit a placeholder, not
     // the client's socket (docs/design.md R2).
     this.#shim.release(this.fd);
@@ -92,7 +92,7 @@ export class ShimClient implements ClientSocket {
     return this.fd; // nobody else holds it
   }
 
-  letGo(): void {
+  release(): void {
     this.#shim.close(this.fd); // the service's copy keeps the connection open
   }
 }

@@ -159,7 +159,7 @@ export async function checkFd(shim: Shim): Promise<FdWay> {
 }
 
 /** Check 2: a connection released and closed as a handoff leaves it
- * (DenoClient.letGo) stays open in the copy a service would hold: the
+ * (DenoClient.release) stays open in the copy a service would hold: the
  * copy is still connected and writes, and the peer reads, not EOF. */
 export async function checkRelease(shim: Shim, fdOf: (c: Deno.TcpConn) => ConnFd): Promise<void> {
   const { client, conn } = await loopbackPair();
@@ -169,7 +169,7 @@ export async function checkRelease(shim: Shim, fdOf: (c: Deno.TcpConn) => ConnFd
     const { fd } = fdOf(conn);
     copy = shim.dup(fd); // what SCM_RIGHTS gives the service
     if (fault("runtime-release")) conn.close(); // as if release had no effect
-    else new DenoClient(conn, fd, shim).letGo();
+    else new DenoClient(conn, fd, shim).release();
     if (!shim.verifyFd(copy, local, peer)) throw new Error("the released socket lost its peer");
     try {
       await shim.write(copy, MARK);

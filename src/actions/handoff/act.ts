@@ -32,7 +32,7 @@ export async function handOff(
   if (sent.sent) {
     // The service has the socket now. Let go of ours without a FIN
     // (docs/design.md R2): release, then close.
-    c.conn.letGo();
+    c.conn.release();
     return c.done("handed-off", { service, socket: sent.socket, ...waited });
   }
   ctx.metrics.inc("portmux_handoff_fallbacks_total", { service });
