@@ -122,3 +122,35 @@ Deno.test("the command line refuses unknown arguments and answers --help and --v
   const version = await portmux(["--version"]);
   assert.match(version.stdout, /^\d+\.\d+\.\d+\n$/);
 });
+
+Deno.test("the CLI says what a person needs: --parallel and the signals in --help, a YAML error with its excerpt, a relative config read from where the command was typed, the full path of a file not found", async () => {
+  const help = await portmux(["--help"]);
+  assert.match(help.stdout, /--parallel N/);
+  assert.match(help.stdout, /SIGUSR2 upgrade in place/);
+
+  const dir = await Deno.makeTempDir();
+  await Deno.writeTextFile(
+    join(dir, "bad.yaml"),
+    "listen: [\n  { address: 127.0.0.1, port: 1 }\nroutes: []\n",
+  );
+  const yaml = await portmux(["check", "--config", join(dir, "bad.yaml")]);
+  assert.equal(yaml.code, 2);
+  assert.match(
+    yaml.stderr,
+    /bad\.yaml:3: invalid YAML: .* at line 3, column 1\n {2}\| {3}\{ address/,
+  );
+  assert.doesNotMatch(yaml.stderr, /column 1:\n/, "no summary cut at a colon");
+
+  // deno task runs in the project's folder and says where the command was
+  // typed in INIT_CWD: a relative --config is read from there.
+  await Deno.writeTextFile(join(dir, "here.yaml"), VALID);
+  const relative = await portmux(["check", "--config", "here.yaml"], { INIT_CWD: dir });
+  assert.equal(relative.code, 0, relative.stderr);
+  assert.match(relative.stdout, new RegExp(`^# ${join(dir, "here.yaml")}: valid`));
+  const missing = await portmux(["check", "--config", "gone.yaml"], { INIT_CWD: dir });
+  assert.equal(missing.code, 2);
+  assert.match(
+    missing.stderr,
+    new RegExp(`${join(dir, "gone.yaml")}: cannot read the config file: no such file`),
+  );
+});

@@ -195,7 +195,13 @@ class Reader {
     if (first) {
       const line = first.linePos?.[0].line;
       const where = line ? `${source}:${line}` : source;
-      throw new ConfigError(`${where}: invalid YAML: ${first.message.split("\n")[0]}`);
+      // The parser's message ends with an excerpt of the lines and a caret:
+      // kept, indented under the one-line summary.
+      const [summary, ...excerpt] = first.message.trimEnd().split("\n");
+      const shown = excerpt.filter((l) => l.trim() !== "").map((l) => `  | ${l}`).join("\n");
+      throw new ConfigError(
+        `${where}: invalid YAML: ${summary!.replace(/:$/, "")}${shown ? `\n${shown}` : ""}`,
+      );
     }
     this.#root = doc.contents;
   }
@@ -798,14 +804,21 @@ function readAction(r: Reader, at: Path, services: ReadonlyMap<string, Service>)
 }
 
 /** Reads and parses a config file. Throws ConfigError. */
-export function loadConfigFile(file: string): Config {
+/** file: relative to the folder the command was typed in. Under `deno
+ * task` that is INIT_CWD (deno task runs in the project's folder). */
+export function loadConfigFile(
+  file: string,
+  env: (name: string) => string | undefined = (n) => Deno.env.get(n),
+): Config {
+  const path = resolve(env("INIT_CWD") ?? Deno.cwd(), file);
   let text: string;
   try {
-    text = Deno.readTextFileSync(file);
+    text = Deno.readTextFileSync(path);
   } catch (e) {
-    throw new ConfigError(`${file}: cannot read the config file: ${(e as Error).message}`);
+    const why = e instanceof Deno.errors.NotFound ? "no such file" : (e as Error).message;
+    throw new ConfigError(`${path}: cannot read the config file: ${why}`);
   }
-  return parseConfig(text, file, resolve(file, ".."));
+  return parseConfig(text, path, resolve(path, ".."));
 }
 
 /**

@@ -18,7 +18,13 @@ export const USAGE = `usage: portmux [run] [--config FILE]
   check           validate the config and print it as portmux reads it,
                   environment overrides applied; exit code 2 on a mistake
   --config FILE   the YAML config (default: $PORTMUX_CONFIG, else the
-                  embedded demo, config/default.yaml)
+                  embedded demo, config/default.yaml); a relative path is
+                  read from the folder the command was typed in
+  --parallel N    worker processes (default: the number of CPUs); taken by
+                  the launcher (deno task start, the single binary)
+
+signals (to the launcher): SIGHUP reload, SIGUSR2 upgrade in place,
+  SIGTERM or SIGINT stop gracefully (a second one, a second later: at once)
 
 environment:
   PORTMUX_CONFIG     the config file, when --config is not given
