@@ -289,7 +289,7 @@ export class Daemon {
     m.counter("portmux_accept_failures_total", "Accept errors other than a client gone.");
     m.counter("portmux_accept_client_gone_total", "Clients that reset before accept finished.");
     m.counter("portmux_handoff_fallbacks_total", "Handoffs no instance took, by service.");
-    m.counter("portmux_handoff_waits_total", "Times a handoff waited for an instance.");
+    m.counter("portmux_handoff_waits_total", "Handoffs that waited for an instance (once each).");
     m.counter("portmux_handoff_instance_down_total", "Times an instance was found down.");
     m.counter("portmux_handoff_channel_full_total", "Times a channel was full.");
     m.counter("portmux_handoff_stalled_total", "Channels found stalled (unread), by service.");

@@ -87,6 +87,10 @@ Deno.test("handoff to a service that is not running closes the client, says why,
     } finally {
       await service.stop();
     }
+    // The lost one waited (and looked again every few ms): one wait counted.
+    await d.stop();
+    const stats = d.logs.find((l) => l.event === "stats")!;
+    assert.equal(stats['portmux_handoff_waits_total{service="py"}'], 1);
   } finally {
     await d.stop();
   }

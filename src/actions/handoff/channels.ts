@@ -139,6 +139,7 @@ export class ServiceChannels {
    */
   async send(fd: number, record: Uint8Array<ArrayBuffer>, waitMs: number): Promise<SendResult> {
     const started = performance.now();
+    let waited = false;
     const deadline = started + waitMs;
     for (;;) {
       const n = this.#instances.length;
@@ -160,7 +161,9 @@ export class ServiceChannels {
         const reason = this.#instances.map((i) => `${i.socket}: ${i.lastError}`).join("; ");
         return { sent: false, reason, waitedMs: now - started };
       }
-      this.metrics.inc("portmux_handoff_waits_total", { service: this.service.name });
+      // Counted once per handoff that waits, however many times it looks.
+      if (!waited) this.metrics.inc("portmux_handoff_waits_total", { service: this.service.name });
+      waited = true;
       const wake = Math.min(
         deadline,
         now + RETRY_FULL_MS,
