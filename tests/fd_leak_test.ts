@@ -117,7 +117,17 @@ Deno.test("the daemon's fds are listed by the test helper (sanity check of the m
   const held = "preread: { timeout_ms: 10000, defer_accept: false }";
   const d = await startDaemon({ config: CONFIG.replace("preread: { timeout_ms: 300 }", held) });
   try {
-    const before = d.fdCount();
+    // After "listening" a worker still opens its channels and tells the
+    // launcher it serves (a connection that comes and goes): measure once
+    // the count holds still.
+    await d.waitFor((l) => l.event === "started");
+    let before = d.fdCount();
+    for (let same = 0; same < 3;) {
+      await new Promise((r) => setTimeout(r, 100));
+      const now = d.fdCount();
+      same = now === before ? same + 1 : 0;
+      before = now;
+    }
     const clients = await Promise.all(
       Array.from({ length: 20 }, () => Deno.connect({ hostname: "127.0.0.1", port: d.port })),
     );

@@ -151,7 +151,9 @@ Deno.test("relayToLoopback: the shim connects to the port; the server sees the r
 
   const [x2, a2] = await connectedPair();
   const refused = relayToLoopback(shim, detachConn(shim, a2), server.addr.port); // closed now
-  assert.equal((await refused.ended).error, "ECONNREFUSED");
+  // Refused; or reset, should a parallel test's listener take the port and
+  // close it while the connection waits in its queue.
+  assert.match(String((await refused.ended).error), /^(ECONNREFUSED|ECONNRESET)$/);
   assert.ok(await seesEnd(x2), "the client is closed");
   x2.close();
 });
