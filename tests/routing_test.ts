@@ -283,7 +283,8 @@ routes:
     const b = await d.connection(halves.localAddr.port);
     assert.equal(b.route, "chrome");
     assert.equal(b.peeked, pq.length);
-    assert.ok(Number(b.decide_ms) >= 200, `decided only with the second half (${b.decide_ms} ms)`);
+    // From its accept, which may come a few ms after the first half arrived.
+    assert.ok(Number(b.decide_ms) >= 150, `decided only with the second half (${b.decide_ms} ms)`);
     halves.close();
   } finally {
     await d.stop();
