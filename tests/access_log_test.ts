@@ -3,6 +3,22 @@ import { join } from "node:path";
 import { combinedLine } from "../src/actions/https/access_log.ts";
 import { run, startDaemon } from "./helpers/daemon.ts";
 
+/** A daemon serving HTTPS with an access log; the log's file. */
+async function withAccessLog() {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-access-" });
+  const file = join(dir, "access.log");
+  const d = await startDaemon({
+    dataDir: dir,
+    config: `
+listen: [{ address: 127.0.0.1, port: 0 }]
+tls: { self_signed: true }
+https: { access_log: ${JSON.stringify(file)} }
+routes: [{ name: web, match: { protocol: tls }, action: https }]
+`,
+  });
+  return { d, file };
+}
+
 Deno.test("combinedLine() writes the Combined Log Format, escaping what would break the line", () => {
   const line = combinedLine({
     client: "203.0.113.9",
@@ -21,17 +37,7 @@ Deno.test("combinedLine() writes the Combined Log Format, escaping what would br
 });
 
 Deno.test("https.access_log gets a line per request, with the real client and the HTTP version", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "portmux-access-" });
-  const file = join(dir, "access.log");
-  const d = await startDaemon({
-    dataDir: dir,
-    config: `
-listen: [{ address: 127.0.0.1, port: 0 }]
-tls: { self_signed: true }
-https: { access_log: ${JSON.stringify(file)} }
-routes: [{ name: web, match: { protocol: tls }, action: https }]
-`,
-  });
+  const { d, file } = await withAccessLog();
   try {
     const base = `https://127.0.0.1:${d.port}`;
     const one = await run("curl", [
@@ -94,17 +100,7 @@ Deno.test("combinedLine() escapes C1 controls too (U+009B is a CSI to a terminal
 });
 
 Deno.test("a request with an 8-bit CSI in its headers gets an access-log line with no raw control", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "portmux-access-" });
-  const file = join(dir, "access.log");
-  const d = await startDaemon({
-    dataDir: dir,
-    config: `
-listen: [{ address: 127.0.0.1, port: 0 }]
-tls: { self_signed: true }
-https: { access_log: ${JSON.stringify(file)} }
-routes: [{ name: web, match: { protocol: tls }, action: https }]
-`,
-  });
+  const { d, file } = await withAccessLog();
   try {
     // Raw bytes from printf, as a hostile client sends them: 0x9b (CSI) and
     // 0x85 (NEL). ESC and DEL are refused by the HTTP parser (400, no line).

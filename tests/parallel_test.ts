@@ -4,6 +4,7 @@
  * worker that dies is started again, and a stop stops them all.
  */
 import assert from "node:assert/strict";
+import { demoConfig } from "./helpers/configs.ts";
 import { freePort, httpsStatus, type LogLine, startDaemon } from "./helpers/daemon.ts";
 import { roundTrip } from "./helpers/client.ts";
 
@@ -11,14 +12,7 @@ Deno.test("two workers share one port: both serve HTTPS and handoffs, reload, re
   const port = freePort();
   const d = await startDaemon({
     workers: 2,
-    config: `
-listen: [{ address: 127.0.0.1, port: ${port} }]
-tls: { self_signed: true }
-services: { echo: { builtin: echo } }
-routes:
-  - { name: web, match: { protocol: tls }, action: https }
-  - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }
-`,
+    config: demoConfig(port),
   });
   try {
     await d.waitFor(() => d.logs.filter((l) => l.event === "started").length === 2);

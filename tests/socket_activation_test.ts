@@ -6,6 +6,7 @@
  * tests/services/socket_holder.py plays systemd.
  */
 import assert from "node:assert/strict";
+import { demoConfig } from "./helpers/configs.ts";
 import { join } from "node:path";
 import { freePort, httpsStatus, type LogLine, TestDaemon } from "./helpers/daemon.ts";
 import { loadClients } from "./helpers/load_clients.ts";
@@ -47,14 +48,7 @@ const count = (d: TestDaemon, event: string) => d.logs.filter((l: LogLine) => l.
 
 Deno.test("socket activation: portmux serves on systemd's socket, and a restart while it is held refuses no connection", async () => {
   const port = freePort();
-  const { d, say, child } = await activated(`
-listen: [{ address: 127.0.0.1, port: ${port} }]
-tls: { self_signed: true }
-services: { echo: { builtin: echo } }
-routes:
-  - { name: web, match: { protocol: tls }, action: https }
-  - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }
-`);
+  const { d, say, child } = await activated(demoConfig(port));
   try {
     await d.waitFor((l) => l.event === "started", 30_000);
     assert.equal((await d.waitFor((l) => l.event === "listening")).address, `127.0.0.1:${port}`);

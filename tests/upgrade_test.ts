@@ -5,6 +5,7 @@
  * new generation that cannot start is said, and the old one goes on.
  */
 import assert from "node:assert/strict";
+import { demoConfig } from "./helpers/configs.ts";
 import { join } from "node:path";
 import {
   freePort,
@@ -15,14 +16,7 @@ import {
 } from "./helpers/daemon.ts";
 import { loadClients } from "./helpers/load_clients.ts";
 
-const config = (port: number) => `
-listen: [{ address: 127.0.0.1, port: ${port} }]
-tls: { self_signed: true }
-services: { echo: { builtin: echo } }
-routes:
-  - { name: web, match: { protocol: tls }, action: https }
-  - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }
-`;
+const config = demoConfig;
 
 const workerPids = (d: TestDaemon, from = 0) =>
   d.logs.filter((l: LogLine) => l.event === "started").slice(from).map((l) => l.pid as number);

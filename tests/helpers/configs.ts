@@ -8,3 +8,16 @@ services:
 routes:
   - { name: p, match: { prefix: PRIV }, action: handoff, service: svc }
 `;
+
+/** The demo's shape on a port of the test's: HTTPS (self-signed) and PRIV
+ * clients handed to the built-in echo service. */
+export function demoConfig(port: number): string {
+  return `
+listen: [{ address: 127.0.0.1, port: ${port} }]
+tls: { self_signed: true }
+services: { echo: { builtin: echo } }
+routes:
+  - { name: web, match: { protocol: tls }, action: https }
+  - { name: private, match: { prefix: PRIV }, action: handoff, service: echo }
+`;
+}
