@@ -49,6 +49,19 @@ Deno.test("preread.defer_accept: auto is off only when a route serves clients th
   assert.equal(deferred("preread: { defer_accept: auto }\n"), true);
 });
 
+Deno.test("the README's config by example loads", async () => {
+  const dir = await Deno.makeTempDir();
+  const readme = await Deno.readTextFile(join(ROOT, "README.md"));
+  const example = /```yaml\n([\s\S]*?)```/.exec(readme)![1]!.replaceAll("/etc/portmux/", `${dir}/`);
+  for (const f of ["example.pem", "example-key.pem"]) await Deno.writeTextFile(join(dir, f), "");
+  const c = parseConfig(example, "README.md", dir);
+  assert.deepEqual(c.routes.map((r) => [r.name, r.action.kind]), [
+    ["web", "https"],
+    ["chat", "handoff"],
+    ["ssh", "proxy"],
+  ]);
+});
+
 Deno.test("config/example.yaml documents a config that loads", async () => {
   const dir = await Deno.makeTempDir();
   // Its TLS files and handler module are placeholders: give them something to point at.
