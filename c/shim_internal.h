@@ -18,11 +18,20 @@ int sockaddr_port(const struct sockaddr_storage *ss);
 #define PM_ADDR_TEXT 48
 int addr_text(const struct sockaddr_storage *ss, char out[PM_ADDR_TEXT]);
 
+/* The next of the process's fds in d (opendir("/proc/self/fd")), skipping
+ * d's own; -1 at the end (portmux_shim.c). */
+#include <dirent.h>
+int next_open_fd(DIR *d);
+
+/* A new epoll set was made: the runtime's are looked for again before the
+ * next release (interposer.c). */
+void epoll_sets_changed(void);
+
 /* glibc's accept4, bypassing our interposer. */
 int real_accept(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags);
 
 /* Queues a client fd on an injected listener and wakes the runtime
- * (portmux_shim.c). 0, or -errno. */
+ * (interposer.c). 0, or -errno. */
 int pm_inject_push(int listener_fd, int client_fd);
 
 /* Sets or clears O_NONBLOCK (portmux_shim.c). 0, or -errno. */

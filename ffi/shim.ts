@@ -209,7 +209,7 @@ export class Shim {
   }
 
   /** Makes the runtime's listener with fd runtimeFd (a placeholder from
-   * Deno.listen) accept on the socket heldFd instead (c/portmux_shim.c).
+   * Deno.listen) accept on the socket heldFd instead (c/interposer.c).
    * The caller closes heldFd. */
   adoptListener(runtimeFd: number, heldFd: number): void {
     check("adopt_listener", this.#lib.symbols.pm_adopt_listener(runtimeFd, heldFd));

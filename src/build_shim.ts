@@ -14,6 +14,7 @@
 const root = new URL("../", import.meta.url);
 const C_FILES = [
   "portmux_shim.c",
+  "interposer.c",
   "express_lane.c",
   "handoff_receiver.c",
   "relay.c",
