@@ -37,9 +37,6 @@ export interface HttpsHandlerInfo extends Deno.ServeHandlerInfo<Deno.NetAddr> {
    * destination); not for what the express lane delivers (no JavaScript
    * sees those connections). */
   readonly localAddr?: Deno.NetAddr;
-  /** What Deno.serve puts in req.url for a request that named no authority
-   * (HTTP/1.0 without Host): its own loopback address, not the client's. */
-  readonly internalAuthority: string;
 }
 
 export type HttpsMode = "inject" | "bridge";
@@ -49,6 +46,11 @@ export interface HttpsOptions {
   readonly site: string;
   /** Called when the site has started a new internal server (new listener). */
   readonly restarted: () => void;
+  /** What the internal servers put in req.url for a request that named no
+   * authority (HTTP/1.0 without Host): "localhost:<internal port>", one per
+   * server, kept here for the handlers (the reverse proxy never passes it
+   * on). Shared by the sites. */
+  readonly internalAuthorities: Set<string>;
   readonly cert: string;
   readonly key: string;
   readonly handler: HttpsHandler;
@@ -127,6 +129,18 @@ function peerKey(a: Deno.NetAddr): string {
   return `${shown.address}|${shown.port}`;
 }
 
+/** Deno's info, with the real client and the address it connected to. */
+function handlerInfo(
+  info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+  facts: PeerFacts,
+): HttpsHandlerInfo {
+  return {
+    remoteAddr: tcp(facts.client),
+    completed: info.completed,
+    ...(facts.local ? { localAddr: tcp(facts.local) } : {}),
+  };
+}
+
 export class HttpsFrontend {
   readonly #opts: HttpsOptions;
   readonly #shim: Shim;
@@ -184,7 +198,13 @@ export class HttpsFrontend {
         return new Response("internal error\n", { status: 500 });
       },
     }, (req, info) => this.#request(req, info));
-    server.finished.then(() => this.#stopped(server, null), (e) => this.#stopped(server, e));
+    const authority = `localhost:${server.addr.port}`;
+    this.#opts.internalAuthorities.add(authority);
+    const gone = () => this.#opts.internalAuthorities.delete(authority);
+    server.finished.then(() => (gone(), this.#stopped(server, null)), (e) => {
+      gone();
+      this.#stopped(server, e);
+    });
     return server;
   }
 
@@ -269,34 +289,9 @@ export class HttpsFrontend {
       ? null
       : this.#facts(info.remoteAddr);
     if (facts === undefined) return new Response("connect through portmux\n", { status: 403 });
-    const response = await this.#opts.handler.fetch(req, this.#handlerInfo(info, facts));
+    // Deno's own info when portmux knows no more: one object less per request.
+    const response = await this.#opts.handler.fetch(req, facts ? handlerInfo(info, facts) : info);
     return this.#answered(req, response, facts);
-  }
-
-  /** Deno's info, with the real client and the address it connected to
-   * when portmux knows them (Deno's getters stay lazy otherwise). */
-  #handlerInfo(
-    info: Deno.ServeHandlerInfo<Deno.NetAddr>,
-    facts: PeerFacts | null,
-  ): HttpsHandlerInfo {
-    const internalAuthority = `localhost:${this.port}`; // Deno.serve's, for a missing Host
-    if (!facts) {
-      return {
-        get remoteAddr() {
-          return info.remoteAddr;
-        },
-        get completed() {
-          return info.completed;
-        },
-        internalAuthority,
-      };
-    }
-    return {
-      remoteAddr: tcp(facts.client),
-      completed: info.completed,
-      ...(facts.local ? { localAddr: tcp(facts.local) } : {}),
-      internalAuthority,
-    };
   }
 
   #answered(req: Request, response: Response, facts: PeerFacts | null): Response {

@@ -27,6 +27,9 @@ export interface ProxyOptions {
   readonly timeoutMs: number;
   /** Peers whose X-Forwarded-For and Forwarded are kept and added to. */
   readonly trustedForwarders: readonly Cidr[];
+  /** What the internal servers put in req.url for a request that named no
+   * authority (HttpsOptions.internalAuthorities). */
+  readonly internalAuthorities?: ReadonlySet<string>;
 }
 
 /** RFC 9110 §7.6.1: hop-by-hop fields, never forwarded. */
@@ -72,10 +75,15 @@ export function isAuthority(text: string): boolean {
  * that named none, the address the client connected to (null: unknown).
  * undefined: an invalid Host, to refuse (RFC 9112 §3.2: also an empty one,
  * or several). */
-function authorityOf(req: Request, url: URL, info: HttpsHandlerInfo): string | null | undefined {
+function authorityOf(
+  req: Request,
+  url: URL,
+  info: HttpsHandlerInfo,
+  internal: ReadonlySet<string>,
+): string | null | undefined {
   const host = req.headers.get("host");
   if (host !== null && !isAuthority(host)) return undefined;
-  if (host === null && url.host === info.internalAuthority) { // Deno.serve's stand-in
+  if (host === null && internal.has(url.host)) { // Deno.serve's stand-in
     return info.localAddr ? addressText(displayAddress(info.localAddr)) : null;
   }
   // What req.url holds went through URL parsing (percent-decoding, IDNA):
@@ -121,10 +129,11 @@ function setForwarding(
 
 export function reverseProxyHandler(opts: ProxyOptions): HttpsHandler {
   const base = opts.upstream.href.replace(/\/$/, "");
+  const internal = opts.internalAuthorities ?? new Set<string>();
   return {
     async fetch(req, info) {
       const url = URL.parse(req.url);
-      const authority = url ? authorityOf(req, url, info) : undefined;
+      const authority = url ? authorityOf(req, url, info, internal) : undefined;
       if (!url || authority === undefined) return new Response("bad Host\n", { status: 400 });
       const target = base + url.pathname + url.search;
       const client = displayAddress(info.remoteAddr).address;

@@ -101,18 +101,20 @@ export class HttpsSites {
     metrics: Metrics,
     restarted: () => void,
   ): Promise<HttpsSites> {
+    const internalAuthorities = new Set<string>();
     const accessLog = m.accessLog ? new AccessLog(m.accessLog) : null;
     let first: HttpsFrontend | null = null;
     const handler: HttpsHandler = m.handler
       ? await loadHandlerModule(m.handler)
       : m.proxy
-      ? reverseProxyHandler(m.proxy)
+      ? reverseProxyHandler({ ...m.proxy, internalAuthorities })
       : m.static
       ? staticFilesHandler(m.static)
       : statusPageHandler(() => first?.mode ?? "inject");
     const sites = m.certificates.map(({ names, cert, key }, i) => ({
       names,
       frontend: HttpsFrontend.start({
+        internalAuthorities,
         site: siteName(names, i),
         restarted,
         cert,
