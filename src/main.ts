@@ -79,6 +79,10 @@ async function main(): Promise<void> {
   const w = /^(\d+)\/(\d+)$/.exec(env("PORTMUX_WORKER") ?? "");
   const worker = w ? { index: Number(w[1]), count: Number(w[2]) } : null;
   const log = new Logger(config.log.level, logFormat(), worker ? { worker: worker.index } : {});
+  const faults = env("PORTMUX_TEST_FAULTS");
+  if (faults) {
+    log.warn("test-faults", { faults, message: "faults for tests are on: never in production" });
+  }
   let daemon: Daemon;
   try {
     daemon = await Daemon.start(config, log, worker);
