@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { type LogLine, startDaemon, TestDaemon } from "./helpers/daemon.ts";
+import { type LogLine, startDaemon, type TestDaemon } from "./helpers/daemon.ts";
 import { enc, roundTrip, seesEnd, writeAll } from "./helpers/client.ts";
 import { loadClients } from "./helpers/load_clients.ts";
 

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { Shim, ShimError, shimPath } from "../ffi/shim.ts";
+import { Shim, type ShimError, shimPath } from "../ffi/shim.ts";
 import { detach, internalFd } from "../src/accept/conn_fd.ts";
 import { encodeRecord } from "../src/actions/handoff/record.ts";
 import { connectedPair, enc, readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
