@@ -102,12 +102,6 @@ export function contractMismatch(
   return wrong.length ? wrong.join(", ") : null;
 }
 
-/** What differs between the layout the C side reports and EVENT_LAYOUT;
- * null when they agree. */
-export function eventLayoutMismatch(reported: readonly number[]): string | null {
-  return contractMismatch(EVENT_LAYOUT, reported);
-}
-
 export function readExpressEvent(buf: Uint8Array, view: DataView, at: number): ExpressEvent {
   const L = EVENT_LAYOUT;
   const i32 = (offset: number) => view.getInt32(at + offset, true);

@@ -17,12 +17,7 @@ import { SYMBOLS } from "./symbols.ts";
 
 export { ShimError };
 export type { ExpressEvent };
-export {
-  contractMismatch,
-  EVENT_LAYOUT,
-  eventLayoutMismatch,
-  LANE_TABLE_LIMITS,
-} from "./lane_records.ts";
+export { contractMismatch, EVENT_LAYOUT, LANE_TABLE_LIMITS } from "./lane_records.ts";
 
 /** The (fd, hangup) pairs pm_waiter_wait wrote. */
 function readiness(n: number, out: Int32Array): Readiness[] {
