@@ -19,6 +19,11 @@
  *
  * What it did is kept in an event ring that the daemon reads in batches, to
  * log each connection's line and count it.
+ *
+ * This file is the lane itself: its state, its thread, delivery, and the
+ * runtime's accept. The table (lane_table.c), the ClientHello
+ * (lane_hello.c), the decision (lane_decide.c) and the event ring
+ * (lane_events.c) are in files of their own, which keep no state (lane.h).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -37,334 +42,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "shim_internal.h"
-
-/* ---------- the routing table ---------- */
-
-enum verdict { V_NO, V_MATCH, V_MORE, V_SLOW };
-enum kind { K_OPAQUE, K_TLS, K_PREFIX };
-enum action { A_SLOW, A_HTTPS, A_HANDOFF };
-
-#define X_MAX_RULES 64
-#define X_MAX_NAMES 16
-#define X_NAME 256
-#define X_MAX_SITES 16
-#define X_HEAD 1024
-
-struct name_pattern {
-  int suffix; /* 1: text is ".example.com", any name below it */
-  char text[X_NAME];
-};
-
-struct rule {
-  int route; /* index in the daemon's route list */
-  enum kind kind;
-  enum action action;
-  int service; /* handoff: the service's id (pm_express_channels) */
-  int head_len; /* handoff: the record up to the client address */
-  char head[X_HEAD];
-  int prefix_len;
-  uint8_t prefix[X_NAME];
-  int sni_count, alpn_count; /* -1: no such condition */
-  struct name_pattern sni[X_MAX_NAMES];
-  char alpn[X_MAX_NAMES][X_NAME];
-};
-
-struct site {
-  int listener_fd;
-  int name_count;
-  struct name_pattern names[X_MAX_NAMES];
-};
-
-struct table {
-  int peek_max, wait_ms, max_preread, max_connections, max_per_source;
-  int generation; /* events say which table decided */
-  int rule_count, site_count;
-  struct rule rules[X_MAX_RULES];
-  struct site sites[X_MAX_SITES];
-};
-
-/* A hex string into out (at most cap bytes); its length, or -1. */
-static int unhex(const char *s, uint8_t *out, int cap) {
-  if (strcmp(s, "-") == 0) return 0;
-  int n = (int)strlen(s);
-  if (n % 2 || n / 2 > cap) return -1;
-  for (int i = 0; i < n / 2; i++) {
-    unsigned v;
-    if (sscanf(s + 2 * i, "%2x", &v) != 1) return -1;
-    out[i] = (uint8_t)v;
-  }
-  return n / 2;
-}
-
-/* "=example.com" (exact) or "*.example.com" (suffix). */
-static int parse_name(const char *s, struct name_pattern *p) {
-  if ((s[0] != '=' && s[0] != '*') || strlen(s + 1) >= X_NAME) return -1;
-  p->suffix = s[0] == '*';
-  strcpy(p->text, s + 1);
-  return 0;
-}
-
-static char *next_token(char **save) { return strtok_r(NULL, " \t", save); }
-
-/* One line of the table's text (src/route/express_lane.ts writes it):
- *   limits <peek_max> <wait_ms> <max_preread> <max_connections> <max_per_source> <generation>
- *   site <listener_fd> <name>...
- *   rule <route> <slow|https|handoff> <service> <head hex> opaque
- *   rule ... prefix <hex>
- *   rule ... tls <n|-1> <name>... <n|-1> <alpn hex>...
- * Returns 0, or -1 if it cannot be read. */
-static int parse_line(struct table *t, char *line) {
-  char *save, *w = strtok_r(line, " \t", &save);
-  if (!w) return 0;
-#define NEXT(v) if (!((v) = next_token(&save))) return -1
-  char *a;
-  if (strcmp(w, "limits") == 0) {
-    char *b, *c, *d, *e, *g;
-    NEXT(a); NEXT(b); NEXT(c); NEXT(d); NEXT(e); NEXT(g);
-    t->peek_max = atoi(a), t->wait_ms = atoi(b), t->max_preread = atoi(c);
-    t->max_connections = atoi(d), t->max_per_source = atoi(e), t->generation = atoi(g);
-    return t->peek_max > 0 && t->peek_max <= 65536 ? 0 : -1;
-  }
-  if (strcmp(w, "site") == 0) {
-    if (t->site_count == X_MAX_SITES) return -1;
-    struct site *s = &t->sites[t->site_count++];
-    NEXT(a);
-    s->listener_fd = atoi(a);
-    while ((a = next_token(&save))) {
-      if (s->name_count == X_MAX_NAMES || parse_name(a, &s->names[s->name_count++])) return -1;
-    }
-    return 0;
-  }
-  if (strcmp(w, "rule") != 0 || t->rule_count == X_MAX_RULES) return -1;
-  struct rule *r = &t->rules[t->rule_count++];
-  char *act, *svc, *head, *kind;
-  NEXT(a); NEXT(act); NEXT(svc); NEXT(head); NEXT(kind);
-  r->route = atoi(a);
-  r->action = strcmp(act, "https") == 0 ? A_HTTPS : strcmp(act, "handoff") == 0 ? A_HANDOFF : A_SLOW;
-  r->service = atoi(svc);
-  r->head_len = unhex(head, (uint8_t *)r->head, X_HEAD - 1);
-  if (r->head_len < 0) return -1;
-  r->sni_count = r->alpn_count = -1;
-  if (strcmp(kind, "opaque") == 0) {
-    r->kind = K_OPAQUE;
-  } else if (strcmp(kind, "prefix") == 0) {
-    r->kind = K_PREFIX;
-    NEXT(a);
-    r->prefix_len = unhex(a, r->prefix, X_NAME);
-    if (r->prefix_len <= 0) return -1;
-  } else if (strcmp(kind, "tls") == 0) {
-    r->kind = K_TLS;
-    NEXT(a);
-    r->sni_count = atoi(a);
-    if (r->sni_count > X_MAX_NAMES) return -1;
-    for (int i = 0; i < r->sni_count; i++) {
-      NEXT(a);
-      if (parse_name(a, &r->sni[i])) return -1;
-    }
-    NEXT(a);
-    r->alpn_count = atoi(a);
-    if (r->alpn_count > X_MAX_NAMES) return -1;
-    for (int i = 0; i < r->alpn_count; i++) {
-      NEXT(a);
-      int n = unhex(a, (uint8_t *)r->alpn[i], X_NAME - 1);
-      if (n <= 0) return -1;
-      r->alpn[i][n] = 0;
-    }
-  } else {
-    return -1;
-  }
-#undef NEXT
-  return 0;
-}
-
-/* The table in text (its lines: parse_line); NULL with *rc = -EINVAL for a
- * text it cannot read (a bad line, or no limits line), -ENOMEM. */
-static struct table *parse_table(const char *text, int *rc) {
-  struct table *t = calloc(1, sizeof *t);
-  char *copy = strdup(text);
-  *rc = t && copy ? 0 : -ENOMEM;
-  char *save, *line = *rc ? NULL : strtok_r(copy, "\n", &save);
-  for (; line && *rc == 0; line = strtok_r(NULL, "\n", &save))
-    if (parse_line(t, line)) *rc = -EINVAL;
-  if (*rc == 0 && t->peek_max == 0) *rc = -EINVAL;
-  free(copy);
-  if (*rc) {
-    free(t);
-    return NULL;
-  }
-  return t;
-}
-
-/* ---------- the ClientHello, the common case only ---------- */
-
-/* What a hello told: the SNI (lower case, "" when none) and the ALPN list
- * (length-prefixed names, GREASE removed). */
-struct hello {
-  int has_sni;
-  char sni[X_NAME];
-  int alpn_len;
-  uint8_t alpn[X_NAME];
-};
-
-static int u16(const uint8_t *b) { return b[0] << 8 | b[1]; }
-static int grease(int v) { return (v & 0x0f0f) == 0x0a0a && (v >> 8) == (v & 0xff); }
-static int printable(const uint8_t *b, int n) {
-  for (int i = 0; i < n; i++)
-    if (b[i] < 0x21 || b[i] > 0x7e) return 0;
-  return 1;
-}
-
-/* The hello's body in b[i..end), as src/detect/tls.ts parses it; 1 when it
- * is well formed (h filled in), 0 when the daemon should look (it would
- * say "no", or C keeps no room for what it holds). */
-static int parse_hello_body(const uint8_t *b, int i, int end, struct hello *h) {
-  if (end - i < 2 + 32 + 1 || b[i] != 3) return 0;
-  i += 2 + 32;
-  if (b[i] > 32) return 0;
-  i += 1 + b[i];
-  if (end - i < 2) return 0;
-  int suites = u16(b + i);
-  if (suites < 2 || suites % 2) return 0;
-  i += 2 + suites;
-  if (end - i < 1 || b[i] < 1) return 0;
-  i += 1 + b[i];
-  if (i > end) return 0;
-  h->has_sni = 0;
-  h->alpn_len = 0;
-  if (i == end) return 1;
-  if (end - i < 2 || i + 2 + u16(b + i) != end) return 0;
-  for (i += 2; i < end;) {
-    if (end - i < 4) return 0;
-    int type = u16(b + i), len = u16(b + i + 2), at = i + 4, stop = at + len;
-    if (stop > end) return 0;
-    if (type == 0 && len > 0) { /* server_name; an empty one means none */
-      if (len < 2 || at + 2 + u16(b + at) != stop) return 0;
-      int found = 0;
-      for (int j = at + 2; j < stop;) {
-        if (stop - j < 3) return 0;
-        int nlen = u16(b + j + 1);
-        if (nlen == 0 || j + 3 + nlen > stop) return 0;
-        if (b[j] == 0 && !found) {
-          if (nlen >= X_NAME || !printable(b + j + 3, nlen)) return 0;
-          for (int k = 0; k < nlen; k++) {
-            uint8_t c = b[j + 3 + k];
-            h->sni[k] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
-          }
-          h->sni[nlen] = 0;
-          found = 1;
-        }
-        j += 3 + nlen;
-      }
-      h->has_sni = found;
-    } else if (type == 0) {
-      h->has_sni = 0;
-    } else if (type == 16) { /* ALPN */
-      if (len < 2 || at + 2 + u16(b + at) != stop) return 0;
-      h->alpn_len = 0;
-      for (int j = at + 2; j < stop;) {
-        int nlen = b[j];
-        if (nlen == 0 || j + 1 + nlen > stop) return 0;
-        if (!(nlen == 2 && grease(u16(b + j + 1)))) {
-          /* Room for the names and the 0 that ends them in an event. */
-          if (!printable(b + j + 1, nlen) || h->alpn_len + 1 + nlen >= X_NAME) return 0;
-          memcpy(h->alpn + h->alpn_len, b + j, (size_t)nlen + 1);
-          h->alpn_len += 1 + nlen;
-        }
-        j += 1 + nlen;
-      }
-    } else if (type == 43) { /* supported_versions: only checked */
-      if (len < 1 || b[at] % 2 || at + 1 + b[at] != stop) return 0;
-    }
-    i = stop;
-  }
-  return 1;
-}
-
-/* Is this a TLS ClientHello? V_NO and V_MORE exactly as the daemon would
- * say them; V_MATCH only for a well-formed hello in one record; V_SLOW for
- * everything else (the daemon decides). */
-static enum verdict tls_verdict(const uint8_t *b, int n, int limit, struct hello *h) {
-  if (n < 1) return V_MORE;
-  if (b[0] != 22) return V_NO;
-  if (n < 2) return V_MORE;
-  if (b[1] != 3) return V_NO;
-  if (n < 3) return V_MORE;
-  if (b[2] > 4) return V_NO;
-  if (n < 5) return V_MORE;
-  int record = u16(b + 3);
-  if (record == 0 || record > 16384) return V_NO;
-  if (n < 6) return V_MORE;
-  if (b[5] != 1) return V_NO;
-  if (record < 4) return V_SLOW;
-  if (n < 9) return V_MORE;
-  int body = b[6] << 16 | b[7] << 8 | b[8];
-  if (body + 4 > record) return V_SLOW; /* over several records */
-  if (n < 5 + record) return 5 + record > limit ? V_SLOW : V_MORE;
-  return parse_hello_body(b, 9, 9 + body, h) ? V_MATCH : V_SLOW;
-}
-
-static int name_matches(const struct name_pattern *p, const char *name) {
-  size_t n = strlen(name);
-  if (n > 0 && name[n - 1] == '.') n--;
-  size_t m = strlen(p->text);
-  if (!p->suffix) return n == m && strncmp(name, p->text, n) == 0;
-  return n > m && strncmp(name + n - m, p->text, m) == 0;
-}
-
-static int alpn_offered(const struct hello *h, const char *want) {
-  size_t w = strlen(want);
-  for (int i = 0; i < h->alpn_len; i += 1 + h->alpn[i])
-    if (h->alpn[i] == w && memcmp(h->alpn + i + 1, want, w) == 0) return 1;
-  return 0;
-}
-
-static enum verdict rule_verdict(const struct rule *r, const uint8_t *b, int n, int limit,
-                                 struct hello *h, enum verdict *tls) {
-  switch (r->kind) {
-  case K_PREFIX: {
-    int m = n < r->prefix_len ? n : r->prefix_len;
-    if (memcmp(b, r->prefix, (size_t)m) != 0) return V_NO;
-    return n >= r->prefix_len ? V_MATCH : V_MORE;
-  }
-  case K_TLS: {
-    if (*tls == V_SLOW + 1) *tls = tls_verdict(b, n, limit, h); /* once per look */
-    if (*tls != V_MATCH) return *tls;
-    if (r->sni_count >= 0) {
-      int ok = 0;
-      for (int i = 0; i < r->sni_count && h->has_sni && !ok; i++) ok = name_matches(&r->sni[i], h->sni);
-      if (!ok) return V_NO;
-    }
-    if (r->alpn_count >= 0) {
-      int ok = 0;
-      for (int i = 0; i < r->alpn_count && !ok; i++) ok = alpn_offered(h, r->alpn[i]);
-      if (!ok) return V_NO;
-    }
-    return V_MATCH;
-  }
-  default:
-    return V_SLOW;
-  }
-}
-
-/* The rule that takes these bytes: its index, or -V_MORE / -V_SLOW. The
- * first rule that matches wins once every earlier one said no (as
- * decide() in src/route/classify.ts); bytes that match none go to the daemon,
- * which knows the default route. */
-#define DECIDE_MORE (-V_MORE)
-#define DECIDE_SLOW (-V_SLOW)
-static int decide(const struct table *t, const uint8_t *b, int n, struct hello *h, int *tls_seen) {
-  enum verdict tls = V_SLOW + 1;
-  for (int i = 0; i < t->rule_count; i++) {
-    enum verdict v = rule_verdict(&t->rules[i], b, n, t->peek_max, h, &tls);
-    if (v == V_MATCH) {
-      *tls_seen = tls == V_MATCH;
-      return i;
-    }
-    if (v != V_NO) return -(int)v;
-  }
-  return DECIDE_SLOW;
-}
+#include "lane.h"
 
 /* ---------- state ---------- */
 
@@ -372,6 +50,8 @@ static int decide(const struct table *t, const uint8_t *b, int n, struct hello *
  * each batch of events and by the daemon's calls. */
 static pthread_mutex_t lane_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct table *table;
+static struct event_ring ring; /* what it did, for the daemon (lane_events.c) */
+static struct source_counts sources; /* waiting, per source (lane_table.c) */
 static int lane_ep = -1;
 
 #define X_MAX_LISTENERS 32
@@ -479,41 +159,6 @@ static int push_deadline(int fd, uint32_t seq, int64_t at) {
   return 0;
 }
 
-/* Waiting connections per source address, for max_per_source. */
-#define SOURCE_BUCKETS 4096
-static struct source_count {
-  uint8_t addr[16];
-  int count;
-  struct source_count *next;
-} *sources[SOURCE_BUCKETS];
-
-static struct source_count **source_slot(const uint8_t addr[16]) {
-  uint32_t h = 2166136261u;
-  for (int i = 0; i < 16; i++) h = (h ^ addr[i]) * 16777619u;
-  struct source_count **p = &sources[h % SOURCE_BUCKETS];
-  while (*p && memcmp((*p)->addr, addr, 16) != 0) p = &(*p)->next;
-  return p;
-}
-
-static int source_waiting(const uint8_t addr[16]) {
-  struct source_count *s = *source_slot(addr);
-  return s ? s->count : 0;
-}
-
-static void source_add(const uint8_t addr[16], int by) {
-  struct source_count **p = source_slot(addr);
-  if (!*p) {
-    if (by < 0 || !(*p = calloc(1, sizeof **p))) return;
-    memcpy((*p)->addr, addr, 16);
-  }
-  (*p)->count += by;
-  if ((*p)->count <= 0) {
-    struct source_count *gone = *p;
-    *p = gone->next;
-    free(gone);
-  }
-}
-
 /* An address as 16 bytes (IPv4 as IPv4-mapped IPv6), and as the text the
  * daemon logs (IPv4-mapped shown as IPv4). */
 static void address_key(const struct sockaddr_storage *ss, uint8_t out[16]) {
@@ -526,111 +171,10 @@ static void address_key(const struct sockaddr_storage *ss, uint8_t out[16]) {
   }
 }
 
-#define X_ADDR PM_ADDR_TEXT
 static int address_text(const struct sockaddr_storage *ss, char out[X_ADDR]) {
   int port = addr_text(ss, out);
   if (strncmp(out, "::ffff:", 7) == 0 && strchr(out, '.')) memmove(out, out + 7, strlen(out + 7) + 1);
   return port;
-}
-
-/* ---------- the event ring, read by the daemon ---------- */
-
-/* O_ACCEPT_FAILED and O_ACCEPT_RECOVERED are about a listener, not a
- * connection: error holds the errno, failures the number of failed accepts
- * before the one that worked. O_LIMIT: limit says which. */
-enum outcome {
-  O_HTTPS = 1,
-  O_HANDED_OFF,
-  O_LOST,
-  O_ACCEPT_FAILED,
-  O_LIMIT,
-  O_RESET,
-  O_ACCEPT_RECOVERED
-};
-enum limit { L_MAX_CONNECTIONS = 1, L_MAX_PREREAD, L_MAX_PER_SOURCE };
-
-/* Layout read by ffi/shim.ts (expressEvents). */
-struct event {
-  int32_t outcome, route, target, peeked;
-  int32_t client_port, local_port, error, has_sni;
-  float decide_ms;
-  int32_t generation, limit, failures;
-  char client[X_ADDR], local[X_ADDR];
-  char sni[X_NAME];
-  uint8_t alpn[X_NAME]; /* length-prefixed names, a 0 after the last */
-};
-
-/* 4096 events: 40 ms of 100,000 connections/s, while the daemon reads them
- * every 10 ms. Touched once when made, so that its memory is there from
- * the start and does not look like growth under load. */
-#define RING_CAP 4096
-static struct event *ring;
-static int ring_head, ring_len;
-static int64_t events_dropped;
-
-static struct event *new_event(enum outcome o) {
-  if (!ring) {
-    if (!(ring = malloc(sizeof *ring * RING_CAP))) return NULL;
-    memset(ring, 0, sizeof *ring * RING_CAP);
-  }
-  if (ring_len == RING_CAP) {
-    events_dropped++;
-    return NULL;
-  }
-  struct event *e = &ring[(ring_head + ring_len++) % RING_CAP];
-  memset(e, 0, offsetof(struct event, client) + 1);
-  e->outcome = o;
-  return e;
-}
-
-/* Copies up to max events to out (struct event each); returns how many.
- * *dropped gets the events lost to a full ring since the last call. */
-PM_EXPORT int pm_express_events(uint8_t *out, int max, int32_t *dropped) {
-  pthread_mutex_lock(&lane_lock);
-  int n = ring_len < max ? ring_len : max;
-  for (int i = 0; i < n; i++)
-    memcpy(out + (size_t)i * sizeof(struct event), &ring[(ring_head + i) % RING_CAP], sizeof(struct event));
-  ring_head = (ring_head + n) % RING_CAP;
-  ring_len -= n;
-  *dropped = (int32_t)events_dropped;
-  events_dropped = 0;
-  pthread_mutex_unlock(&lane_lock);
-  return n;
-}
-
-PM_EXPORT int pm_express_event_size(void) { return (int)sizeof(struct event); }
-
-/* The table's capacities, for the table compiler (src/route/express_lane.ts,
- * through ffi/shim.ts) to check its own against at load: rules, names per
- * condition, bytes per name or prefix (without the ending 0), sites, bytes
- * of a record's head. Returns how many numbers it wrote. */
-PM_EXPORT int pm_express_table_limits(int32_t *out, int max) {
-  const int32_t limits[] = {X_MAX_RULES, X_MAX_NAMES, X_NAME - 1, X_MAX_SITES, X_HEAD - 1};
-  int n = (int)(sizeof limits / sizeof limits[0]);
-  if (max < n) return -EINVAL;
-  memcpy(out, limits, sizeof limits);
-  return n;
-}
-
-/* The event record's layout, for ffi/shim.ts to check its own against at
- * load (one contract, read mechanically): the offset of each field in this
- * order, then the size. Returns how many numbers it wrote. */
-PM_EXPORT int pm_express_event_layout(int32_t *out, int max) {
-  const int32_t layout[] = {
-      offsetof(struct event, outcome),     offsetof(struct event, route),
-      offsetof(struct event, target),      offsetof(struct event, peeked),
-      offsetof(struct event, client_port), offsetof(struct event, local_port),
-      offsetof(struct event, error),       offsetof(struct event, has_sni),
-      offsetof(struct event, decide_ms),   offsetof(struct event, generation),
-      offsetof(struct event, limit),       offsetof(struct event, failures),
-      offsetof(struct event, client),      offsetof(struct event, local),
-      offsetof(struct event, sni),         offsetof(struct event, alpn),
-      sizeof(struct event),
-  };
-  int n = (int)(sizeof layout / sizeof layout[0]);
-  if (max < n) return -EINVAL;
-  memcpy(out, layout, sizeof layout);
-  return n;
 }
 
 /* ---------- the lane ---------- */
@@ -642,7 +186,7 @@ static void unwatch(int fd, struct conn *c) {
   if (c->state == C_WAITING) {
     pending_total--;
     lane_listeners[c->listener].pending--;
-    source_add(c->source, -1);
+    source_add(&sources, c->source, -1);
   }
   c->state = C_NONE;
 }
@@ -656,54 +200,9 @@ static void pass_on(int fd, struct conn *c) {
   if (rc < 0) { /* queue full or listener gone: nobody can take it */
     c->state = C_NONE;
     close(fd);
-    struct event *e = new_event(O_LOST);
+    struct event *e = new_event(&ring, O_LOST);
     if (e) e->error = -rc;
   }
-}
-
-/* What the hello told (h NULL: no hello was read), copied into the event's
- * fixed buffers: each copy is bounded by the buffer, whatever h holds. */
-static void describe_hello(struct event *e, const struct hello *h) {
-  size_t sni = 0, alpn = 0;
-  e->has_sni = h ? (h->has_sni ? 1 : 0) : -1;
-  if (h && h->has_sni) memcpy(e->sni, h->sni, sni = strnlen(h->sni, sizeof e->sni - 1));
-  if (h && h->alpn_len > 0) {
-    alpn = (size_t)h->alpn_len < sizeof e->alpn - 1 ? (size_t)h->alpn_len : sizeof e->alpn - 1;
-    memcpy(e->alpn, h->alpn, alpn);
-  }
-  e->sni[sni] = 0;
-  e->alpn[alpn] = 0;
-}
-
-/* The site for a hello's SNI; the first (the default) when the route was
- * decided without reading a hello (h NULL), as the daemon does. */
-static const struct site *pick_site(const struct table *t, const struct hello *h) {
-  for (int i = 0; h && h->has_sni && i < t->site_count; i++)
-    for (int j = 0; j < t->sites[i].name_count; j++)
-      if (name_matches(&t->sites[i].names[j], h->sni)) return &t->sites[i];
-  return t->site_count ? &t->sites[0] : NULL;
-}
-
-/* For tests and the fuzzer: decides on bytes with a table, without
- * sockets, and describes the hello into *out (an event record: has_sni,
- * sni, alpn) as a delivery would, with target the site an https rule
- * picks (-1 for another action). Returns the route, or -2 (more bytes
- * needed) or -3 (the daemon decides); -EINVAL: a bad table. */
-PM_EXPORT int pm_express_decide(const char *table_text, const uint8_t *b, int n,
-                                struct event *out) {
-  int rc;
-  struct table *t = parse_table(table_text, &rc);
-  if (!t) return rc;
-  struct hello h = {.has_sni = 0, .alpn_len = 0};
-  int tls_seen = 0;
-  int d = decide(t, b, n, &h, &tls_seen);
-  rc = d >= 0 ? t->rules[d].route : d == DECIDE_MORE ? -2 : -3;
-  memset(out, 0, sizeof *out);
-  describe_hello(out, tls_seen ? &h : NULL);
-  const struct site *site = d >= 0 && t->rules[d].action == A_HTTPS ? pick_site(t, tls_seen ? &h : NULL) : NULL;
-  out->target = site ? (int)(site - t->sites) : -1;
-  free(t);
-  return rc;
 }
 
 /* The facts every event of a delivered connection carries. */
@@ -772,7 +271,7 @@ static int send_to_service(struct service *s, int fd, const char *rec, int len) 
 
 /* Puts a described event in the ring, once its connection was delivered. */
 static void emit(const struct event *described, enum outcome o, int target) {
-  struct event *e = new_event(o);
+  struct event *e = new_event(&ring, o);
   if (e) *e = *described, e->outcome = o, e->target = target;
 }
 
@@ -831,7 +330,7 @@ static void look(int fd, uint32_t events) {
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && !hangup) return;
   if (n < 0) { /* reset: the runtime could not even accept it (no peer address) */
     int error = errno;
-    struct event *e = new_event(O_RESET);
+    struct event *e = new_event(&ring, O_RESET);
     struct hello none = {0};
     if (e) describe(e, fd, c, -1, 0, &none, 0), e->error = error;
     unwatch(fd, c);
@@ -867,14 +366,14 @@ static int accept_from(int li) {
       /* EMFILE and friends: pause this listener (the clients wait in the
        * backlog), say so through the ring (once until an accept works
        * again), and try again later. */
-      struct event *e = l->failures++ ? NULL : new_event(O_ACCEPT_FAILED);
+      struct event *e = l->failures++ ? NULL : new_event(&ring, O_ACCEPT_FAILED);
       if (e) e->error = errno;
       disarm_listener(l);
       l->resume_ns = now_ns() + 100 * 1000000LL;
       return 1;
     }
     if (l->failures) {
-      struct event *e = new_event(O_ACCEPT_RECOVERED);
+      struct event *e = new_event(&ring, O_ACCEPT_RECOVERED);
       if (e) e->failures = l->failures;
       l->failures = 0;
     }
@@ -896,18 +395,15 @@ static int accept_from(int li) {
     }
     /* Over a limit, the newest connection is closed, as the daemon does
      * (src/accept/admission.ts), and said through the ring. */
-    enum limit over = pending_total >= table->max_connections ? L_MAX_CONNECTIONS
-                      : pending_total >= table->max_preread  ? L_MAX_PREREAD
-                      : source_waiting(c->source) >= table->max_per_source ? L_MAX_PER_SOURCE
-                                                                             : 0;
+    enum limit over = over_limit(table, pending_total, &sources, c->source);
     if (over) {
-      struct event *e = new_event(O_LIMIT);
+      struct event *e = new_event(&ring, O_LIMIT);
       if (e) e->limit = over, e->client_port = address_text(&peer, e->client);
       close(fd);
       continue;
     }
     c->state = C_WAITING;
-    pending_total++, l->pending++, source_add(c->source, 1);
+    pending_total++, l->pending++, source_add(&sources, c->source, 1);
     if (push_deadline(fd, c->seq, c->accepted_ns + table->wait_ms * 1000000LL) < 0) {
       pass_on(fd, c);
       continue;
@@ -1036,8 +532,18 @@ static void *lane_thread(void *arg) {
 
 /* ---------- what the daemon calls ---------- */
 
-/* Installs a new routing table (its text: see parse_line). The lane starts
- * with the first one. 0, or -EINVAL for a table it cannot read. */
+/* Copies up to max events to out (struct event each); returns how many.
+ * *dropped gets the events lost to a full ring since the last call. */
+PM_EXPORT int pm_express_events(uint8_t *out, int max, int32_t *dropped) {
+  pthread_mutex_lock(&lane_lock);
+  int n = take_events(&ring, out, max, dropped);
+  pthread_mutex_unlock(&lane_lock);
+  return n;
+}
+
+/* Installs a new routing table (its text: see parse_line in lane_table.c).
+ * The lane starts with the first one. 0, or -EINVAL for a table it cannot
+ * read. */
 PM_EXPORT int pm_express_table(const char *text) {
   int rc;
   struct table *t = parse_table(text, &rc);

@@ -1,5 +1,5 @@
 /**
- * The express lane's records as C writes them (c/express_lane.c): its
+ * The express lane's records as C writes them (c/lane.h): its
  * events, and the numbers both sides must agree on, checked when the shim
  * loads.
  */
@@ -7,7 +7,7 @@ import { ADDR_TEXT, cText } from "./c_text.ts";
 import { errnoName } from "./errors.ts";
 
 /** What the express lane did with one connection (struct event in
- * c/express_lane.c). */
+ * c/lane.h). */
 export interface ExpressEvent {
   readonly outcome:
     | "https"
@@ -51,7 +51,7 @@ const EXPRESS_OUTCOMES = [
 export const EVENT_NAME = 256;
 
 /** Where each field of the lane's event record (struct event in
- * c/express_lane.c) is, and its size. The C side says the same through
+ * c/lane.h) is, and its size. The C side says the same through
  * pm_express_event_layout, compared when the library loads: one contract,
  * checked, not mirrored by hand. */
 export const EVENT_LAYOUT = {
@@ -74,7 +74,7 @@ export const EVENT_LAYOUT = {
   size: 48 + 2 * ADDR_TEXT + 2 * EVENT_NAME,
 } as const;
 
-/** What the lane's routing table has room for (c/express_lane.c): rules,
+/** What the lane's routing table has room for (c/lane.h): rules,
  * names per condition, bytes per name or prefix, sites, bytes of a
  * record's head. The C side reports the same (pm_express_table_limits),
  * compared when the library loads. */

@@ -21,7 +21,7 @@ const FLAGS = [
   "-Wall",
   "-Wextra",
 ];
-// The harness includes these, to reach their static parsers.
+// The harness includes these files' source, to reach their static functions.
 const INCLUDED = ["express_lane.c", "handoff_receiver.c"];
 // The harness's own options (see c/fuzz/fuzz_lane.c), and not under the
 // sanitized shim that `deno task test:asan` preloads into every process.

@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The express lane (fuzz_express.c, which compiles express_lane.c in). */
+/* The express lane (fuzz_express.c, over the parsers in lane.h). */
 struct table;
 struct event;
 int pm_express_decide(const char *table_text, const uint8_t *b, int n, struct event *out);

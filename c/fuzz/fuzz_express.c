@@ -1,12 +1,17 @@
 /*
- * The express lane for the fuzz harness: express_lane.c compiled unchanged
- * into this file, so that a table can be parsed once and decided on many
- * times. pm_express_decide parses its table on every call, and a table is
- * ~680 KB, which ASan maps and unmaps each time (~150 us): 100,000 inputs
- * would take half a minute. fuzz_decide_parsed does what pm_express_decide
- * does after the parse; the harness checks that both agree.
+ * The express lane for the fuzz harness, so that a table can be parsed
+ * once and decided on many times. pm_express_decide parses its table on
+ * every call, and a table is ~680 KB, which ASan maps and unmaps each time
+ * (~150 us): 100,000 inputs would take half a minute. fuzz_decide_parsed
+ * does what pm_express_decide (lane_decide.c) does after the parse; the
+ * harness checks that both agree.
+ *
+ * The parsers it calls (lane.h) are built beside the harness with the
+ * shim's other files. express_lane.c is compiled unchanged into this file:
+ * tests/c_fuzz_test.ts leaves it out of those (INCLUDED).
  */
 #include "../express_lane.c"
+#include "../lane.h"
 
 #include "fuzz.h"
 

@@ -94,7 +94,7 @@ function fits(names: readonly string[] | undefined): boolean {
 }
 
 /**
- * The table's text (its grammar: parse_line in c/express_lane.c).
+ * The table's text (its grammar: parse_line in c/lane_table.c).
  * serviceIds: the id under which each service's channels are listed.
  */
 export function laneTable(
