@@ -1,10 +1,11 @@
 /*
  * portmux shim: the few syscalls Deno cannot make for us. This file is the
  * mission's core: peek, fd lookup and verification, accepting the rest of
- * a burst, the listening sockets the supervisor holds, channels
- * (SCM_RIGHTS), and the readiness waiter for connections that have not
- * sent bytes yet. What reaches into the runtime's internals (its epoll
- * sets, its accept4) is in interposer.c; the express lane in
+ * a burst, the listening sockets the supervisor holds, opening channels
+ * and receiving on them (SCM_RIGHTS), and the readiness waiter for
+ * connections that have not sent bytes yet. What reaches into the
+ * runtime's internals (its epoll sets, its accept4) is in interposer.c;
+ * sending clients on a channel in channel_send.c; the express lane in
  * express_lane.c; the relay in relay.c; a service's receiving side in
  * handoff_receiver.c.
  *
@@ -22,7 +23,6 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -33,7 +33,6 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -365,39 +364,6 @@ PM_EXPORT int pm_peer_cred(int sock, int32_t *out) {
   out[1] = (int32_t)cred.uid;
   out[2] = (int32_t)cred.gid;
   return 0;
-}
-
-/* Sends payload on a channel without waiting, with fd attached to its
- * first byte (fd < 0: bytes only, to finish a record). SCM_RIGHTS needs at
- * least one byte (docs/design.md R7). Returns the bytes sent (the fd went
- * with them if > 0), -EAGAIN if the channel is full (nothing sent), or
- * -errno (-EPIPE: the service closed the channel). */
-PM_EXPORT int pm_channel_send(int chan, int fd, const uint8_t *payload, int len) {
-  if (len < 1) return -EINVAL;
-  struct iovec iov = {.iov_base = (void *)payload, .iov_len = (size_t)len};
-  union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } ctl;
-  memset(&ctl, 0, sizeof ctl);
-  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-  if (fd >= 0) {
-    msg.msg_control = ctl.buf;
-    msg.msg_controllen = sizeof ctl.buf;
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  }
-  ssize_t n = sendmsg(chan, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-  return n < 0 ? -errno : (int)n;
-}
-
-/* What a channel's service has not read yet (SIOCOUTQ), or -errno. Linux
- * counts the memory of the unread messages, not their bytes: a record of up
- * to 192 bytes costs 768. A count that does not go down is a stalled
- * service (src/actions/handoff/channels.ts). */
-PM_EXPORT int pm_unread(int chan) {
-  int n = 0;
-  return ioctl(chan, SIOCOUTQ, &n) < 0 ? -errno : n;
 }
 
 /* 1 when something accepts connections at the Unix socket path sa (a live

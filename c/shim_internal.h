@@ -37,7 +37,7 @@ int pm_inject_push(int listener_fd, int client_fd);
 /* Sets or clears O_NONBLOCK (portmux_shim.c). 0, or -errno. */
 int pm_set_nonblocking(int fd, int on);
 
-/* Sends payload with fd on a channel, without waiting (portmux_shim.c).
+/* Sends payload with fd on a channel, without waiting (channel_send.c).
  * Bytes sent, or -errno. */
 int pm_channel_send(int chan, int fd, const uint8_t *payload, int len);
 

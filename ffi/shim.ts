@@ -246,7 +246,8 @@ export class Shim {
   }
 
   /** Sends payload with fd attached (fd -1: bytes only) without waiting;
-   * returns the bytes sent, 0 if the channel is full (nothing sent). */
+   * returns the bytes sent, 0 if the channel is full (nothing sent). A
+   * copy of fd is kept until the service reads it (c/channel_send.c). */
   channelSend(chan: number, fd: number, payload: Uint8Array<ArrayBuffer>): number {
     const n = this.#lib.symbols.pm_channel_send(chan, fd, payload, payload.length);
     return n === -11 ? 0 : check("channel_send", n);
@@ -256,6 +257,17 @@ export class Shim {
    * memory for the unread messages (768 for a record up to 192 bytes). */
   unread(chan: number): number {
     return check("unread", this.#lib.symbols.pm_unread(chan));
+  }
+
+  /** How many clients sent on the channel its service has not read yet. */
+  channelQueued(chan: number): number {
+    return check("channel_queued", this.#lib.symbols.pm_channel_queued(chan));
+  }
+
+  /** Closes a channel; returns how many clients on it were unread. With
+   * cut, those are shut down (they end); without, they stay the service's. */
+  channelClose(chan: number, cut: boolean): number {
+    return check("channel_close", this.#lib.symbols.pm_channel_close(chan, cut ? 1 : 0));
   }
 
   /** Receives what is there without waiting; null if nothing is. count 0

@@ -23,6 +23,10 @@ export const SYMBOLS = {
   pm_channel_send: { parameters: ["i32", "i32", "buffer", "i32"], result: "i32" },
   // int pm_unread(int chan)
   pm_unread: { parameters: ["i32"], result: "i32" },
+  // int pm_channel_queued(int chan)
+  pm_channel_queued: { parameters: ["i32"], result: "i32" },
+  // int pm_channel_close(int chan, int cut)
+  pm_channel_close: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_channel_recv(int sock, uint8_t *buf, int len, int32_t *fds, int max_fds, int32_t *info)
   pm_channel_recv: {
     parameters: ["i32", "buffer", "i32", "buffer", "i32", "buffer"],

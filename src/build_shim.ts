@@ -15,10 +15,16 @@ const root = new URL("../", import.meta.url);
 const C_FILES = [
   "portmux_shim.c",
   "interposer.c",
+  "channel_send.c",
   "express_lane.c",
+  "lane_table.c",
+  "lane_hello.c",
+  "lane_decide.c",
+  "lane_events.c",
   "handoff_receiver.c",
   "relay.c",
   "shim_internal.h",
+  "lane.h",
 ]
   .map((f) => new URL(`c/${f}`, root).pathname);
 const SOURCES = C_FILES.filter((f) => f.endsWith(".c"));

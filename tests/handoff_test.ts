@@ -60,6 +60,28 @@ Deno.test("a Python service gets the handed-off client from its first byte and k
   }
 });
 
+Deno.test("a client the service closes sees its end at once, with the express lane on and off (the daemon's copy of a handed-off socket goes when the service reads it)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-handoff-end-" });
+  const service = await startPythonService(join(dir, "py.sock"));
+  for (const express of [true, false]) {
+    const config = handoffConfig(service.socket) + `preread: { express: ${express} }\n`;
+    const d = await startDaemon({ config, dataDir: dir });
+    try {
+      for (let i = 0; i < 10; i++) {
+        const client = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+        const text = `PRIV ${i} BYE`;
+        assert.equal(await roundTrip(client, text, `ECHO:${text}`.length), `ECHO:${text}`);
+        // Only the last copy's close ends a TCP connection: a copy the
+        // daemon still held would keep this one open.
+        assert.ok(await seesEnd(client, 1000), `express ${express}: client ${i} saw no end`);
+      }
+    } finally {
+      await d.stop();
+    }
+  }
+  await service.stop();
+});
+
 Deno.test("handoff to a service that is not running closes the client, says why, and serves the next one", async () => {
   const dir = await Deno.makeTempDir({ prefix: "portmux-handoff-" });
   const socket = join(dir, "nobody.sock");

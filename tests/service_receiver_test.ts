@@ -156,7 +156,7 @@ Deno.test("the preloaded receiver pairs each record with its own fd however it i
     assert.ok(await seesEnd(spoilt!.client), "the spoilt record's client is closed");
     // A record cut short by the channel's end: its client is closed too.
     send(chan, cut!.fd, recordFor(cut!.client, "cut").slice(0, 20));
-    shim.close(chan);
+    shim.channelClose(chan, false);
     assert.ok(await seesEnd(cut!.client), "the cut record's client is closed");
     await svc.waitFor((e) => String(e.message).includes("cut short"), "cut-short problem");
 
@@ -205,7 +205,7 @@ Deno.test("the preloaded receiver refuses a channel from another uid, and its pr
     assert.ok(await seesEnd(c.client), "the client is closed, never served");
     await svc.waitFor((e) => /refused a channel from uid/.test(String(e.message)), "refusal");
     assert.equal(svc.events.filter((e) => e.event === "connection").length, 0);
-    shim.close(chan);
+    shim.channelClose(chan, false);
     await assert.rejects(
       Deno.connect({ hostname: "127.0.0.1", port: svc.port! }),
       Deno.errors.ConnectionRefused,
@@ -240,7 +240,7 @@ Deno.test("a receiver never takes the socket path of a running one, replaces a s
     send(chan, c.fd, recordFor(c.client, "still"));
     await first.waitFor((e) => (e.record as { route?: string })?.route === "still", "its handoff");
     c.close();
-    shim.close(chan);
+    shim.channelClose(chan, false);
   } finally {
     await first.stop();
   }

@@ -5,10 +5,9 @@
  * others go to the healthy instance. Real daemon, real Python services,
  * real client sockets, with the express lane on and off.
  *
- * The clients sent before the stall was found stay in the service's socket
- * (closing our end of the channel does not free them: the kernel keeps
- * them for the service), so they are counted, not served: the log must
- * name exactly them, and they end when the service does.
+ * The clients sent before the stall was found are counted (the log must
+ * name exactly them) and, when the channel is closed past the limit, cut:
+ * each ends then, while its service still lives and never reads.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -161,9 +160,7 @@ async function stalledReceiver(express: boolean): Promise<void> {
       `${toDeaf.length} clients stranded: the stall must be found within the wait ` +
         `(unchecked, about half of ${CLIENTS} go there)`,
     );
-    // Exact here: every record is short (768 bytes of kernel memory each on
-    // Linux x86-64, which the estimate assumes until it measures one).
-    assert.equal(stalled.clients_queued_est, toDeaf.length, JSON.stringify(stalled));
+    assert.equal(stalled.clients_queued, toDeaf.length, JSON.stringify(stalled));
 
     // Every other client was served, or closed, promptly.
     const others = clients.filter((c) => !toDeaf.includes(c));
@@ -180,18 +177,21 @@ async function stalledReceiver(express: boolean): Promise<void> {
     const closed = await d.waitFor((l) => l.event === "service-stalled-closed", 10_000);
     assert.equal(closed.level, "error");
     assert.equal(closed.socket, deaf.socket);
-    assert.equal(closed.clients_queued_est, toDeaf.length);
+    assert.equal(closed.clients_closed, toDeaf.length, JSON.stringify(closed));
     assert.ok(Number(closed.stalled_ms) >= 2000, JSON.stringify(closed));
     assert.equal(stalled.close_after_ms, 2000);
 
-    // Closing our end freed none of them: they are the service's until it
-    // reads them or exits; when it exits, the kernel closes every one.
-    assert.ok(toDeaf.every((c) => c.outcome === null), "none was answered");
-    await deaf.stop();
-    const ended = performance.now();
-    await Promise.all(toDeaf.map((c) => c.finished));
-    assert.ok(performance.now() - ended < 3000, "the stranded clients end with their service");
-    assert.ok(toDeaf.every((c) => c.outcome === "closed"));
+    // The stranded clients end with the close, though their service lives
+    // on and never reads: none waits much past the close limit.
+    const ended = await Promise.race([
+      Promise.all(toDeaf.map((c) => c.finished)).then(() => true),
+      new Promise<false>((r) => setTimeout(() => r(false), 1000)),
+    ]);
+    assert.ok(ended, "the stranded clients end at the close");
+    assert.ok(toDeaf.every((c) => c.outcome === "closed"), "none was answered");
+    for (const c of toDeaf) {
+      assert.ok(c.doneMs! < 6000, `stranded client ${c.i} waited ${Math.round(c.doneMs!)} ms`);
+    }
 
     const stalls = d.logs.filter((l) => l.event === "service-stalled");
     assert.equal(stalls.length, 1, "one stall, said once");

@@ -186,7 +186,7 @@ Deno.test("fds sent on a channel arrive with their records, in order, through ch
       shim.close(got[0]!);
     }
     assert.equal(shim.channelRecv(channel, buf, fds), null); // nothing more: no wait
-    shim.close(chan);
+    shim.channelClose(chan, false);
     assert.equal(shim.channelRecv(channel, buf, fds)?.count, 0); // end of stream
     shim.close(channel);
   } finally {

@@ -36,14 +36,18 @@ export async function roundTrip(conn: Deno.Conn, text: string, replyLength: numb
 /** True if the peer ended the connection (EOF or reset) within timeoutMs. */
 export async function seesEnd(conn: Deno.Conn, timeoutMs = 5000): Promise<boolean> {
   const buf = new Uint8Array(1024);
-  const timer = setTimeout(() => conn.close(), timeoutMs);
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    conn.close(); // a read pending then may end as if the peer had closed
+  }, timeoutMs);
   try {
     for (;;) {
       const r = await conn.read(buf);
-      if (r === null) return true;
+      if (r === null) return !timedOut;
     }
-  } catch (e) {
-    return !(e instanceof Deno.errors.BadResource); // reset: ended; closed by us: timed out
+  } catch {
+    return !timedOut; // reset: ended
   } finally {
     clearTimeout(timer);
   }

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A protocol service written in another language than portmux: it takes
 handed-off connections with socket.recv_fds (docs/handoff.md) and answers
-every chunk a client sends with b"ECHO:" + chunk. Each record received is
+every chunk a client sends with b"ECHO:" + chunk, and closes the client
+after a chunk that ends in b"BYE". Each record received is
 printed as one JSON line, so a test can check it.
 
     python3 recv_fds_service.py SOCKET_PATH [--deaf] [--listen-as-uid UID]
@@ -39,6 +40,8 @@ def serve_client(fd):
             if not data:
                 break
             client.sendall(b"ECHO:" + data)
+            if data.endswith(b"BYE"):
+                break
 
 
 def serve_channel(channel):

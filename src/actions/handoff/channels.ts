@@ -18,10 +18,10 @@
  * not gone down for the service's wait, the channel is stalled: no more
  * handoffs there, from here or from the express lane, until it goes down.
  * Stalled past STALL_CLOSE_MIN_MS..MAX (5 x the wait), it is closed and
- * reopened after a backoff. The clients already in it stay in the
- * service's socket (the kernel frees them when the service reads them or
- * exits, not when our end closes): a stall strands at most what was sent
- * before it was found.
+ * reopened after a backoff, and the clients sent on it that the service
+ * has not read are cut (the shim keeps a copy of each until it is read:
+ * c/channel_send.c). So a stall holds a client for the close limit at
+ * most, and only those sent before it was found.
  */
 import { type Shim, ShimError } from "../../../ffi/shim.ts";
 import type { Route, Service } from "../../config/config.ts";
@@ -33,7 +33,7 @@ import { dirname } from "node:path";
 const BACKOFF_FIRST_MS = 50;
 const BACKOFF_MAX_MS = 2000;
 const RETRY_FULL_MS = 5; // a full channel drains fast if its service reads
-/** A route's wait_ms when none is configured (src/config/config.ts). */
+/** A route's wait_ms when none is configured (src/config/action.ts). */
 const DEFAULT_WAIT_MS = 1000;
 /** Unread records are looked at this often: a busy service's queue, seen
  * often, goes down now and then; a stalled one never does. */
@@ -49,9 +49,6 @@ const STALL_CLOSE_MAX_MS = 30_000;
  * doubled on each stall-close in a row: each reopening to a service that
  * is still stalled strands what is sent before the stall is found again. */
 const STALL_BACKOFF_MAX_MS = 60_000;
-/** What one record costs in SIOCOUTQ (kernel memory, not bytes) until a
- * send on an empty channel measures it: 768 on Linux for up to 192 bytes. */
-let recordCost = 768;
 
 export type SendResult =
   | { readonly sent: true; readonly socket: string; readonly waitedMs: number }
@@ -213,16 +210,8 @@ export class ServiceChannels {
       this.#flushTail(inst);
     }
     inst.backoffMs = 0;
-    this.#afterSend(inst);
+    this.#look(inst, performance.now()); // so that a read right after counts as progress
     return true;
-  }
-
-  /** Looks again, so that a read right after counts as progress; on a
-   * channel that was empty, the rise is what one record costs. */
-  #afterSend(inst: Instance): void {
-    const before = inst.unread;
-    this.#look(inst, performance.now());
-    if (before === 0 && inst.unread > 0 && !inst.tail) recordCost = inst.unread;
   }
 
   /**
@@ -241,7 +230,7 @@ export class ServiceChannels {
     if (unread < inst.unread || inst.unread === 0) {
       inst.progressAt = now;
       if (unread < inst.unread) inst.stallBackoffMs = 0;
-      if (inst.stalledAt !== null) this.#resume(inst, now, unread);
+      if (inst.stalledAt !== null) this.#resume(inst, now);
     }
     inst.unread = unread;
     if (inst.stalledAt === null) {
@@ -260,15 +249,13 @@ export class ServiceChannels {
     return Math.min(STALL_CLOSE_MAX_MS, Math.max(STALL_CLOSE_MIN_MS, ms));
   }
 
-  /** How much waits unread in inst's channel. bytes_queued is the
-   * kernel's count (memory, with its overhead); dividing by what one
-   * record costs gives the clients, exact while the records queued are of
-   * one size class (they all are, short of long route names or IPv6). */
-  #queued(inst: Instance): Record<string, number> {
-    return {
-      bytes_queued: inst.unread,
-      clients_queued_est: Math.max(1, Math.round(inst.unread / recordCost)),
-    };
+  /** How many clients wait unread in inst's channel. */
+  #queued(inst: Instance): number {
+    try {
+      return inst.chan === null ? 0 : this.shim.channelQueued(inst.chan);
+    } catch {
+      return 0;
+    }
   }
 
   #stall(inst: Instance, now: number): void {
@@ -280,12 +267,12 @@ export class ServiceChannels {
       service: this.service.name,
       socket: inst.socket,
       unread_ms: Math.round(now - inst.progressAt),
-      ...this.#queued(inst),
+      clients_queued: this.#queued(inst),
       close_after_ms: this.#closeAfterMs,
     });
   }
 
-  #resume(inst: Instance, now: number, unread: number): void {
+  #resume(inst: Instance, now: number): void {
     const stalledMs = Math.round(now - (inst.stalledAt ?? now));
     inst.stalledAt = null;
     inst.lastError = "";
@@ -294,16 +281,15 @@ export class ServiceChannels {
       service: this.service.name,
       socket: inst.socket,
       stalled_ms: stalledMs,
-      bytes_queued: unread,
+      clients_queued: this.#queued(inst),
     });
   }
 
-  /** Closes a channel stalled past the limit; its instance rests, longer
-   * each time in a row. Its clients stay in the service's socket. */
+  /** Closes a channel stalled past the limit and cuts the clients the
+   * service has not read; its instance rests, longer each time in a row. */
   #closeStalled(inst: Instance, now: number): void {
-    const queued = this.#queued(inst);
     const stalledMs = Math.round(now - (inst.stalledAt ?? now));
-    this.#closeChannel(inst);
+    const cut = this.#closeChannel(inst, true);
     inst.stallBackoffMs = Math.min(
       STALL_BACKOFF_MAX_MS,
       Math.max(this.#closeAfterMs, inst.stallBackoffMs * 2),
@@ -315,7 +301,7 @@ export class ServiceChannels {
       service: this.service.name,
       socket: inst.socket,
       stalled_ms: stalledMs,
-      ...queued,
+      clients_closed: cut,
       reopen_after_ms: inst.stallBackoffMs,
     });
   }
@@ -432,16 +418,19 @@ export class ServiceChannels {
     this.shim.expressChannels(this.id, usable);
   }
 
-  #closeChannel(inst: Instance): void {
+  /** Closes inst's channel; with cut, ends the clients its service has
+   * not read. Returns how many those were. */
+  #closeChannel(inst: Instance, cut = false): number {
     inst.unread = 0;
     inst.stalledAt = null;
-    if (inst.chan !== null) {
-      const chan = inst.chan;
-      inst.chan = null;
-      this.#publish(); // before the number can be reused
-      try {
-        this.shim.close(chan);
-      } catch { /* gone */ }
+    if (inst.chan === null) return 0;
+    const chan = inst.chan;
+    inst.chan = null;
+    this.#publish(); // before the number can be reused
+    try {
+      return this.shim.channelClose(chan, cut);
+    } catch {
+      return 0; // gone
     }
   }
 
