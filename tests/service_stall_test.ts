@@ -211,6 +211,29 @@ Deno.test("a service instance that never reads its channel (express lane off): f
   await stalledReceiver(false);
 });
 
+Deno.test("a stalled service that dies: the clients it never read end with it, not at the stall-close", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-stall-dies-" });
+  const deaf = await startService(join(dir, "deaf.sock"), "--deaf");
+  const d = await startDaemon({ dataDir: dir, config: config([deaf.socket], false) });
+  let clients: Client[] = [];
+  try {
+    clients = await sendClients(d.port, 5);
+    const stalled = await d.waitFor((l) => l.event === "service-stalled", 10_000);
+    assert.equal(stalled.clients_queued, 5, JSON.stringify(stalled));
+    await deaf.stop(); // its socket goes, and the kernel ends the clients in it
+    const ended = await Promise.race([
+      Promise.all(clients.map((c) => c.finished)).then(() => true),
+      new Promise<false>((r) => setTimeout(() => r(false), 1000)),
+    ]);
+    assert.ok(ended, "the clients end with their service (the daemon holds no copy of them)");
+    assert.ok(clients.every((c) => c.outcome === "closed"));
+  } finally {
+    clients.forEach((c) => c.abandon());
+    await d.stop();
+    await deaf.stop();
+  }
+});
+
 Deno.test("a service paused (SIGSTOP) then continued: stalled, then resumed; its queued clients are served and it takes clients again", async () => {
   const dir = await Deno.makeTempDir({ prefix: "portmux-pause-" });
   const a = await startService(join(dir, "a.sock"));
