@@ -49,6 +49,7 @@ export async function startPortmux(
   dir: string,
   config: string,
   workers = 1,
+  root = ROOT, // another tree's, for an A/B (bench/ab_bench.ts)
 ): Promise<Deno.ChildProcess> {
   await Deno.mkdir(dir, { recursive: true });
   const file = join(dir, "portmux.yaml");
@@ -57,7 +58,7 @@ export async function startPortmux(
     args: [
       "run",
       "-A",
-      join(ROOT, "src/launch.ts"),
+      join(root, "src/launch.ts"),
       "--parallel",
       String(workers),
       "--config",

@@ -99,6 +99,9 @@ static void *watch(void *arg) {
       if (c) reap(c);
     }
     pthread_mutex_unlock(&lock);
+    /* Reads that come meanwhile wait for the next round: under load one
+     * wakeup serves many, and a copy is let go at most a millisecond late. */
+    usleep(1000);
   }
   return NULL;
 }

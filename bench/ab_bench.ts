@@ -1,0 +1,118 @@
+/**
+ * `deno task bench:ab REV`: this tree against the tree at git revision REV,
+ * both running side by side in one run, rounds alternating (these machines
+ * are shared and noisy): handoff new connections/s, handoff latency one at
+ * a time, and keep-alive HTTPS requests/s, each as a ratio this/REV. For a
+ * change that must leave speed level (a restructure). Writes its section
+ * of bench/RESULTS.md.
+ */
+import { join } from "node:path";
+import { freePort, run } from "../tests/helpers/daemon.ts";
+import {
+  benchConfig,
+  connectionLoad,
+  httpsLoad,
+  median,
+  ROOT,
+  sequentialLatency,
+  startEchoService,
+  startPortmux,
+  stopChild,
+} from "./load.ts";
+import { machineLine, writeSection } from "./results.ts";
+
+const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 5);
+const rev = Deno.args[0];
+if (!rev) {
+  console.error("usage: deno task bench:ab REV   (a git revision to compare this tree with)");
+  Deno.exit(2);
+}
+/** Runs a command that must succeed; its output. */
+async function must(cmd: string, args: string[]): Promise<string> {
+  const r = await run(cmd, args);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(" ")}: ${r.stderr.trim()}`);
+  return r.stdout.trim();
+}
+
+const oldSha = await must("git", ["-C", ROOT, "rev-parse", "--short", rev]);
+const newSha = await must("git", ["-C", ROOT, "rev-parse", "--short", "HEAD"]);
+const dirty =
+  await must("git", ["-C", ROOT, "status", "--porcelain", "--untracked-files=no"]) !== "";
+
+const dir = await Deno.makeTempDir({ prefix: "portmux-ab-" });
+const oldRoot = join(dir, "old") + "/";
+await must("git", ["-C", ROOT, "worktree", "add", "--detach", oldRoot, rev]);
+
+interface Row {
+  metric: string;
+  old: number[];
+  new: number[];
+  unit: string;
+  lowerIsBetter?: boolean;
+}
+
+/** Each measure ROUNDS times per tree, alternating which goes first. */
+async function ab(metric: string, unit: string, measure: (port: number) => Promise<number>) {
+  const row: Row = { metric, unit, old: [], new: [] };
+  for (let i = 0; i < ROUNDS; i++) {
+    const order = i % 2 ? ["new", "old"] as const : ["old", "new"] as const;
+    for (const side of order) row[side].push(await measure(ports[side]));
+  }
+  return row;
+}
+
+const ports = { old: freePort(), new: freePort() };
+const rows: Row[] = [];
+let echo: Awaited<ReturnType<typeof startEchoService>> | undefined;
+const daemons: Deno.ChildProcess[] = [];
+try {
+  await must(Deno.execPath(), ["run", "-A", join(oldRoot, "src/build_shim.ts"), "--force"]);
+  echo = await startEchoService(dir);
+  daemons.push(
+    await startPortmux(
+      join(dir, "d-old"),
+      benchConfig(ports.old, join(dir, "d-old"), echo.socket),
+      1,
+      oldRoot,
+    ),
+    await startPortmux(join(dir, "d-new"), benchConfig(ports.new, join(dir, "d-new"), echo.socket)),
+  );
+  const caCert = await Deno.readTextFile(join(dir, "d-new", "self-signed-cert.pem"));
+  for (const port of [ports.old, ports.new]) await connectionLoad(port); // warm-up
+  console.error(`A/B ${newSha} against ${oldSha}: ${ROUNDS} rounds per side...`);
+  rows.push(
+    await ab(
+      "handoff: new connections/s",
+      "conn/s",
+      async (p) => (await connectionLoad(p)).perSecond,
+    ),
+  );
+  rows.push({
+    ...await ab("handoff: connect-to-first-echo, one at a time", "ms", sequentialLatency),
+    lowerIsBetter: true,
+  });
+  rows.push(await ab("https: keep-alive requests/s", "req/s", (p) => httpsLoad(p, caCert)));
+} finally {
+  for (const d of daemons) await stopChild(d);
+  if (echo) await stopChild(echo.child);
+  await run("git", ["-C", ROOT, "worktree", "remove", "--force", oldRoot]);
+  await Deno.remove(dir, { recursive: true });
+}
+
+const fmt = (n: number) => (n >= 100 ? n.toFixed(0) : n.toFixed(3));
+const lines = rows.map((r) => {
+  const o = median(r.old), n = median(r.new);
+  const ratio = r.lowerIsBetter ? o / n : n / o;
+  return `| ${r.metric} | ${fmt(o)} | ${fmt(n)} | ${r.unit} | **${ratio.toFixed(2)}x** |`;
+});
+const text = `## A/B of two trees (\`deno task bench:ab\`)
+
+${machineLine()}. This tree (${newSha}${dirty ? ", with changes" : ""}) against ${oldSha}, side by
+side, ${ROUNDS} rounds each, medians; the ratio is this tree's (above 1: faster).
+
+| measure | ${oldSha} | ${newSha} | unit | ratio |
+| --- | --- | --- | --- | --- |
+${lines.join("\n")}
+`;
+console.log(text);
+await writeSection("ab", text);
