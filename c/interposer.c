@@ -20,6 +20,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "shim_internal.h"
@@ -106,6 +107,7 @@ PM_EXPORT int pm_release(int fd) {
 
 struct injected_listener {
   int fd;
+  ino_t ino; /* the socket's identity: a number can be closed and reused before it is unregistered */
   /* A doorbell: an eventfd in the runtime's epoll set under the
    * listener's own token; writing to it makes the runtime call accept4. */
   int efd;
@@ -141,12 +143,41 @@ static struct injected_listener *find_listener(int fd) {
   return NULL;
 }
 
+static ino_t socket_ino(int fd) {
+  struct stat st;
+  return fstat(fd, &st) == 0 ? st.st_ino : 0;
+}
+
+/* The registration of fd, if fd is still the socket registered: when a
+ * site's server stops, the runtime closes its listener before the site
+ * unregisters it, and the number may meanwhile be another socket's. */
+static struct injected_listener *live_listener(int fd) {
+  struct injected_listener *l = find_listener(fd);
+  return l && socket_ino(fd) == l->ino ? l : NULL;
+}
+
 static int pop_locked(struct injected_listener *l) {
   if (l->len == 0) return -1;
   int fd = l->queue[l->head];
   l->head = (l->head + 1) % QUEUE_CAP;
   l->len--;
   return fd;
+}
+
+/* Removes a registration: its queued fds are closed (nobody will take
+ * them), its doorbell leaves the epoll set. Returns how many were queued. */
+static int remove_locked(struct injected_listener *l) {
+  int closed = 0, q;
+  while ((q = pop_locked(l)) >= 0) { close(q); closed++; }
+  close(l->efd);
+  *l = listeners[--listener_count];
+  return closed;
+}
+
+/* A registration left under fd's number by a socket closed since. */
+static void forget_stale_locked(int fd) {
+  struct injected_listener *l = find_listener(fd);
+  if (l && !live_listener(fd)) remove_locked(l);
 }
 
 /* Closes with a reset (SO_LINGER 0): a stranger on an internal port gets
@@ -184,7 +215,7 @@ static int deliver_queued(int fd, struct sockaddr *addr, socklen_t *addrlen, int
                           int say_gone) {
   for (;;) {
     pthread_mutex_lock(&inject_lock);
-    struct injected_listener *l = find_listener(fd);
+    struct injected_listener *l = live_listener(fd);
     int q = l ? pop_locked(l) : -1;
     pthread_mutex_unlock(&inject_lock);
     if (q < 0) {
@@ -222,7 +253,7 @@ static int pm_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int fla
   int received;
   if (receiver_accept(fd, addr, addrlen, flags, &received)) return received; /* handoff_receiver.c */
   pthread_mutex_lock(&inject_lock);
-  struct injected_listener *l = find_listener(fd);
+  struct injected_listener *l = live_listener(fd);
   int express = l ? l->express : 0, fail = l ? l->fail_next : 0;
   if (fail) l->fail_next = 0;
   pthread_mutex_unlock(&inject_lock);
@@ -343,11 +374,14 @@ PM_EXPORT int pm_inject_register(int port) {
   int found = find_listening_fd(0, NULL, port);
   if (found < 0) return found;
   pthread_mutex_lock(&inject_lock);
+  forget_stale_locked(found);
   if (!find_listener(found)) {
     int efd = listener_count == MAX_LISTENERS ? -1 : doorbell_for(found);
     if (listener_count == MAX_LISTENERS) found = -ENOSPC;
     else if (efd < 0) found = -ENOENT;
-    else listeners[listener_count++] = (struct injected_listener){.fd = found, .efd = efd};
+    else
+      listeners[listener_count++] =
+          (struct injected_listener){.fd = found, .ino = socket_ino(found), .efd = efd};
   }
   pthread_mutex_unlock(&inject_lock);
   return found;
@@ -355,6 +389,7 @@ PM_EXPORT int pm_inject_register(int port) {
 
 int inject_register_express(int listener_fd) {
   pthread_mutex_lock(&inject_lock);
+  forget_stale_locked(listener_fd);
   int rc = 0;
   if (find_listener(listener_fd)) rc = -EEXIST;
   else if (listener_count == MAX_LISTENERS) rc = -ENOSPC;
@@ -367,8 +402,8 @@ int inject_register_express(int listener_fd) {
       if (efd >= 0) close(efd);
       rc = -ENOENT;
     } else {
-      listeners[listener_count++] =
-          (struct injected_listener){.fd = listener_fd, .efd = efd, .express = 1};
+      listeners[listener_count++] = (struct injected_listener){
+          .fd = listener_fd, .ino = socket_ino(listener_fd), .efd = efd, .express = 1};
     }
   }
   pthread_mutex_unlock(&inject_lock);
@@ -382,7 +417,7 @@ int inject_register_express(int listener_fd) {
 PM_EXPORT int pm_inject_push(int listener_fd, int client_fd) {
   int rc = 0;
   pthread_mutex_lock(&inject_lock);
-  struct injected_listener *l = find_listener(listener_fd);
+  struct injected_listener *l = live_listener(listener_fd);
   if (!l) rc = -ENOENT;
   else if (l->len == QUEUE_CAP) rc = -EAGAIN;
   else {
@@ -404,7 +439,7 @@ PM_EXPORT int pm_inject_push(int listener_fd, int client_fd) {
  * errno, as no accept of ours does otherwise. 0, or -ENOENT. */
 PM_EXPORT int pm_inject_fail_next(int listener_fd, int error) {
   pthread_mutex_lock(&inject_lock);
-  struct injected_listener *l = find_listener(listener_fd);
+  struct injected_listener *l = live_listener(listener_fd);
   if (l) l->fail_next = error;
   pthread_mutex_unlock(&inject_lock);
   return l ? 0 : -ENOENT;
@@ -417,15 +452,8 @@ PM_EXPORT int pm_inject_unregister(int listener_fd) {
   int closed = -ENOENT;
   lane_site_gone(listener_fd); /* first: it takes the lane's lock, then ours */
   pthread_mutex_lock(&inject_lock);
-  for (int i = 0; i < listener_count; i++) {
-    if (listeners[i].fd != listener_fd) continue;
-    closed = 0;
-    int q;
-    while ((q = pop_locked(&listeners[i])) >= 0) { close(q); closed++; }
-    close(listeners[i].efd); /* leaves the epoll set with it */
-    listeners[i] = listeners[--listener_count];
-    break;
-  }
+  struct injected_listener *l = find_listener(listener_fd);
+  if (l) closed = remove_locked(l);
   pthread_mutex_unlock(&inject_lock);
   return closed;
 }

@@ -247,6 +247,8 @@ Deno.test("injected sockets wake the listener through a doorbell (an eventfd und
     got.clientPorts,
     "each injected socket is accepted, in order",
   );
+  assert.equal(got.reused, true, "the closed listener's number went to a new socket");
+  assert.equal(got.stalePush, "ENOENT", "nothing is queued for a listener that is gone");
 });
 
 Deno.test("with an HTTPS site, the runtime's own accept takes the public listener's connections (no thread between); the lane steps in when nothing accepts, and takes the listener back when the site goes", async () => {
