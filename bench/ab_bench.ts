@@ -7,7 +7,7 @@
  * of bench/RESULTS.md.
  */
 import { join } from "node:path";
-import { freePort, run } from "../tests/helpers/daemon.ts";
+import { $, freePort } from "../tests/helpers/daemon.ts";
 import {
   benchConfig,
   connectionLoad,
@@ -29,7 +29,7 @@ if (!rev) {
 }
 /** Runs a command that must succeed; its output. */
 async function must(cmd: string, args: string[]): Promise<string> {
-  const r = await run(cmd, args);
+  const r = await $`${cmd} ${args}`;
   if (r.code !== 0) throw new Error(`${cmd} ${args.join(" ")}: ${r.stderr.trim()}`);
   return r.stdout.trim();
 }
@@ -95,7 +95,7 @@ try {
 } finally {
   for (const d of daemons) await stopChild(d);
   if (echo) await stopChild(echo.child);
-  await run("git", ["-C", ROOT, "worktree", "remove", "--force", oldRoot]);
+  await $`git -C ${ROOT} worktree remove --force ${oldRoot}`;
   await Deno.remove(dir, { recursive: true });
 }
 

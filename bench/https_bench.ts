@@ -11,7 +11,7 @@
  * The bridge is portmux started without the preloaded shim.
  */
 import { join } from "node:path";
-import { freePort, run } from "../tests/helpers/daemon.ts";
+import { $, freePort } from "../tests/helpers/daemon.ts";
 import { waitForPort } from "../tests/helpers/peers.ts";
 import { median, ROOT, spawnReady, startPortmux, stopChild } from "./load.ts";
 import { machineLine, writeSection } from "./results.ts";
@@ -22,8 +22,8 @@ const WARM_UP_SECONDS = 1;
 const SITES = ["a.example", "b.example"] as const;
 
 const missing = [];
-for (const [cmd, args] of [["h2load", ["--version"]], ["cc", ["--version"]]] as const) {
-  if (!await run(cmd, [...args]).then(() => true, () => false)) missing.push(cmd);
+for (const cmd of ["h2load", "cc"]) {
+  if (!await $.commandExists(cmd)) missing.push(cmd);
 }
 if (missing.length) {
   console.error(`bench:https needs ${missing.join(", ")} (apt-get install nghttp2-client gcc)`);
@@ -32,15 +32,8 @@ if (missing.length) {
 
 const dir = await Deno.makeTempDir({ prefix: "portmux-bench-https-" });
 const tlsload = join(dir, "tlsload");
-const built = await run("cc", [
-  "-O2",
-  "-pthread",
-  "-o",
-  tlsload,
-  join(ROOT, "bench/tlsload.c"),
-  "-lssl",
-  "-lcrypto",
-]);
+const built = await $`cc -O2 -pthread -o ${tlsload} ${join(ROOT, "bench/tlsload.c")} \
+  -lssl -lcrypto`;
 if (built.code !== 0) throw new Error(`building tlsload (needs libssl-dev): ${built.stderr}`);
 
 const files = (site: string) => ({
@@ -49,25 +42,8 @@ const files = (site: string) => ({
 });
 for (const site of SITES) {
   const { cert, key } = files(site);
-  const made = await run("openssl", [
-    "req",
-    "-x509",
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:P-256",
-    "-nodes",
-    "-days",
-    "2",
-    "-subj",
-    `/CN=${site}`,
-    "-addext",
-    `subjectAltName=DNS:${site}`,
-    "-keyout",
-    key,
-    "-out",
-    cert,
-  ]);
+  const made = await $`openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -days 2 -subj /CN=${site} -addext subjectAltName=DNS:${site} -keyout ${key} -out ${cert}`;
   if (made.code !== 0) throw new Error(`openssl req: ${made.stderr}`);
 }
 
@@ -137,20 +113,14 @@ async function h2load(
   extra: string[],
   seconds = SECONDS,
 ): Promise<number> {
-  const r = await run("h2load", [
-    ...extra,
-    "-D",
-    String(seconds),
-    `--connect-to=127.0.0.1:${port}`,
-    `https://${site}/`,
-  ]);
+  const r = await $`h2load ${extra} -D ${seconds} --connect-to=127.0.0.1:${port} https://${site}/`;
   const m = /finished in [\d.]+m?s, ([\d.]+) req\/s/.exec(r.stdout);
   const failed = /requests: .* (\d+) failed/.exec(r.stdout);
   return m && failed?.[1] === "0" ? Number(m[1]) : NaN;
 }
 
 async function newConnections(port: number, site: string, seconds = SECONDS): Promise<number> {
-  const r = await run(tlsload, ["127.0.0.1", String(port), site, "8", String(seconds)]);
+  const r = await $`${tlsload} 127.0.0.1 ${port} ${site} 8 ${seconds}`;
   const j = JSON.parse(r.stdout);
   return j.errors === 0 ? j.connections / j.seconds : NaN;
 }
@@ -203,7 +173,7 @@ try {
   for (const d of direct.values()) await stopChild(d.child);
 }
 
-const h2loadVersion = /nghttp2\/(\S+)/.exec((await run("h2load", ["--version"])).stdout)?.[1];
+const h2loadVersion = /nghttp2\/(\S+)/.exec(await $`h2load --version`.text())?.[1];
 const text = [
   `${machineLine()}; h2load ${h2loadVersion}`,
   "",

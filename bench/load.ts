@@ -5,7 +5,7 @@
  */
 import { join } from "node:path";
 import { readAtLeast, writeAll } from "../tests/helpers/client.ts";
-import { freePort, run } from "../tests/helpers/daemon.ts";
+import { $, freePort } from "../tests/helpers/daemon.ts";
 import { waitForPort } from "../tests/helpers/peers.ts";
 import { shimPath } from "../ffi/shim.ts";
 
@@ -150,9 +150,8 @@ export async function httpsLoad(
   wrkFlags: string[] = [],
 ): Promise<number> {
   const url = `https://127.0.0.1:${port}/`;
-  const hasWrk = await run("wrk", ["--version"]).then(() => true, () => false);
-  if (hasWrk) {
-    const r = await run("wrk", ["-t1", `-c${CONCURRENCY}`, `-d${SECONDS}s`, ...wrkFlags, url]);
+  if (await $.commandExists("wrk")) {
+    const r = await $`wrk -t1 -c${CONCURRENCY} -d${SECONDS}s ${wrkFlags} ${url}`;
     const m = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout);
     if (!m || /Non-2xx|Socket errors/.test(r.stdout)) throw new Error(`wrk: ${r.stdout}`);
     return Number(m[1]);
@@ -236,7 +235,8 @@ export async function startHttpsBackend(dir: string) {
   return { port, child };
 }
 
-/** Starts a peer with no output. */
+/** Starts a peer with no output (Deno.Command, not dax: it runs through a bench and
+ * is stopped with a signal). */
 export function spawnQuiet(cmd: string, args: string[]): Deno.ChildProcess {
   return new Deno.Command(cmd, { args, stdin: "null", stdout: "null", stderr: "null" }).spawn();
 }

@@ -17,7 +17,7 @@
  * bench/RESULTS.md.
  */
 import { join } from "node:path";
-import { freePort, run } from "../tests/helpers/daemon.ts";
+import { $, freePort } from "../tests/helpers/daemon.ts";
 import { readLines } from "../tests/helpers/lines.ts";
 import { waitForPort } from "../tests/helpers/peers.ts";
 import { benchConfig, ROOT } from "./load.ts";
@@ -44,7 +44,7 @@ for (
     [echoBin, "bench/handoff_echo.c", []],
   ] as const
 ) {
-  const built = await run("cc", ["-O2", "-pthread", "-o", out, join(ROOT, src), ...libs]);
+  const built = await $`cc -O2 -pthread -o ${out} ${join(ROOT, src)} ${libs}`;
   if (built.code !== 0) {
     throw new Error(`building ${src}${libs.length ? " (needs libssl-dev)" : ""}: ${built.stderr}`);
   }

@@ -4,7 +4,7 @@
  * rounds, median kept). Writes the "parallel" section of bench/RESULTS.md.
  */
 import { join } from "node:path";
-import { freePort, run } from "../tests/helpers/daemon.ts";
+import { $, freePort } from "../tests/helpers/daemon.ts";
 import {
   benchConfig,
   connectionLoad,
@@ -25,7 +25,7 @@ const ports = { one: freePort(), two: freePort() };
 const one = await startPortmux(join(dir, "1"), benchConfig(ports.one, dir, socket), 1);
 const two = await startPortmux(join(dir, "2"), benchConfig(ports.two, dir, socket), 2);
 const caCert = await Deno.readTextFile(join(dir, "self-signed-cert.pem"));
-const hasWrk = await run("wrk", ["--version"]).then(() => true, () => false);
+const hasWrk = await $.commandExists("wrk");
 
 const measures: [string, string, (port: number) => Promise<number>][] = [
   [

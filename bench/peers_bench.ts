@@ -18,7 +18,7 @@
  * "peers" section of bench/RESULTS.md and bench/peers.svg.
  */
 import { join } from "node:path";
-import { freePort, run } from "../tests/helpers/daemon.ts";
+import { $, freePort } from "../tests/helpers/daemon.ts";
 import { waitForPort } from "../tests/helpers/peers.ts";
 import {
   benchConfig,
@@ -40,17 +40,8 @@ const BULK_MIB = 256;
 // ---- tools --------------------------------------------------------------
 
 const missing: string[] = [];
-for (
-  const [tool, args] of [
-    ["nginx", ["-v"]],
-    ["haproxy", ["-v"]],
-    ["sslh-select", ["-V"]],
-    ["wrk", ["--version"]],
-    ["h2load", ["--version"]],
-    ["cc", ["--version"]],
-  ] as const
-) {
-  if (!(await run(tool, [...args]).then(() => true, () => false))) missing.push(tool);
+for (const tool of ["nginx", "haproxy", "sslh-select", "wrk", "h2load", "cc"]) {
+  if (!(await $.commandExists(tool))) missing.push(tool);
 }
 const STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so";
 if (!missing.includes("nginx") && !(await Deno.stat(STREAM_MODULE).then(() => true, () => false))) {
@@ -115,7 +106,7 @@ function rssMiB(root: number): number {
 
 const dir = await Deno.makeTempDir({ prefix: "portmux-bench-peers-" });
 const privload = join(dir, "privload");
-const built = await run("cc", ["-O2", "-pthread", "-o", privload, join(ROOT, "bench/privload.c")]);
+const built = await $`cc -O2 -pthread -o ${privload} ${join(ROOT, "bench/privload.c")}`;
 if (built.code !== 0) throw new Error(`building privload: ${built.stderr}`);
 
 const echoService = await startEchoService(dir);
@@ -194,13 +185,13 @@ interface Target {
 }
 
 const version = async (cmd: string, args: string[], re: RegExp) => {
-  const r = await run(cmd, args);
+  const r = await $`${cmd} ${args}`;
   return re.exec(r.stdout + r.stderr)?.[1] ?? "?";
 };
 const versions = {
   nginx: await version("nginx", ["-v"], /nginx\/(\S+)/),
   haproxy: await version("haproxy", ["-v"], /version (\S+)/),
-  sslh: (await run("dpkg-query", ["-W", "-f", "${Version}", "sslh"])).stdout,
+  sslh: (await $`dpkg-query -W -f '\${Version}' sslh`).stdout,
   wrk: await version("wrk", ["--version"], /wrk (\S+)/),
   h2load: await version("h2load", ["--version"], /nghttp2\/(\S+)/),
 };
@@ -233,13 +224,7 @@ async function serving(
 }
 
 async function wrk(port: number, extra: string[], seconds = SECONDS) {
-  const r = await run("wrk", [
-    "-t2",
-    "-c64",
-    `-d${seconds}s`,
-    ...extra,
-    `https://127.0.0.1:${port}/`,
-  ]);
+  const r = await $`wrk -t2 -c64 -d${seconds}s ${extra} https://127.0.0.1:${port}/`;
   const m = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout);
   const ok = m && !/Non-2xx/.test(r.stdout);
   const requests = Number(/(\d+) requests in/.exec(r.stdout)?.[1] ?? 0);
@@ -247,14 +232,7 @@ async function wrk(port: number, extra: string[], seconds = SECONDS) {
 }
 
 async function h2(port: number, seconds = SECONDS) {
-  const r = await run("h2load", [
-    "-t2",
-    "-c8",
-    "-m16",
-    "-D",
-    String(seconds),
-    `https://127.0.0.1:${port}/`,
-  ]);
+  const r = await $`h2load -t2 -c8 -m16 -D ${seconds} https://127.0.0.1:${port}/`;
   const m = /finished in [\d.]+m?s, ([\d.]+) req\/s/.exec(r.stdout);
   const counts = /requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed/
     .exec(r.stdout);
@@ -264,7 +242,7 @@ async function h2(port: number, seconds = SECONDS) {
 
 async function privConns(t: Target) {
   const cpu0 = t.pid ? cpuSeconds(t.pid) : 0;
-  const r = await run(privload, ["conn", "127.0.0.1", String(t.priv), "4", String(SECONDS)]);
+  const r = await $`${privload} conn 127.0.0.1 ${t.priv} 4 ${SECONDS}`;
   const cpu = t.pid ? cpuSeconds(t.pid) - cpu0 : 0;
   const j = JSON.parse(r.stdout);
   return {
@@ -278,7 +256,7 @@ async function privConns(t: Target) {
 }
 
 async function bulk(port: number): Promise<number> {
-  const r = await run(privload, ["bulk", "127.0.0.1", String(port), String(BULK_MIB)]);
+  const r = await $`${privload} bulk 127.0.0.1 ${port} ${BULK_MIB}`;
   return r.code === 0 ? JSON.parse(r.stdout).mb_per_s : NaN;
 }
 
@@ -343,7 +321,7 @@ try {
     await wrk(t.https, [], WARM_UP_SECONDS);
     await h2(t.https, WARM_UP_SECONDS);
     await wrk(t.https, ["-H", "Connection: close"], WARM_UP_SECONDS);
-    await run(privload, ["conn", "127.0.0.1", String(t.priv), "4", String(WARM_UP_SECONDS)]);
+    await $`${privload} conn 127.0.0.1 ${t.priv} 4 ${WARM_UP_SECONDS}`;
   }
   console.error(`HTTP/1.1 keep-alive, ${ROUNDS} rounds...`);
   const h1 = await interleaved((t) => serving(t, () => wrk(t.https, [])), (v) => v.rate);

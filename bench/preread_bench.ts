@@ -14,7 +14,7 @@
  * Writes the "preread" section of bench/RESULTS.md.
  */
 import { join } from "node:path";
-import { freePort, run, startDaemon, type TestDaemon } from "../tests/helpers/daemon.ts";
+import { $, freePort, startDaemon, type TestDaemon } from "../tests/helpers/daemon.ts";
 import { readAtLeast, writeAll } from "../tests/helpers/client.ts";
 import { waitForPort } from "../tests/helpers/peers.ts";
 import { median, ROOT, spawnQuiet, stopChild } from "./load.ts";
@@ -156,7 +156,7 @@ routes: [{ name: web, match: { protocol: tls }, action: https }]
     stop: async () => void await pm.stop(),
   });
 
-  const sslhVersion = (await run("dpkg-query", ["-W", "-f", "${Version}", "sslh"])).stdout;
+  const sslhVersion = (await $`dpkg-query -W -f '\${Version}' sslh`).stdout;
   for (const binary of ["sslh-select", "sslh"]) {
     const port = freePort();
     const sslh = spawnQuiet(binary, [
@@ -204,7 +204,7 @@ routes: [{ name: web, match: { protocol: tls }, action: https }]
   const ha = spawnQuiet("haproxy", ["-db", "-f", cfg]);
   await waitForPort(haPort);
   contenders.push({
-    name: `HAProxy ${(await run("haproxy", ["-v"])).stdout.split(" ")[2]}`,
+    name: `HAProxy ${(await $`haproxy -v`).stdout.split(" ")[2]}`,
     port: haPort,
     stop: () => stopChild(ha),
   });

@@ -1,4 +1,5 @@
 /** Writes one bench's section of bench/RESULTS.md, leaving the others. */
+import { $ } from "../tests/helpers/daemon.ts";
 
 const FILE = new URL("./RESULTS.md", import.meta.url);
 
@@ -22,8 +23,8 @@ export async function writeSection(name: string, text: string): Promise<void> {
 /** Formats a written file as `deno fmt` would (the test task checks the
  * format of everything in the repository, bench results included). */
 export async function formatInPlace(path: string): Promise<void> {
-  const r = await new Deno.Command(Deno.execPath(), { args: ["fmt", "--quiet", path] }).output();
-  if (!r.success) throw new Error(`deno fmt ${path}: ${new TextDecoder().decode(r.stderr)}`);
+  const r = await $`${Deno.execPath()} fmt --quiet ${path}`;
+  if (r.code !== 0) throw new Error(`deno fmt ${path}: ${r.stderr}`);
 }
 
 /** A line saying when and on what a figure was measured. */

@@ -12,7 +12,7 @@
  *   loop).
  */
 import { join } from "node:path";
-import { freePort, run } from "../tests/helpers/daemon.ts";
+import { $, freePort } from "../tests/helpers/daemon.ts";
 import {
   benchConfig,
   BULK_BYTES,
@@ -175,8 +175,7 @@ const table = [
   ),
 ].join("\n");
 
-const wrk = (await run("wrk", ["--version"]).catch(() => null))?.stdout.split("\n")[0] ??
-  "not installed (fetch loop)";
+const wrk = (await $`wrk --version`).stdout.split("\n")[0] || "not installed (fetch loop)";
 const header = [
   `${machineLine()}, wrk: ${wrk.trim()}`,
   `Settings: ${ROUNDS} alternating rounds of ${SECONDS}s per side, median kept; ` +

@@ -79,6 +79,7 @@ export async function buildShim(force = false, sanitized = sanitizedShimWanted()
   ];
   let out: Deno.CommandOutput;
   try {
+    // Deno.Command, not dax: the launcher and the service SDK (no import map) import this module.
     out = await new Deno.Command(cc, { args, stderr: "piped" }).output();
   } catch (e) {
     throw new Error(`cannot run the C compiler "${cc}" (install gcc or set CC): ${e}`);

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { combinedLine } from "../src/actions/https/access_log.ts";
-import { run, startDaemon } from "./helpers/daemon.ts";
+import { $, startDaemon } from "./helpers/daemon.ts";
 
 /** A daemon serving HTTPS with an access log; the log's file. */
 async function withAccessLog() {
@@ -40,28 +40,9 @@ Deno.test("https.access_log gets a line per request, with the real client and th
   const { d, file } = await withAccessLog();
   try {
     const base = `https://127.0.0.1:${d.port}`;
-    const one = await run("curl", [
-      "-sk",
-      "--http1.1",
-      "-A",
-      "tester/1",
-      "-e",
-      "https://ref.example/",
-      "-w",
-      "%{local_port}",
-      "-o",
-      "/dev/null",
-      `${base}/one?x=1`,
-    ]);
-    const two = await run("curl", [
-      "-sk",
-      "--http2",
-      "-A",
-      "tester/2",
-      "-o",
-      "/dev/null",
-      `${base}/two`,
-    ]);
+    const one = await $`curl -sk --http1.1 -A tester/1 -e https://ref.example/ \
+      -w '%{local_port}' -o /dev/null ${base + "/one?x=1"}`;
+    const two = await $`curl -sk --http2 -A tester/2 -o /dev/null ${base}/two`;
     assert.equal(two.code, 0);
     let lines: string[] = [];
     for (let i = 0; i < 50 && lines.length < 2; i++) {
@@ -105,11 +86,10 @@ Deno.test("a request with an 8-bit CSI in its headers gets an access-log line wi
     // Raw bytes from printf, as a hostile client sends them: 0x9b (CSI) and
     // 0x85 (NEL). ESC and DEL are refused by the HTTP parser (400, no line).
     for (const version of ["--http1.1", "--http2"]) {
-      const curl = await run("bash", [
-        "-c",
+      const curl = await $`bash -c ${
         `curl -sk ${version} -o /dev/null -w '%{http_code}' -A "$(printf 'a\\x9b31mb')" ` +
-        `-e "$(printf 'r\\x85s')" https://127.0.0.1:${d.port}/`,
-      ]);
+        `-e "$(printf 'r\\x85s')" https://127.0.0.1:${d.port}/`
+      }`;
       assert.equal(curl.stdout, "200");
     }
     let text = "";

@@ -9,6 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { SHIM_SOURCES } from "../src/build_shim.ts";
+import { $ } from "./helpers/daemon.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const FIXTURES = `${ROOT}tests/fixtures/tls/`;
@@ -31,14 +32,12 @@ const ENV = {
   UBSAN_OPTIONS: "print_stacktrace=1:halt_on_error=1:abort_on_error=1",
 };
 
-const decode = (b: Uint8Array) => new TextDecoder().decode(b);
-
 async function compile(args: string[]): Promise<void> {
   const cc = Deno.env.get("CC") ?? "cc";
-  const out = await new Deno.Command(cc, { args, env: ENV, stderr: "piped" }).output();
-  if (!out.success) {
+  const out = await $`${cc} ${args}`.env(ENV);
+  if (out.code !== 0) {
     throw new Error(
-      `${cc} failed: the fuzz harness needs gcc with libasan and libubsan\n${decode(out.stderr)}`,
+      `${cc} failed: the fuzz harness needs gcc with libasan and libubsan\n${out.stderr}`,
     );
   }
 }
@@ -71,13 +70,8 @@ Deno.test("the C parsers under ASan and UBSan: every truncation, 100,000 mutatio
     .filter((name) => name.endsWith(".bin")).sort().map((name) => FIXTURES + name);
   assert.ok(fixtures.length >= 7, `hello fixtures: ${fixtures.length}`);
 
-  const run = await new Deno.Command(harness, {
-    args: ["--crash-dir", dir, ...fixtures],
-    env: ENV,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const said = decode(run.stdout) + decode(run.stderr);
+  const run = await $`${harness} --crash-dir ${dir} ${fixtures}`.env(ENV);
+  const said = run.stdout + run.stderr;
   // The sanitizer's report and the input that caused it (kept in dir).
   assert.equal(run.code, 0, `the fuzz harness failed (${dir}):\n${said}`);
   const counts = said.match(/fuzz: (\d+) inputs in \d+ ms .*: lane (\d+) /);

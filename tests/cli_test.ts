@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { parse } from "yaml";
 import { parseCommand } from "../src/ops/cli.ts";
 import { VALID_CONFIG } from "./helpers/configs.ts";
+import { $ } from "./helpers/daemon.ts";
 
 const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
 const noEnv = () => undefined;
@@ -10,15 +11,7 @@ const VALID = VALID_CONFIG;
 
 /** Runs `deno run src/main.ts ARGS` with these environment variables. */
 async function portmux(args: string[], env: Record<string, string> = {}) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, ...args],
-    env,
-    stdout: "piped",
-    stderr: "piped",
-  });
-  const out = await child.output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+  return await $`${Deno.execPath()} run -A ${MAIN} ${args}`.env(env);
 }
 
 async function configFile(text: string): Promise<string> {

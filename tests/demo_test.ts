@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { run, startDaemon } from "./helpers/daemon.ts";
+import { $, startDaemon } from "./helpers/daemon.ts";
 import { roundTrip } from "./helpers/client.ts";
 
 const startDemo = (dataDir: string) => startDaemon({ viaTask: true, dataDir });
@@ -21,16 +21,8 @@ Deno.test("`deno task start` runs the embedded demo: HTTPS on :8443 and a PRIV e
     cert = await Deno.readTextFile(join(dataDir, "self-signed-cert.pem"));
     const certFile = join(dataDir, "self-signed-cert.pem");
     // The certificate is good for 127.0.0.1: curl verifies it with it as CA.
-    const r = await run("curl", [
-      "-s",
-      "--cacert",
-      certFile,
-      "-w",
-      "%{http_code}",
-      "-o",
-      "/dev/null",
-      "https://127.0.0.1:8443/",
-    ]);
+    const r =
+      await $`curl -s --cacert ${certFile} -w '%{http_code}' -o /dev/null https://127.0.0.1:8443/`;
     assert.equal(r.stdout, "200");
     assert.equal((await Deno.stat(join(dataDir, "self-signed-key.pem"))).mode! & 0o777, 0o600);
 

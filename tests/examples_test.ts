@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { startDaemon, type TestDaemon } from "./helpers/daemon.ts";
+import { $, startDaemon, type TestDaemon } from "./helpers/daemon.ts";
 import { enc, readAtLeast, writeAll } from "./helpers/client.ts";
 import { readLines } from "./helpers/lines.ts";
 
@@ -16,7 +16,6 @@ const EXAMPLES = new URL("../examples/", import.meta.url).pathname;
 /** Compilers and foreign services run without the sanitized shim that
  * `deno task test:asan` preloads into every process. */
 const PLAIN = { LD_PRELOAD: "" };
-const decode = (b: Uint8Array) => new TextDecoder().decode(b);
 
 interface Example {
   readonly name: string;
@@ -69,25 +68,10 @@ const EXAMPLE_LIST: Example[] = [
 
 /** Runs a build tool; a missing one fails the test with what to install. */
 async function tool(program: string, args: string[], [missing, cwd]: string[]): Promise<void> {
-  let out: Deno.CommandOutput;
-  try {
-    out = await new Deno.Command(program, {
-      args,
-      ...(cwd ? { cwd } : {}),
-      env: PLAIN,
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new Error(`${program} is not installed: ${missing}`);
-    }
-    throw e;
-  }
-  if (!out.success) {
-    throw new Error(
-      `${program} ${args.join(" ")}: failed\n${decode(out.stderr)}${decode(out.stdout)}`,
-    );
+  if (!await $.commandExists(program)) throw new Error(`${program} is not installed: ${missing}`);
+  const out = await $`${program} ${args}`.cwd(cwd ?? ".").env(PLAIN);
+  if (out.code !== 0) {
+    throw new Error(`${program} ${args.join(" ")}: failed\n${out.stderr}${out.stdout}`);
   }
 }
 

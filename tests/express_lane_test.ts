@@ -15,7 +15,7 @@ import { type NamePattern, parseNamePattern } from "../src/route/name_pattern.ts
 import { contractMismatch, EVENT_LAYOUT, LANE_TABLE_LIMITS, Shim } from "../ffi/shim.ts";
 import { join } from "node:path";
 import { encodeRecord } from "../src/actions/handoff/record.ts";
-import { run, startDaemon } from "./helpers/daemon.ts";
+import { $, startDaemon } from "./helpers/daemon.ts";
 import { startPythonService } from "./helpers/python_service.ts";
 import { readAtLeast, roundTrip } from "./helpers/client.ts";
 import {
@@ -333,11 +333,7 @@ routes:
     for (let i = 1; i <= 200; i++) clients.push(await one(i));
     for (const c of clients) c.close();
     for (let i = 0; i < 2; i++) {
-      const r = await run("curl", [
-        "-sk",
-        i ? "--http2" : "--http1.1",
-        `https://127.0.0.1:${d.port}/`,
-      ]);
+      const r = await $`curl -sk ${i ? "--http2" : "--http1.1"} https://127.0.0.1:${d.port}/`;
       assert.match(r.stdout, /portmux/);
     }
     await svc.waitForRecords(201);
@@ -489,7 +485,7 @@ routes:
     c.close();
   };
   const https = async () => {
-    const r = await run("curl", ["-sk", "--max-time", "5", `https://127.0.0.1:${d.port}/`]);
+    const r = await $`curl -sk --max-time 5 https://127.0.0.1:${d.port}/`;
     assert.match(r.stdout, /portmux/);
   };
   try {

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { type LogLine, run, startDaemon, type TestDaemon } from "./helpers/daemon.ts";
+import { httpsStatus, type LogLine, startDaemon, type TestDaemon } from "./helpers/daemon.ts";
 import { roundTrip, seesEnd, writeAll } from "./helpers/client.ts";
 import { loadClients } from "./helpers/load_clients.ts";
 import { startProxyHeaderEcho } from "./helpers/peers.ts";
@@ -153,17 +153,8 @@ Deno.test("a service that stops reading its channel: handoffs wait, then fall ba
     await d.waitFor((l) => l.event === "connection" && l.fallback === "close", 60_000);
     // The channel is full and handoffs are waiting: HTTPS must not wait.
     for (let i = 0; i < 20; i++) {
-      const r = await run("curl", [
-        "-sk",
-        "--max-time",
-        "2",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        `https://127.0.0.1:${d.port}/`,
-      ]);
-      assert.equal(r.stdout, "200", `HTTPS request ${i} while the channel is full`);
+      const code = await httpsStatus(d.port, 2);
+      assert.equal(code, "200", `HTTPS request ${i} while the channel is full`);
     }
     await load.waitFor("echoed", 120_000);
     await load.done();

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { startDaemon } from "./helpers/daemon.ts";
+import { $, startDaemon } from "./helpers/daemon.ts";
 import { startPythonService } from "./helpers/python_service.ts";
 import { enc, readAtLeast, roundTrip, seesEnd, writeAll } from "./helpers/client.ts";
 
@@ -206,9 +206,7 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 print(s.getsockname()[1]); sys.stdout.flush()
 s.close()
 `;
-    const py = await new Deno.Command("python3", { args: ["-c", script], stdout: "piped" })
-      .output();
-    const port = Number(new TextDecoder().decode(py.stdout).trim());
+    const port = Number(await $`python3 -c ${script}`.text());
     const line = await d.connection(port);
     assert.equal(line.outcome, "closed");
     assert.equal(line.reason, "eof");

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { run, startDaemon } from "./helpers/daemon.ts";
+import { $, startDaemon } from "./helpers/daemon.ts";
 import { makeSelfSignedCert } from "../src/actions/https/self_signed_cert.ts";
 
 /** h2load's request tally: "requests: N total, ..., S succeeded, F failed, E errored". */
@@ -37,7 +37,7 @@ routes: [{ name: web, match: { protocol: tls }, action: https }]
     const url = `https://127.0.0.1:${d.port}/`;
     /** Runs h2load for n requests; every one must be answered. */
     const allAnswered = async (n: number, ...flags: string[]) => {
-      const r = await run("h2load", ["-n", String(n), "-t", "2", ...flags, url]);
+      const r = await $`h2load -n ${n} -t 2 ${flags} ${url}`;
       assert.deepEqual(tally(r.stdout), {
         total: n,
         succeeded: n,
@@ -91,13 +91,13 @@ routes: [{ name: web, match: { protocol: tls }, action: https }]
     const url = `https://127.0.0.1:${d.port}/`;
     const t0 = Date.now();
     // For 3 s: keep-alive connections made before the reload...
-    const keptAlive = run("h2load", ["-D", "3", "-c", "20", "-t", "2", "--h1", url]);
+    const keptAlive = $`h2load -D 3 -c 20 -t 2 --h1 ${url}`.spawn();
     // ...and a new TLS connection for every request, across it.
     const fresh = (async () => {
       const codes: { at: number; code: string }[] = [];
       while (Date.now() - t0 < 2500) {
-        const r = await run("curl", ["-sk", "-o", "/dev/null", "-w", "%{http_code}", url]);
-        codes.push({ at: Date.now(), code: r.stdout });
+        const code = await $`curl -sk -o /dev/null -w '%{http_code}' ${url}`.text();
+        codes.push({ at: Date.now(), code });
       }
       return codes;
     })();

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { freePort, httpsStatus, run, startDaemon } from "./helpers/daemon.ts";
+import { $, freePort, httpsStatus, startDaemon } from "./helpers/daemon.ts";
 import { FIXTURES } from "./helpers/tls_records.ts";
 
 const CLIENTS = new URL("./services/reset_clients.py", import.meta.url).pathname;
@@ -15,13 +15,7 @@ const CLIENTS = new URL("./services/reset_clients.py", import.meta.url).pathname
  * apart), then reset (SO_LINGER {1, 0}: Deno cannot set it, Python can). */
 async function helloThenReset(port: number, split: boolean): Promise<void> {
   const mode = split ? "split" : "whole";
-  const r = await run("python3", [
-    CLIENTS,
-    String(port),
-    "30",
-    mode,
-    `${FIXTURES}curl-openssl3-h2.bin`,
-  ]);
+  const r = await $`python3 ${CLIENTS} ${port} 30 ${mode} ${FIXTURES}curl-openssl3-h2.bin`;
   assert.equal(r.code, 0, r.stderr);
 }
 

@@ -1,7 +1,7 @@
 /** Several certificates, one internal server each, chosen by SNI. */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { type LogLine, run, startDaemon } from "./helpers/daemon.ts";
+import { $, type LogLine, startDaemon } from "./helpers/daemon.ts";
 import { makeSelfSignedCert } from "../src/actions/https/self_signed_cert.ts";
 import { writeAll } from "./helpers/client.ts";
 import { buildHello, inRecords, sniExtension } from "./helpers/tls_records.ts";
@@ -9,8 +9,8 @@ import { buildHello, inRecords, sniExtension } from "./helpers/tls_records.ts";
 /** The subject names of the certificate the server presents for sni. */
 async function servedNames(port: number, sni: string | null): Promise<string> {
   const flags = sni ? ["-servername", sni] : ["-noservername"];
-  const hello = await run("openssl", ["s_client", "-connect", `127.0.0.1:${port}`, ...flags], "");
-  const x509 = await run("openssl", ["x509", "-noout", "-ext", "subjectAltName"], hello.stdout);
+  const hello = await $`openssl s_client -connect 127.0.0.1:${port} ${flags}`.stdinText("");
+  const x509 = await $`openssl x509 -noout -ext subjectAltName`.stdinText(hello.stdout);
   return x509.stdout.split("\n")[1]?.trim() ?? "";
 }
 
@@ -47,28 +47,13 @@ routes: [{ name: web, match: { protocol: tls }, action: https }]
 
     // A client that verifies: each name with its own certificate as CA.
     for (const site of ["a", "b"]) {
-      const r = await run("curl", [
-        "-s",
-        "--cacert",
-        join(dir, `${site}.pem`),
-        "--resolve",
-        `${site}.example:${d.port}:127.0.0.1`,
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        `https://${site}.example:${d.port}/`,
-      ]);
+      const r = await $`curl -s --cacert ${join(dir, `${site}.pem`)} \
+        --resolve ${site}.example:${d.port}:127.0.0.1 -o /dev/null -w '%{http_code}' \
+        https://${site}.example:${d.port}/`;
       assert.equal(r.stdout, "200", `${site}.example verified with its own certificate`);
     }
-    const wrong = await run("curl", [
-      "-s",
-      "--cacert",
-      join(dir, "a.pem"),
-      "--resolve",
-      `b.example:${d.port}:127.0.0.1`,
-      `https://b.example:${d.port}/`,
-    ]);
+    const wrong = await $`curl -s --cacert ${join(dir, "a.pem")} \
+      --resolve b.example:${d.port}:127.0.0.1 https://b.example:${d.port}/`;
     assert.notEqual(wrong.code, 0, "b.example is not served with a's certificate");
   } finally {
     await d.stop();

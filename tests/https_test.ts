@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { run, startDaemon } from "./helpers/daemon.ts";
+import { $, startDaemon } from "./helpers/daemon.ts";
 
 const HTTPS_ONLY = (address = "127.0.0.1") => `
 listen:
@@ -12,15 +12,7 @@ routes:
 
 /** curl through the daemon; returns body, HTTP version and client port. */
 async function curl(url: string, ...flags: string[]) {
-  const r = await run("curl", [
-    "-sk",
-    "--max-time",
-    "10",
-    "-w",
-    "\n%{http_version} %{local_port}",
-    ...flags,
-    url,
-  ]);
+  const r = await $`curl -sk --max-time 10 -w ${"\n%{http_version} %{local_port}"} ${flags} ${url}`;
   const lines = r.stdout.trimEnd().split("\n");
   const [version, localPort] = lines.pop()!.split(" ");
   return { code: r.code, body: lines.join("\n"), version, localPort: Number(localPort) };
@@ -59,11 +51,8 @@ for (const inject of [true, false]) {
   Deno.test(`HTTPS (${mode}) answers openssl s_client`, async () => {
     const d = await startDaemon({ config: HTTPS_ONLY(), inject });
     try {
-      const r = await run(
-        "openssl",
-        ["s_client", "-connect", `127.0.0.1:${d.port}`, "-quiet", "-alpn", "http/1.1"],
-        "GET /via-openssl HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-      );
+      const r = await $`openssl s_client -connect 127.0.0.1:${d.port} -quiet -alpn http/1.1`
+        .stdinText("GET /via-openssl HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
       assert.match(r.stdout, /HTTP\/1\.1 200 OK/);
       assert.match(r.stdout, /path: \/via-openssl/);
       assert.match(r.stdout, /client: 127\.0\.0\.1:\d+/);

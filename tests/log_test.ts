@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { formatJson, formatText } from "../src/ops/log.ts";
+import { $ } from "./helpers/daemon.ts";
 import { readLines } from "./helpers/lines.ts";
 
 Deno.test("formatText() writes time, level, event and key=value pairs, quoting where needed", () => {
@@ -24,14 +25,8 @@ Deno.test("PORTMUX_LOG_FORMAT=text makes the daemon's lines human-readable", asy
   const dir = await Deno.makeTempDir();
   const config = `${dir}/c.yaml`;
   await Deno.writeTextFile(config, "listen: [{ address: 127.0.0.1, port: 0 }]\n");
-  const child = new Deno.Command("bash", {
-    args: [
-      "-c",
-      `PORTMUX_LOG_FORMAT=text timeout -s INT 2 "${Deno.execPath()}" run -A "${main}" --config "${config}"`,
-    ],
-    stdout: "piped",
-  });
-  const out = new TextDecoder().decode((await child.output()).stdout);
+  const out = (await $`timeout -s INT 2 ${Deno.execPath()} run -A ${main} --config ${config}`
+    .env({ PORTMUX_LOG_FORMAT: "text" })).stdout;
   assert.match(out, /^\d\d:\d\d:\d\d\.\d{3} INFO {2}listening address=127\.0\.0\.1:\d+$/m);
   assert.match(out, /^\d\d:\d\d:\d\d\.\d{3} INFO {2}stopping signal=SIGINT/m);
 });

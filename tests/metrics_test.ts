@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { startDaemon } from "./helpers/daemon.ts";
 import { roundTrip, seesEnd, writeAll } from "./helpers/client.ts";
-import { run } from "./helpers/daemon.ts";
+import { $ } from "./helpers/daemon.ts";
 
 /** The value of one series in a Prometheus text exposition. */
 function series(text: string, name: string): number | undefined {
@@ -27,14 +27,7 @@ routes:
     const admin = String((await d.waitFor((l) => l.event === "admin")).address);
     assert.match(admin, /^127\.0\.0\.1:\d+$/); // loopback unless told otherwise
     for (let i = 0; i < 2; i++) {
-      const r = await run("curl", [
-        "-sk",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        `https://127.0.0.1:${d.port}/`,
-      ]);
+      const r = await $`curl -sk -o /dev/null -w '%{http_code}' https://127.0.0.1:${d.port}/`;
       assert.equal(r.stdout, "200");
     }
     const c = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
@@ -104,14 +97,8 @@ routes: [{ name: none, match: { prefix: X }, action: close }]
   // Off loopback without a token: refused at load, naming the field.
   const dir = await Deno.makeTempDir({ prefix: "portmux-admin-" });
   await Deno.writeTextFile(`${dir}/bad.yaml`, config("{ address: 0.0.0.0, port: 9 }"));
-  const check = await run(Deno.execPath(), [
-    "run",
-    "-A",
-    new URL("../src/main.ts", import.meta.url).pathname,
-    "check",
-    "--config",
-    `${dir}/bad.yaml`,
-  ]);
+  const main = new URL("../src/main.ts", import.meta.url).pathname;
+  const check = await $`${Deno.execPath()} run -A ${main} check --config ${dir}/bad.yaml`;
   assert.equal(check.code, 2, check.stdout + check.stderr);
   assert.match(check.stderr + check.stdout, /admin\.token.*required.*not loopback/);
 

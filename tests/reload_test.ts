@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { startDaemon, type TestDaemon } from "./helpers/daemon.ts";
+import { $, startDaemon, type TestDaemon } from "./helpers/daemon.ts";
 import { readAtLeast, roundTrip, seesEnd, writeAll } from "./helpers/client.ts";
 import { makeSelfSignedCert } from "../src/actions/https/self_signed_cert.ts";
 
@@ -149,14 +149,7 @@ https: { handler: ${JSON.stringify(module)}, hsts: "max-age=31536000; includeSub
 routes: [{ name: web, match: { protocol: tls }, action: https }]
 `;
   const d = await startDaemon({ dataDir: dir, config });
-  const curl = async () => {
-    const r = await new Deno.Command("curl", {
-      args: ["-sk", "-i", `https://127.0.0.1:${d.port}/`],
-      stdout: "piped",
-    })
-      .output();
-    return new TextDecoder().decode(r.stdout);
-  };
+  const curl = async () => (await $`curl -sk -i https://127.0.0.1:${d.port}/`).stdout;
   try {
     const first = await curl();
     assert.match(first, /\r\n\r\nv1\n$/);

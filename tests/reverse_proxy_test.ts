@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { type Config, describeConfig, parseConfig } from "../src/config/config.ts";
 import { forwardedElement, isAuthority } from "../src/actions/https/reverse_proxy.ts";
-import { type DaemonOptions, run, startDaemon, type TestDaemon } from "./helpers/daemon.ts";
+import { $, type DaemonOptions, startDaemon, type TestDaemon } from "./helpers/daemon.ts";
 
 /** The fields the upstream reports back. */
 const SEEN = [
@@ -89,7 +89,7 @@ async function rawRequest(
 
 /** The fields the upstream saw for curl's request (args: more of curl's). */
 async function seenBy(url: string, args: string[]): Promise<Record<string, string | null>> {
-  const r = await run("curl", ["-sk", ...args, url]);
+  const r = await $`curl -sk ${args} ${url}`;
   assert.equal(r.code, 0, r.stderr);
   return JSON.parse(r.stdout);
 }
@@ -108,17 +108,9 @@ routes: [{ name: web, match: { protocol: tls }, action: https }]
   });
   const base = `https://127.0.0.1:${d.port}`;
   try {
-    const r = await run("curl", [
-      "-sk",
-      "--http1.1", // HTTP/2 has no Connection header
-      "-H",
-      "Connection: keep-alive, x-secret",
-      "-H",
-      "x-secret: hop",
-      "-H",
-      "X-Forwarded-For: 198.51.100.1",
-      `${base}/headers?q=1`,
-    ]);
+    // --http1.1: HTTP/2 has no Connection header.
+    const r = await $`curl -sk --http1.1 -H 'Connection: keep-alive, x-secret' -H 'x-secret: hop' \
+      -H 'X-Forwarded-For: 198.51.100.1' ${base + "/headers?q=1"}`;
     const seen = JSON.parse(r.stdout);
     assert.equal(seen.path, "/headers?q=1");
     assert.equal(seen["x-forwarded-for"], "127.0.0.1", "the client's own claim is dropped");
@@ -129,23 +121,10 @@ routes: [{ name: web, match: { protocol: tls }, action: https }]
 
     const file = join(dir, "body.bin");
     await Deno.writeFile(file, new Uint8Array(5 * 1024 * 1024).fill(7));
-    const upload = await run("curl", [
-      "-sk",
-      "--http2",
-      "--data-binary",
-      `@${file}`,
-      `${base}/upload`,
-    ]);
+    const upload = await $`curl -sk --http2 --data-binary @${file} ${base}/upload`;
     assert.equal(upload.stdout, String(5 * 1024 * 1024));
 
-    const slow = await run("curl", [
-      "-sk",
-      "-o",
-      "/dev/null",
-      "-w",
-      "%{http_code}",
-      `${base}/slow`,
-    ]);
+    const slow = await $`curl -sk -o /dev/null -w '%{http_code}' ${base}/slow`;
     assert.equal(slow.stdout, "504");
 
     // A WebSocket client that trusts the demo certificate.
@@ -155,18 +134,15 @@ const got = [];
 ws.onmessage = (e) => { got.push(e.data); if (got.length === 1) ws.send("ping"); else { console.log(JSON.stringify(got)); Deno.exit(0); } };
 ws.onerror = (e) => { console.log("error", e.message); Deno.exit(1); };
 setTimeout(() => { console.log(JSON.stringify(["timed out", ...got])); Deno.exit(1); }, 5000);`;
-    const ws = await run(Deno.execPath(), [
-      "eval",
-      "--cert",
-      join(dir, "self-signed-cert.pem"),
-      client,
-    ]);
+    const ws = await $`${Deno.execPath()} eval --cert ${
+      join(dir, "self-signed-cert.pem")
+    } ${client}`;
     assert.deepEqual(JSON.parse(ws.stdout), ["xff=127.0.0.1", "echo:ping"], ws.stderr);
 
     // The client left abruptly (close code 1006, which cannot be sent on):
     // the daemon is still there to answer the next request.
     await up.shutdown();
-    const gone = await run("curl", ["-sk", "-o", "/dev/null", "-w", "%{http_code}", `${base}/x`]);
+    const gone = await $`curl -sk -o /dev/null -w '%{http_code}' ${base}/x`;
     assert.equal(gone.stdout, "502");
   } finally {
     await d.stop();

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { run, startDaemon } from "./helpers/daemon.ts";
+import { $, startDaemon } from "./helpers/daemon.ts";
 import { readAtLeast, roundTrip, seesEnd, writeAll } from "./helpers/client.ts";
 import {
   startHaproxy,
@@ -22,11 +22,8 @@ import { makeSelfSignedCert } from "../src/actions/https/self_signed_cert.ts";
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function sClient(port: number, ...flags: string[]) {
-  return await run(
-    "openssl",
-    ["s_client", "-connect", `127.0.0.1:${port}`, "-quiet", ...flags],
-    "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-  );
+  return await $`openssl s_client -connect 127.0.0.1:${port} -quiet ${flags}`
+    .stdinText("GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
 }
 
 Deno.test("openssl s_client: SNI picks the in-process site or TLS passthrough; ALPN picks a route", async () => {
@@ -87,17 +84,11 @@ routes:
   });
   try {
     const url = `http://127.0.0.1:${d.port}`;
-    const a = await run("curl", ["-s", "-H", "Host: Admin.Example", `${url}/x`]);
+    const a = await $`curl -s -H 'Host: Admin.Example' ${url}/x`;
     assert.equal(a.stdout, "admin got /x for Admin.Example\n");
-    const w = await run("curl", ["-s", `${url}/y`]);
+    const w = await $`curl -s ${url}/y`;
     assert.equal(w.stdout, `web got /y for 127.0.0.1:${d.port}\n`);
-    const h2 = await run("curl", [
-      "-s",
-      "--http2-prior-knowledge",
-      "-w",
-      "%{http_version}",
-      `${url}/z`,
-    ]);
+    const h2 = await $`curl -s --http2-prior-knowledge -w '%{http_version}' ${url}/z`;
     assert.match(h2.stdout, /^web got \/z for .*\n2$/);
     await d.waitFor(() => d.logs.filter((l) => l.event === "connection").length === 3);
     const routes = d.logs.filter((l) => l.event === "connection").map((
@@ -129,23 +120,10 @@ on_timeout: ssh
 `,
   });
   try {
-    const user = (await run("id", ["-un"])).stdout.trim();
-    const r = await run("ssh", [
-      "-o",
-      "BatchMode=yes",
-      "-o",
-      "StrictHostKeyChecking=no",
-      "-o",
-      "UserKnownHostsFile=/dev/null",
-      "-o",
-      "LogLevel=ERROR",
-      "-i",
-      sshd.key,
-      "-p",
-      String(d.port),
-      `${user}@127.0.0.1`,
-      "echo through-portmux",
-    ]);
+    const user = await $`id -un`.text();
+    const r = await $`ssh -o BatchMode=yes -o StrictHostKeyChecking=no \
+      -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -i ${sshd.key} -p ${d.port} \
+      ${user}@127.0.0.1 'echo through-portmux'`;
     assert.equal(r.stdout, "through-portmux\n", r.stderr);
     const line = await d.waitFor((l) => l.event === "connection" && l.route === "ssh");
     assert.equal(line.protocol, "ssh");
@@ -188,12 +166,7 @@ routes:
   const haproxy = await startHaproxy(d.port);
   try {
     // HTTPS: the handler sees curl's own address and port, not HAProxy's.
-    const r = await run("curl", [
-      "-sk",
-      "-w",
-      "%{local_port}",
-      `https://127.0.0.1:${haproxy.port}/`,
-    ]);
+    const r = await $`curl -sk -w '%{local_port}' https://127.0.0.1:${haproxy.port}/`;
     const curlPort = r.stdout.match(/(\d+)$/)![1];
     assert.match(r.stdout, new RegExp(`client: 127\\.0\\.0\\.1:${curlPort}\\n`));
     const https = await d.connection(Number(curlPort));

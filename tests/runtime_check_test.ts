@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { type LogLine, run, startDaemon, type TestDaemon } from "./helpers/daemon.ts";
+import { $, type LogLine, startDaemon, type TestDaemon } from "./helpers/daemon.ts";
 import { roundTrip, seesEnd } from "./helpers/client.ts";
 
 const config = (extra = "") => `
@@ -44,14 +44,7 @@ async function metrics(d: TestDaemon): Promise<string> {
 
 /** curl through the daemon: the body, and the connection's log line. */
 async function curl(d: TestDaemon): Promise<{ body: string; line: LogLine }> {
-  const r = await run("curl", [
-    "-sk",
-    "--max-time",
-    "10",
-    "-w",
-    "\n%{local_port}",
-    `https://127.0.0.1:${d.port}/`,
-  ]);
+  const r = await $`curl -sk --max-time 10 -w ${"\n%{local_port}"} https://127.0.0.1:${d.port}/`;
   assert.equal(r.code, 0, r.stderr);
   const lines = r.stdout.trimEnd().split("\n");
   const port = Number(lines.pop());

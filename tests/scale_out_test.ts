@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { run, startDaemon } from "./helpers/daemon.ts";
+import { $, startDaemon } from "./helpers/daemon.ts";
 import { roundTrip } from "./helpers/client.ts";
 import { startHaproxy } from "./helpers/peers.ts";
 import { startPythonService } from "./helpers/python_service.ts";
@@ -27,7 +27,7 @@ Deno.test("HAProxy with PROXY v2 in front of two portmux instances: both serve, 
   const lb = await startHaproxy(a.port, b.port);
   try {
     for (let i = 0; i < 6; i++) {
-      const r = await run("curl", ["-sk", "-w", "%{local_port}", `https://127.0.0.1:${lb.port}/`]);
+      const r = await $`curl -sk -w '%{local_port}' https://127.0.0.1:${lb.port}/`;
       const port = r.stdout.match(/(\d+)$/)![1];
       assert.match(r.stdout, new RegExp(`client: 127\\.0\\.0\\.1:${port}\\n`), "the real client");
     }

@@ -10,9 +10,11 @@ import { Shim, type ShimError, shimPath } from "../ffi/shim.ts";
 import { detach, internalFd } from "../src/accept/conn_fd.ts";
 import { encodeRecord } from "../src/actions/handoff/record.ts";
 import { connectedPair, enc, readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
+import { $ } from "./helpers/daemon.ts";
 import { readLines } from "./helpers/lines.ts";
 
 const shim = new Shim();
+const RECEIVER = new URL("./fixtures/receiver_service.ts", import.meta.url).pathname;
 const me = { uid: Deno.uid() ?? -1, gid: Deno.gid() ?? -1, pid: -1 };
 
 interface Service {
@@ -48,7 +50,7 @@ async function startService(socket: string, ...args: string[]): Promise<Service>
     args: [
       "run",
       "-A",
-      new URL("./fixtures/receiver_service.ts", import.meta.url).pathname,
+      RECEIVER,
       socket,
       ...args,
     ],
@@ -221,19 +223,10 @@ Deno.test("a receiver never takes the socket path of a running one, replaces a s
   const path = join(dir, "svc.sock");
   const first = await startService(path);
   try {
-    const second = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        new URL("./fixtures/receiver_service.ts", import.meta.url).pathname,
-        path,
-      ],
-      env: { LD_PRELOAD: shimPath() },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
+    const second = await $`${Deno.execPath()} run -A ${RECEIVER} ${path}`
+      .env({ LD_PRELOAD: shimPath() });
     assert.notEqual(second.code, 0);
-    assert.match(new TextDecoder().decode(second.stderr), /another service is receiving there/);
+    assert.match(second.stderr, /another service is receiving there/);
     // The first still receives on its path.
     const chan = shim.channelOpen(path, me);
     const c = await client();
@@ -247,13 +240,8 @@ Deno.test("a receiver never takes the socket path of a running one, replaces a s
   assert.throws(() => Deno.lstatSync(path), Deno.errors.NotFound, "close removed the socket file");
   // A socket file nobody listens on any more (a service killed with
   // SIGKILL leaves one): replaced.
-  const py = await new Deno.Command("python3", {
-    args: [
-      "-c",
-      `import socket; s = socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(path)})`,
-    ],
-  }).output();
-  assert.equal(py.code, 0);
+  const bind = `import socket; s = socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(path)})`;
+  assert.equal((await $`python3 -c ${bind}`).code, 0);
   assert.ok(Deno.lstatSync(path).isSocket);
   const third = await startService(path);
   await third.stop();

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { Shim, ShimError } from "../ffi/shim.ts";
 import { connFd, detach, FD_SYMBOL_DESCRIPTION, internalFd } from "../src/accept/conn_fd.ts";
 import { connectedPair, readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
+import { $ } from "./helpers/daemon.ts";
 
 const shim = new Shim();
 const ROOT_DIR = new URL("../", import.meta.url).pathname;
@@ -227,14 +228,10 @@ Deno.test("acceptBatch takes every waiting connection of a listener, with both a
 
 /** Runs a fixture with the shim preloaded; returns the JSON it printed. */
 async function runPreloaded(fixture: string): Promise<Record<string, unknown>> {
-  const r = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", join(ROOT_DIR, fixture)],
-    env: { LD_PRELOAD: shim.path },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
-  return JSON.parse(new TextDecoder().decode(r.stdout));
+  const r = await $`${Deno.execPath()} run -A ${join(ROOT_DIR, fixture)}`
+    .env({ LD_PRELOAD: shim.path });
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout);
 }
 
 Deno.test("injected sockets wake the listener through a doorbell (an eventfd under the listener's epoll token), not a loopback connection", async () => {

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { extractShim } from "../src/ops/embedded_shim.ts";
-import { run, TestDaemon } from "./helpers/daemon.ts";
+import { $, TestDaemon } from "./helpers/daemon.ts";
 import { roundTrip } from "./helpers/client.ts";
 import denoJson from "../deno.json" with { type: "json" };
 
@@ -85,14 +85,14 @@ routes:
     assert.equal(extracted.length, 1);
     assert.match(extracted[0]!, /^libportmux-[0-9a-f]{16}\.so$/);
 
-    const r = await run("curl", ["-sk", `https://127.0.0.1:${port}/`]);
+    const r = await $`curl -sk https://127.0.0.1:${port}/`;
     assert.match(r.stdout, /delivery: inject/);
     const c = await Deno.connect({ hostname: "127.0.0.1", port });
     assert.equal(await roundTrip(c, "PRIV single", 11), "PRIV single");
     c.close();
     // The built-in service runs as the entry itself, in its role (a compiled
     // binary has no `deno run`).
-    const ps = await run("ps", ["-eo", "pid,args", "--no-headers"]);
+    const ps = await $`ps -eo pid,args --no-headers`;
     const service = ps.stdout.split("\n").find((l) =>
       l.includes("--exit-with-stdin") && l.includes(dir) // this test's, not another's
     );

@@ -1,7 +1,7 @@
 /** The daemon refuses to start, with one clear line, when a part of it cannot. */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { run } from "./helpers/daemon.ts";
+import { $ } from "./helpers/daemon.ts";
 
 const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
 
@@ -9,7 +9,7 @@ async function startWith(config: string) {
   const dir = await Deno.makeTempDir({ prefix: "portmux-startup-" });
   const file = join(dir, "portmux.yaml");
   await Deno.writeTextFile(file, config);
-  return { dir, ...(await run(Deno.execPath(), ["run", "-A", MAIN, "--config", file])) };
+  return await $`${Deno.execPath()} run -A ${MAIN} --config ${file}`;
 }
 
 Deno.test("a port that is already taken stops the start with exit code 1 and says so", async () => {

@@ -1,11 +1,11 @@
 /** The systemd units in config/systemd/, checked with systemd-analyze verify. */
 import assert from "node:assert/strict";
 import { basename, join } from "node:path";
-import { run } from "./helpers/daemon.ts";
+import { $ } from "./helpers/daemon.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
 const UNITS = join(ROOT, "config/systemd");
-const analyze = await run("systemd-analyze", ["--version"]).then((r) => r.code === 0, () => false);
+const analyze = (await $`systemd-analyze --version`).code === 0;
 
 /** The units with their install paths pointed at this checkout and this
  * Deno, so that verify can check the executables exist. */
@@ -33,7 +33,7 @@ Deno.test({
       "portmux.service",
       "portmux.socket",
     ]);
-    const ok = await run("systemd-analyze", ["verify", "--man=no", ...files]);
+    const ok = await $`systemd-analyze verify --man=no ${files}`;
     assert.equal(ok.code, 0, ok.stderr);
     const ours = ok.stderr.split("\n").filter((l) => files.some((f) => l.includes(basename(f))));
     assert.deepEqual(ours, [], "no complaint about our units");
@@ -42,7 +42,7 @@ Deno.test({
     const broken = await installedCopies((t) =>
       t.replace("Restart=on-failure", "Restrat=on-failure")
     );
-    const bad = await run("systemd-analyze", ["verify", "--man=no", ...broken]);
+    const bad = await $`systemd-analyze verify --man=no ${broken}`;
     assert.match(bad.stderr, /portmux\.service:\d+: Unknown key 'Restrat' in section \[Service\]/);
   },
 });

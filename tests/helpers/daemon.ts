@@ -4,6 +4,7 @@
  * (the bridge fallback).
  */
 import { join } from "node:path";
+import { build$ } from "dax";
 import { readLines } from "./lines.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -110,6 +111,21 @@ export class TestDaemon {
     return n;
   }
 
+  /** Waits for the daemon to exit on its own (a stop already asked for). */
+  async exited(timeoutMs = 15_000): Promise<Deno.CommandStatus> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`still running after ${timeoutMs} ms`)), timeoutMs);
+    });
+    try {
+      const status = await Promise.race([this.#child.status, late]);
+      await this.#done;
+      return status;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   async stop(): Promise<Deno.CommandStatus> {
     try {
       this.#child.kill("SIGTERM");
@@ -140,6 +156,7 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<TestDaemon>
     ? command
     : ["bash", "-c", `ulimit -n ${opts.openFiles} && exec "$0" "$@"`, ...command];
   const [program, ...programArgs] = opts.ownGroup ? ["setsid", ...limited] : limited;
+  // Deno.Command, not dax: TestDaemon reads its pipes as it runs and stops it with SIGTERM.
   const child = new Deno.Command(program!, {
     args: programArgs,
     cwd: ROOT,
@@ -169,44 +186,17 @@ function withoutShim(): string {
     .filter((p) => p && !p.endsWith("/libportmux.so")).join(":");
 }
 
-/** Runs a command and returns its exit code and output. */
-export async function run(
-  cmd: string,
-  args: string[],
-  stdin?: string,
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const child = new Deno.Command(cmd, {
-    args,
-    stdin: stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(stdin));
-    await w.close();
-  }
-  const out = await child.output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+/** dax's `$` for the tests' short commands: stdin closed, stdout and stderr
+ * captured, a failing exit code returned (`code`, for the test to assert
+ * on), not thrown. */
+export const $ = build$({ commandBuilder: (b) => b.stdin("null").quiet().noThrow() });
 
 /** The status code curl gets for GET https://127.0.0.1:port/ (a new TLS
  * connection; the certificate is not checked); "000" when none came
  * within timeoutS. */
-export async function httpsStatus(port: number, timeoutS = 10): Promise<string> {
+export function httpsStatus(port: number, timeoutS = 10): Promise<string> {
   const url = `https://127.0.0.1:${port}/`;
-  const r = await run("curl", [
-    "-sk",
-    "--max-time",
-    String(timeoutS),
-    "-o",
-    "/dev/null",
-    "-w",
-    "%{http_code}",
-    url,
-  ]);
-  return r.stdout;
+  return $`curl -sk --max-time ${timeoutS} -o /dev/null -w '%{http_code}' ${url}`.text();
 }
 
 /** A free loopback TCP port (bound and released). */

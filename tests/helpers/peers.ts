@@ -5,7 +5,7 @@
  */
 import { join } from "node:path";
 import { detectProxyHeader } from "../../src/detect/proxy_protocol.ts";
-import { freePort, run } from "./daemon.ts";
+import { $, freePort } from "./daemon.ts";
 
 export interface Peer {
   readonly port: number;
@@ -26,6 +26,7 @@ export async function waitForPort(port: number, timeoutMs = 10_000): Promise<voi
   }
 }
 
+// Deno.Command, not dax: the peers run through a test and are stopped with SIGTERM.
 function spawn(cmd: string, args: string[]): Deno.ChildProcess {
   return new Deno.Command(cmd, { args, stdin: "null", stdout: "null", stderr: "piped" }).spawn();
 }
@@ -43,7 +44,7 @@ export async function startSshd(): Promise<Peer & { readonly key: string }> {
   const dir = await Deno.makeTempDir({ prefix: "portmux-sshd-" });
   await Deno.mkdir("/run/sshd", { recursive: true }); // privilege separation folder
   for (const name of ["host_key", "client_key"]) {
-    const r = await run("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", join(dir, name)]);
+    const r = await $`ssh-keygen -q -t ed25519 -N '' -f ${join(dir, name)}`;
     if (r.code !== 0) throw new Error(`ssh-keygen: ${r.stderr}`);
   }
   await Deno.copyFile(join(dir, "client_key.pub"), join(dir, "authorized_keys"));
