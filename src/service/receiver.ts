@@ -23,30 +23,11 @@
  */
 import net from "node:net";
 import { type Shim, ShimError } from "../../ffi/shim.ts";
-import { decodeRecord, type HandoffRecord } from "../actions/handoff/record.ts";
+import { decodeRecord } from "../actions/handoff/record.ts";
 import { RecordAssembler } from "./record_assembly.ts";
+import type { HandoffReceiver, HandoffRecord, ReceivedConnection, ReceiverOptions } from "./mod.ts";
 
-export interface ReceivedConnection {
-  readonly record: HandoffRecord;
-  /** The client's connection as a node:net Socket (reads start at the
-   * client's first byte); the service owns it. */
-  adopt(): net.Socket;
-}
-
-export interface ReceiverOptions {
-  /** Only accept channels from a process of this uid (default: our own). */
-  readonly senderUid?: number;
-  /** Told about each record or channel that could not be used. */
-  readonly onProblem?: (message: string) => void;
-}
-
-export interface HandoffReceiver {
-  /** The private loopback port whose accept the shim feeds (it refuses
-   * anyone who connects to it); null without the shim preloaded. */
-  readonly port: number | null;
-  /** Stops receiving; connections already given out stay open. */
-  close(): Promise<void>;
-}
+export type { HandoffReceiver, HandoffRecord, ReceivedConnection, ReceiverOptions };
 
 const WAIT_MS = 1000;
 /** How often the shim's problems are told (they are rare). */
@@ -62,25 +43,33 @@ export async function serveHandoffs(
   onConnection: (connection: ReceivedConnection) => void,
   opts: ReceiverOptions = {},
 ): Promise<HandoffReceiver> {
-  const unixFd = listenAt(shim, path);
-  const ours = Deno.lstatSync(path).ino;
+  if (opts.senderUid !== undefined && !(Number.isInteger(opts.senderUid) && opts.senderUid >= 0)) {
+    throw new TypeError(
+      `senderUid must be a uid (a whole number, 0 or more), not ${opts.senderUid}`,
+    );
+  }
   const senderUid = opts.senderUid ?? Deno.uid() ?? -1;
   const problem = opts.onProblem ?? (() => {});
+  const unixFd = listenAt(shim, path);
+  const ours = Deno.lstatSync(path).ino;
+  const given = new Given(onConnection);
   let receiver: HandoffReceiver;
   try {
     receiver = shim.interposerActive()
-      ? await acceptInRuntime(shim, unixFd, senderUid, onConnection, problem)
-      : readInJavaScript(shim, unixFd, senderUid, onConnection, problem);
+      ? await acceptInRuntime(shim, unixFd, senderUid, given, problem)
+      : readInJavaScript(shim, unixFd, senderUid, given, problem);
   } catch (e) {
     shim.close(unixFd);
     removeIfOurs(path, ours);
     throw e;
   }
+  let closing: Promise<void> | null = null;
   return {
     port: receiver.port,
     close() {
-      removeIfOurs(path, ours); // at once: a caller about to exit need not wait
-      return receiver.close();
+      if (closing) return closing;
+      removeIfOurs(path, ours); // at once: portmux sends nothing more here
+      return closing = receiver.close();
     },
   };
 }
@@ -108,16 +97,67 @@ function removeIfOurs(path: string, ino: number | null): void {
   } catch { /* gone already */ }
 }
 
+/** Gives connections to onConnection, and keeps those not adopted yet, so
+ * that closing the receiver closes them (nothing is left open that the
+ * service does not hold). */
+class Given {
+  readonly #onConnection: (connection: ReceivedConnection) => void;
+  /** How to close each connection given but not adopted. */
+  readonly #unadopted = new Set<() => void>();
+  #closed = false;
+
+  constructor(onConnection: (connection: ReceivedConnection) => void) {
+    this.#onConnection = onConnection;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** One connection: open() makes its Socket (once), drop() closes it
+   * unadopted. After close(), it is dropped at once. */
+  give(record: HandoffRecord, open: () => net.Socket, drop: () => void): void {
+    if (this.#closed) return drop();
+    let socket: net.Socket | null = null;
+    this.#unadopted.add(drop);
+    const adopt = () => {
+      if (socket) return socket;
+      if (!this.#unadopted.delete(drop)) {
+        throw new Error("the receiver was closed before this connection was adopted: it is closed");
+      }
+      return socket = open();
+    };
+    try {
+      this.#onConnection({ record, adopt });
+    } catch (e) {
+      // As from a node:net server's listener: uncaught, but the channel
+      // and the other clients go on, and this client is not left open.
+      if (this.#unadopted.delete(drop)) drop();
+      queueMicrotask(() => {
+        throw e;
+      });
+    }
+  }
+
+  /** No more connections; those not adopted are closed. */
+  close(): void {
+    this.#closed = true;
+    for (const drop of this.#unadopted) drop();
+    this.#unadopted.clear();
+  }
+}
+
 /** The preloaded way: a private server whose accept the shim feeds. */
 async function acceptInRuntime(
   shim: Shim,
   unixFd: number,
   senderUid: number,
-  onConnection: (connection: ReceivedConnection) => void,
+  given: Given,
   problem: (message: string) => void,
 ): Promise<HandoffReceiver> {
   let listener = -1;
   const server = net.createServer((socket) => {
+    if (given.closed) return socket.destroy();
     const text = shim.receiverTake(listener, socket.remotePort ?? 0);
     let record: HandoffRecord | null = null;
     try {
@@ -128,7 +168,7 @@ async function acceptInRuntime(
       socket.destroy();
       return;
     }
-    onConnection({ record, adopt: () => socket });
+    given.give(record, () => socket, () => socket.destroy());
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -146,11 +186,16 @@ async function acceptInRuntime(
   Deno.unrefTimer(timer);
   return {
     port,
-    async close() {
+    close() {
       clearInterval(timer);
       tell();
-      shim.receiverClose(listener); // closes the Unix socket and the channels
-      await new Promise((r) => server.close(r));
+      // The Unix socket, the channels and the clients not accepted yet.
+      shim.receiverClose(listener);
+      // Not waiting for its connections (its close callback would): the
+      // adopted ones are the service's, and stay open.
+      server.close();
+      given.close();
+      return Promise.resolve();
     },
   };
 }
@@ -160,48 +205,96 @@ function readInJavaScript(
   shim: Shim,
   unixFd: number,
   senderUid: number,
-  onConnection: (connection: ReceivedConnection) => void,
+  given: Given,
   problem: (message: string) => void,
 ): HandoffReceiver {
   let closed = false;
+  let listening = true;
+  /** Open channels: each is in here exactly while its fd is open. */
   const channels = new Set<number>();
+  const readers = new Set<Promise<void>>();
   const deliver = (fd: number, record: HandoffRecord) =>
-    onConnection({ record, adopt: () => new net.Socket({ fd, readable: true, writable: true }) });
+    closed // onConnection itself may have closed the receiver
+      ? shim.close(fd)
+      : given.give(
+        record,
+        () => new net.Socket({ fd, readable: true, writable: true }),
+        () => shim.close(fd),
+      );
   const takeChannel = (channel: number) => {
-    const peer = shim.peerCred(channel);
+    let peer: { uid: number; pid: number };
+    try {
+      if (closed) throw new Error("closing");
+      peer = shim.peerCred(channel);
+    } catch {
+      shim.close(channel);
+      return;
+    }
     if (senderUid >= 0 && peer.uid !== senderUid) {
       problem(`refused a channel from uid ${peer.uid} (pid ${peer.pid})`);
       shim.close(channel); // only the daemon's user may hand us sockets
       return;
     }
     channels.add(channel);
-    readChannel(shim, channel, deliver, problem)
+    const reading: Promise<void> = readChannel(
+      shim,
+      channel,
+      channels,
+      () => closed,
+      deliver,
+      problem,
+    )
       .catch((e) => problem(String(e)))
-      .finally(() => channels.delete(channel));
+      .finally(() => readers.delete(reading));
+    readers.add(reading);
   };
-  (async () => {
+  const accepting = (async () => {
     try {
-      while (!closed) takeChannel(await shim.accept(unixFd));
+      while (!closed) {
+        let channel: number;
+        try {
+          channel = await shim.accept(unixFd);
+        } catch (e) {
+          if (closed || !(e instanceof ShimError) || FATAL_ACCEPT.has(e.code)) throw e;
+          if (e.code === "EINTR" || e.code === "ECONNABORTED") continue;
+          // Out of fds, say: channels wait in the backlog meanwhile.
+          problem(`accepting a channel failed (${e.code}); trying again`);
+          await new Promise((r) => setTimeout(r, ACCEPT_RETRY_MS));
+          continue;
+        }
+        takeChannel(channel);
+      }
     } finally {
+      listening = false;
       shim.close(unixFd);
     }
   })().catch((e) => closed || problem(`accepting channels stopped: ${e}`));
   return {
     port: null,
-    close() {
+    async close() {
       closed = true;
       // The pending accept and every channel's reader return, and close.
-      shim.shutdown(unixFd);
+      if (listening) shim.shutdown(unixFd);
       for (const channel of channels) shim.shutdown(channel);
-      return Promise.resolve();
+      await accepting;
+      await Promise.all(readers);
+      given.close();
     },
   };
 }
 
-/** Reads records and fds from one channel until it ends. */
+/** Errors of accept() that a retry cannot mend. */
+const FATAL_ACCEPT = new Set(["EBADF", "EINVAL", "ENOTSOCK", "EOPNOTSUPP"]);
+const ACCEPT_RETRY_MS = 100;
+
+/** Reads records and fds from one channel until it ends, or until the
+ * receiver closes: then what was not read is dropped with the channel
+ * (the kernel closes the fds still in it). */
 async function readChannel(
   shim: Shim,
   channel: number,
+  channels: Set<number>,
+  closed: () => boolean,
   deliver: (fd: number, record: HandoffRecord) => void,
   problem: (message: string) => void,
 ): Promise<void> {
@@ -209,7 +302,7 @@ async function readChannel(
   const fds = new Int32Array(16);
   const records = new RecordAssembler();
   try {
-    for (;;) {
+    while (!closed()) {
       const got = shim.channelRecv(channel, buf, fds);
       if (got === null) {
         await shim.waitReadable(channel, WAIT_MS);
@@ -226,6 +319,7 @@ async function readChannel(
     }
   } finally {
     for (const fd of records.leftoverFds()) shim.close(fd); // never leak an fd
+    channels.delete(channel);
     shim.close(channel);
   }
 }
