@@ -1,10 +1,11 @@
 /**
- * `deno task bench:ab REV`: this tree against the tree at git revision REV,
- * both running side by side in one run, rounds alternating (these machines
- * are shared and noisy): handoff new connections/s, handoff latency one at
- * a time, and keep-alive HTTPS requests/s, each as a ratio this/REV. For a
- * change that must leave speed level (a restructure). Writes its section
- * of bench/RESULTS.md.
+ * `deno task bench:ab REV [NEW]`: this tree (or the tree at revision NEW)
+ * against the tree at git revision REV, both running side by side in one
+ * run, rounds alternating (these machines are shared and noisy): handoff
+ * new connections/s, handoff latency one at a time, and keep-alive HTTPS
+ * requests/s, each as a ratio new/old. For a change that must leave speed
+ * level (a restructure), or to find which change moved a figure. Writes
+ * its section of bench/RESULTS.md.
  */
 import { join } from "node:path";
 import { $, freePort } from "../tests/helpers/daemon.ts";
@@ -22,9 +23,9 @@ import {
 import { machineLine, writeSection } from "./results.ts";
 
 const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 5);
-const rev = Deno.args[0];
+const [rev, newRev] = Deno.args;
 if (!rev) {
-  console.error("usage: deno task bench:ab REV   (a git revision to compare this tree with)");
+  console.error("usage: deno task bench:ab REV [NEW]   (git revisions; NEW: this tree)");
   Deno.exit(2);
 }
 /** Runs a command that must succeed; its output. */
@@ -35,13 +36,17 @@ async function must(cmd: string, args: string[]): Promise<string> {
 }
 
 const oldSha = await must("git", ["-C", ROOT, "rev-parse", "--short", rev]);
-const newSha = await must("git", ["-C", ROOT, "rev-parse", "--short", "HEAD"]);
-const dirty =
+const newSha = await must("git", ["-C", ROOT, "rev-parse", "--short", newRev ?? "HEAD"]);
+const dirty = !newRev &&
   await must("git", ["-C", ROOT, "status", "--porcelain", "--untracked-files=no"]) !== "";
 
 const dir = await Deno.makeTempDir({ prefix: "portmux-ab-" });
 const oldRoot = join(dir, "old") + "/";
-await must("git", ["-C", ROOT, "worktree", "add", "--detach", oldRoot, rev]);
+const newRoot = newRev ? join(dir, "new") + "/" : ROOT;
+const worktrees = newRev ? [[oldRoot, rev], [newRoot, newRev]] : [[oldRoot, rev]];
+for (const [root, r] of worktrees) {
+  await must("git", ["-C", ROOT, "worktree", "add", "--detach", root!, r!]);
+}
 
 interface Row {
   metric: string;
@@ -66,7 +71,9 @@ const rows: Row[] = [];
 let echo: Awaited<ReturnType<typeof startEchoService>> | undefined;
 const daemons: Deno.ChildProcess[] = [];
 try {
-  await must(Deno.execPath(), ["run", "-A", join(oldRoot, "src/build_shim.ts"), "--force"]);
+  for (const [root] of worktrees) {
+    await must(Deno.execPath(), ["run", "-A", join(root!, "src/build_shim.ts"), "--force"]);
+  }
   echo = await startEchoService(dir);
   daemons.push(
     await startPortmux(
@@ -75,7 +82,12 @@ try {
       1,
       oldRoot,
     ),
-    await startPortmux(join(dir, "d-new"), benchConfig(ports.new, join(dir, "d-new"), echo.socket)),
+    await startPortmux(
+      join(dir, "d-new"),
+      benchConfig(ports.new, join(dir, "d-new"), echo.socket),
+      1,
+      newRoot,
+    ),
   );
   const caCert = await Deno.readTextFile(join(dir, "d-new", "self-signed-cert.pem"));
   for (const port of [ports.old, ports.new]) await connectionLoad(port); // warm-up
@@ -95,7 +107,7 @@ try {
 } finally {
   for (const d of daemons) await stopChild(d);
   if (echo) await stopChild(echo.child);
-  await $`git -C ${ROOT} worktree remove --force ${oldRoot}`;
+  for (const [root] of worktrees) await $`git -C ${ROOT} worktree remove --force ${root!}`;
   await Deno.remove(dir, { recursive: true });
 }
 
@@ -107,7 +119,9 @@ const lines = rows.map((r) => {
 });
 const text = `## A/B of two trees (\`deno task bench:ab\`)
 
-${machineLine()}. This tree (${newSha}${dirty ? ", with changes" : ""}) against ${oldSha}, side by
+${machineLine()}. ${newRev ? "The tree" : "This tree"} (${newSha}${
+  dirty ? ", with changes" : ""
+}) against ${oldSha}, side by
 side, ${ROUNDS} rounds each, medians; the ratio is this tree's (above 1: faster).
 
 | measure | ${oldSha} | ${newSha} | unit | ratio |
