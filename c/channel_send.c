@@ -19,6 +19,13 @@
  * read in order, so the unread ones are the newest whose costs add up to
  * it. A thread waits on every channel with copies: the kernel wakes it as
  * the service reads (EPOLLOUT, edge-triggered), and it lets the read ones go.
+ * The kernel says nothing while a channel holds over a quarter of its
+ * buffer (it is not writable then); such a channel is looked at every
+ * CROWDED_MS instead.
+ *
+ * Only that thread closes copies, outside the lock: the last close of a
+ * connection whose service set SO_LINGER waits (up to the linger time),
+ * and nothing may wait holding the lock that every send takes.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -29,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -38,17 +46,22 @@
 struct sent { int fd, cost; }; /* fd: our copy of the client's, -1 for a record's rest */
 
 struct channel {
-  int chan;
+  int chan, sndbuf;
   struct sent *ring;
   int head, count, cap;
   long cost; /* of the messages in the ring: what SIOCOUTQ shows while none is read */
 };
 
-#define MAX_CHANNELS 256
+#define MAX_CHANNELS 2048 /* the lane's services x channels, and more */
+#define CROWDED_MS 5
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct channel channels[MAX_CHANNELS];
 static int channel_count;
-static int watch_ep = -1; /* the reaping thread's epoll set, made with the thread */
+static int watch_ep = -1; /* the watcher's epoll set, made with the thread */
+static int bell = -1;     /* in watch_ep: copies to close, or a channel crowded */
+static int polling;       /* the watcher looks every CROWDED_MS */
+static int *closing;      /* copies let go, for the watcher to close */
+static int closing_count, closing_cap;
 
 /* What a message of len bytes costs in SIOCOUTQ. Measured: the kernel's
  * accounting (skb truesize) changes with its version and build. */
@@ -74,6 +87,25 @@ static struct channel *find(int chan) {
   return NULL;
 }
 
+/* Hands a copy to the watcher to close (under the lock). */
+static void let_go(int fd) {
+  if (closing_count == closing_cap) {
+    int cap = closing_cap ? closing_cap * 2 : 256;
+    int *more = realloc(closing, (size_t)cap * sizeof *more);
+    if (!more) {
+      close(fd); /* no memory: close it here, as a last resort */
+      return;
+    }
+    closing = more, closing_cap = cap;
+  }
+  closing[closing_count++] = fd;
+}
+
+static void ring_bell(void) {
+  static const uint64_t one = 1;
+  if (bell >= 0 && write(bell, &one, sizeof one) < 0) { /* full: it rings already */ }
+}
+
 /* Lets go of the copies whose records the service has read. */
 static void reap(struct channel *c) {
   int unread = 0;
@@ -81,24 +113,41 @@ static void reap(struct channel *c) {
   while (c->count > 0 && (unread == 0 || c->cost > unread)) {
     struct sent *s = &c->ring[c->head];
     c->cost -= s->cost;
-    if (s->fd >= 0) close(s->fd);
+    if (s->fd >= 0) let_go(s->fd);
     c->head = (c->head + 1) % c->cap;
     c->count--;
   }
   if (c->count == 0) c->cost = 0;
 }
 
+/* Over a quarter of its buffer unread: the kernel will not wake us. */
+static int crowded(const struct channel *c) { return c->cost * 4 > c->sndbuf; }
+
 static void *watch(void *arg) {
   (void)arg;
   struct epoll_event evs[64];
   for (;;) {
-    int n = epoll_wait(watch_ep, evs, 64, -1);
+    int n = epoll_wait(watch_ep, evs, 64, polling ? CROWDED_MS : -1);
     pthread_mutex_lock(&lock);
     for (int i = 0; i < n; i++) {
+      if (evs[i].data.fd == bell) {
+        uint64_t rung;
+        if (read(bell, &rung, sizeof rung) < 0) { /* not rung */ }
+        continue;
+      }
       struct channel *c = find(evs[i].data.fd); /* a closed channel is no longer found */
       if (c) reap(c);
     }
+    polling = 0;
+    for (int i = 0; i < channel_count; i++) {
+      if (crowded(&channels[i])) reap(&channels[i]);
+      polling |= crowded(&channels[i]);
+    }
+    int *batch = closing, count = closing_count;
+    closing = NULL, closing_count = closing_cap = 0;
     pthread_mutex_unlock(&lock);
+    for (int i = 0; i < count; i++) close(batch[i]);
+    free(batch);
     /* Reads that come meanwhile wait for the next round: under load one
      * wakeup serves many, and a copy is let go at most a millisecond late. */
     usleep(1000);
@@ -106,25 +155,34 @@ static void *watch(void *arg) {
   return NULL;
 }
 
+static int start_watcher(void) {
+  watch_ep = epoll_create1(EPOLL_CLOEXEC);
+  bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.fd = bell};
+  pthread_t t;
+  if (watch_ep < 0 || bell < 0 || epoll_ctl(watch_ep, EPOLL_CTL_ADD, bell, &ev) < 0 ||
+      pthread_create(&t, NULL, watch, NULL) != 0) {
+    if (watch_ep >= 0) close(watch_ep);
+    if (bell >= 0) close(bell);
+    watch_ep = bell = -1;
+    return -1;
+  }
+  pthread_detach(t);
+  return 0;
+}
+
 /* The channel's entry, made (and watched) on its first message. */
 static struct channel *entry(int chan) {
   struct channel *c = find(chan);
   if (c) return c;
   if (channel_count == MAX_CHANNELS) return NULL;
-  if (watch_ep < 0) {
-    watch_ep = epoll_create1(EPOLL_CLOEXEC);
-    pthread_t t;
-    if (watch_ep < 0 || pthread_create(&t, NULL, watch, NULL) != 0) {
-      if (watch_ep >= 0) close(watch_ep);
-      watch_ep = -1;
-      return NULL;
-    }
-    pthread_detach(t);
-  }
+  if (watch_ep < 0 && start_watcher() < 0) return NULL;
   struct epoll_event ev = {.events = EPOLLOUT | EPOLLET, .data.fd = chan};
   if (epoll_ctl(watch_ep, EPOLL_CTL_ADD, chan, &ev) < 0) return NULL;
   c = &channels[channel_count++];
   *c = (struct channel){.chan = chan};
+  socklen_t sl = sizeof c->sndbuf;
+  if (getsockopt(chan, SOL_SOCKET, SO_SNDBUF, &c->sndbuf, &sl) < 0) c->sndbuf = 0; /* always crowded */
   return c;
 }
 
@@ -173,9 +231,10 @@ PM_EXPORT int pm_channel_send(int chan, int fd, const uint8_t *payload, int len)
     struct channel *c = entry(chan);
     int copy = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
     if (!c || push(c, copy, cost_of(sent)) < 0) {
-      if (copy >= 0) close(copy);
-    } else if (c->count > 64) {
-      reap(c); /* a long queue gets no wakeups until it drains (a quarter of its buffer) */
+      if (copy >= 0) close(copy); /* the service has the client still: no end */
+    } else if (!polling && crowded(c)) {
+      polling = 1;
+      ring_bell(); /* the kernel will not wake the watcher for this one */
     }
   }
   pthread_mutex_unlock(&lock);
@@ -200,6 +259,7 @@ PM_EXPORT int pm_channel_queued(int chan) {
     reap(c);
     for (int i = 0; i < c->count; i++) queued += c->ring[(c->head + i) % c->cap].fd >= 0;
   }
+  if (closing_count) ring_bell();
   pthread_mutex_unlock(&lock);
   return queued;
 }
@@ -219,13 +279,14 @@ PM_EXPORT int pm_channel_close(int chan, int cut) {
       if (fd < 0) continue;
       unread++;
       if (cut) shutdown(fd, SHUT_RDWR);
-      close(fd);
+      let_go(fd);
     }
     free(c->ring);
     epoll_ctl(watch_ep, EPOLL_CTL_DEL, chan, NULL);
     *c = channels[--channel_count]; /* before the number can be reused */
   }
   int r = close(chan) < 0 ? -errno : unread;
+  if (closing_count) ring_bell();
   pthread_mutex_unlock(&lock);
   return r;
 }

@@ -447,9 +447,15 @@ PM_EXPORT int pm_inject_fail_next(int listener_fd, int error) {
 
 /* Forgets an injected listener (before its fd is closed: a later socket
  * may get the same number). Queued fds are closed: nobody will take them.
+ * With only_if_gone (a listener the runtime closed already), a number that
+ * is a live registration's again, a newer socket's, is left alone.
  * Returns how many were closed. */
-PM_EXPORT int pm_inject_unregister(int listener_fd) {
+PM_EXPORT int pm_inject_unregister(int listener_fd, int only_if_gone) {
   int closed = -ENOENT;
+  pthread_mutex_lock(&inject_lock);
+  int newer = only_if_gone && live_listener(listener_fd);
+  pthread_mutex_unlock(&inject_lock);
+  if (newer) return 0;
   lane_site_gone(listener_fd); /* first: it takes the lane's lock, then ours */
   pthread_mutex_lock(&inject_lock);
   struct injected_listener *l = find_listener(listener_fd);

@@ -427,9 +427,13 @@ export class Shim {
   }
 
   /** Forgets the listener (call before it closes); closes what was queued
-   * and returns how many. */
-  injectUnregister(listenerFd: number): number {
-    return check("inject_unregister", this.#lib.symbols.pm_inject_unregister(listenerFd));
+   * and returns how many. onlyIfGone: the runtime closed it already, so
+   * its number may be a newer registration's, which is left alone. */
+  injectUnregister(listenerFd: number, onlyIfGone = false): number {
+    return check(
+      "inject_unregister",
+      this.#lib.symbols.pm_inject_unregister(listenerFd, onlyIfGone ? 1 : 0),
+    );
   }
 
   /** Installs the express lane's routing table (src/route/express_lane.ts writes

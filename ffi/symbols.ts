@@ -70,8 +70,8 @@ export const SYMBOLS = {
   pm_inject_register: { parameters: ["i32"], result: "i32" },
   // int pm_inject_push(int listener_fd, int client_fd)
   pm_inject_push: { parameters: ["i32", "i32"], result: "i32" },
-  // int pm_inject_unregister(int listener_fd)
-  pm_inject_unregister: { parameters: ["i32"], result: "i32" },
+  // int pm_inject_unregister(int listener_fd, int only_if_gone)
+  pm_inject_unregister: { parameters: ["i32", "i32"], result: "i32" },
   // int pm_tcp_listen(char *host, int port, int backlog)
   pm_tcp_listen: { parameters: ["buffer", "i32", "i32"], result: "i32" },
   // int pm_listener_info(int fd, int32_t out[2], char addr[PM_ADDR_TEXT])

@@ -82,6 +82,27 @@ Deno.test("a client the service closes sees its end at once, with the express la
   await service.stop();
 });
 
+Deno.test("behind a backlog of records (over a quarter of the channel's buffer, when the kernel says nothing of reads), a client the service closes still sees its end at once", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-handoff-backlog-" });
+  const service = await startPythonService(join(dir, "py.sock"), "--slow-reader", "2");
+  const d = await startDaemon({ config: handoffConfig(service.socket), dataDir: dir });
+  try {
+    const lags = await Promise.all(Array.from({ length: 200 }, async (_, i) => {
+      const client = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
+      const text = `PRIV ${i} BYE`;
+      assert.equal(await roundTrip(client, text, `ECHO:${text}`.length), `ECHO:${text}`);
+      const echoed = performance.now();
+      assert.ok(await seesEnd(client, 5000), `client ${i} saw no end`);
+      return performance.now() - echoed;
+    }));
+    const worst = Math.max(...lags);
+    assert.ok(worst < 150, `a client waited ${Math.round(worst)} ms for its end after its echo`);
+  } finally {
+    await d.stop();
+    await service.stop();
+  }
+});
+
 Deno.test("handoff to a service that is not running closes the client, says why, and serves the next one", async () => {
   const dir = await Deno.makeTempDir({ prefix: "portmux-handoff-" });
   const socket = join(dir, "nobody.sock");

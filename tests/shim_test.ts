@@ -246,6 +246,7 @@ Deno.test("injected sockets wake the listener through a doorbell (an eventfd und
   );
   assert.equal(got.reused, true, "the closed listener's number went to a new socket");
   assert.equal(got.stalePush, "ENOENT", "nothing is queued for a listener that is gone");
+  assert.equal(got.pushToNewer, "queued", "a late unregister leaves a newer registration alone");
 });
 
 Deno.test("with an HTTPS site, the runtime's own accept takes the public listener's connections (no thread between); the lane steps in when nothing accepts, and takes the listener back when the site goes", async () => {

@@ -102,7 +102,12 @@ def take(line, fd):
         os.close(fd)
         return
     log(f"client {who}")
-    client = socket.socket(fileno=fd)
+    try:
+        client = socket.socket(fileno=fd)
+    except OSError as e:  # not a socket after all
+        log(f"client {who} dropped: {e}")
+        os.close(fd)
+        return
     try:
         threading.Thread(target=serve_client, args=(client, who.encode()), daemon=True).start()
     except RuntimeError as e:  # no thread to spare

@@ -5,18 +5,23 @@ every chunk a client sends with b"ECHO:" + chunk, and closes the client
 after a chunk that ends in b"BYE". Each record received is
 printed as one JSON line, so a test can check it.
 
-    python3 recv_fds_service.py SOCKET_PATH [--deaf] [--listen-as-uid UID]
+    python3 recv_fds_service.py SOCKET_PATH [--deaf] [--listen-as-uid UID] [--slow-reader MS]
+
+--slow-reader MS reads its channels 64 bytes at a time, MS ms apart: a
+backlog stays queued in the channel for a while.
 """
 import json
 import os
 import socket
 import sys
 import threading
+import time
 
 args = sys.argv[1:]
 path = args[0]
 deaf = "--deaf" in args  # accepts channels but never reads them
 as_uid = int(args[args.index("--listen-as-uid") + 1]) if "--listen-as-uid" in args else None
+slow_ms = int(args[args.index("--slow-reader") + 1]) if "--slow-reader" in args else None
 if os.path.exists(path):
     os.unlink(path)
 server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -48,7 +53,9 @@ def serve_channel(channel):
     pending, fds = b"", []
     with channel:
         while True:
-            data, new_fds, _flags, _addr = socket.recv_fds(channel, 65536, 16)
+            if slow_ms is not None:
+                time.sleep(slow_ms / 1000)
+            data, new_fds, _flags, _addr = socket.recv_fds(channel, 64 if slow_ms else 65536, 16)
             fds.extend(new_fds)
             if not data:
                 break

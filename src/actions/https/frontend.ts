@@ -243,7 +243,7 @@ export class HttpsFrontend {
     this.#opts.metrics.inc("portmux_https_site_down_total", { site: this.#opts.site });
     this.#log.error("https-site-down", { site: this.#opts.site, error: this.#down });
     if (this.#listenerFd !== null) { // its listener is closed: nothing is queued there any more
-      const dropped = this.#shim.injectUnregister(this.#listenerFd);
+      const dropped = this.#shim.injectUnregister(this.#listenerFd, true);
       if (dropped) {
         this.#log.warn("https-queue-dropped", { site: this.#opts.site, connections: dropped });
       }
