@@ -22,7 +22,9 @@ import { $, freePort } from "../tests/helpers/daemon.ts";
 import { waitForPort } from "../tests/helpers/peers.ts";
 import {
   benchConfig,
+  cpuSeconds,
   median,
+  processTree,
   ROOT,
   spawnQuiet,
   startEchoService,
@@ -58,41 +60,9 @@ if (missing.length) {
 
 // ---- processes ----------------------------------------------------------
 
-/** The pids of a process and all its descendants. */
-function tree(root: number): number[] {
-  const children = new Map<number, number[]>();
-  for (const e of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(e.name)) continue;
-    try {
-      const stat = Deno.readTextFileSync(`/proc/${e.name}/stat`);
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      children.set(ppid, [...(children.get(ppid) ?? []), Number(e.name)]);
-    } catch { /* gone */ }
-  }
-  const out: number[] = [];
-  const walk = (p: number) => {
-    out.push(p);
-    for (const c of children.get(p) ?? []) walk(c);
-  };
-  walk(root);
-  return out;
-}
-
-function cpuSeconds(root: number): number {
-  let sum = 0;
-  for (const pid of tree(root)) {
-    try {
-      const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      sum += (Number(f[11]) + Number(f[12])) / 100;
-    } catch { /* gone */ }
-  }
-  return sum;
-}
-
 function rssMiB(root: number): number {
   let sum = 0;
-  for (const pid of tree(root)) {
+  for (const pid of processTree(root)) {
     try {
       sum += Number(
         /VmRSS:\s+(\d+) kB/.exec(Deno.readTextFileSync(`/proc/${pid}/status`))?.[1] ?? 0,
