@@ -94,7 +94,7 @@ export function contractMismatch(
 ): string | null {
   const entries = Object.entries(ours);
   if (reported.length !== entries.length) {
-    return `${reported.length} numbers from C, ${entries.length} in ffi/shim.ts`;
+    return `${reported.length} numbers from C, ${entries.length} in ffi/lane_records.ts`;
   }
   const wrong = entries.flatMap(([name, at], i) =>
     reported[i] === at ? [] : [`${name}: C ${reported[i]}, ts ${at}`]

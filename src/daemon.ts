@@ -129,7 +129,7 @@ export class Daemon {
   static async start(config: Config, log: Logger, worker: Worker = null): Promise<Daemon> {
     const shim = new Shim();
     // Every waiting client is an fd: use what the hard limit allows.
-    log.info("fd-limit", { open_files: shim.raiseNofile() });
+    log.info("fd-limit", { open_files: shim.fds.raiseLimit() });
     const metrics = new Metrics();
     // A site started again has a new listener: the lane's table must say so.
     let daemon: Daemon | null = null;

@@ -65,7 +65,7 @@ function agree(
   table = TABLE,
   sites: readonly { names: NamePattern[] }[] = [{ names: [] }],
 ): number | "more" | "daemon" {
-  const lane = shim.expressDecide(table, Uint8Array.from(bytes));
+  const lane = shim.lane.decide(table, Uint8Array.from(bytes));
   const fallbacks: Fallbacks = routes;
   const input = { bytes, client: { address: "192.0.2.1", port: 1 }, maxBytes: 16384 };
   const daemon = decide(routes.routes, fallbacks, input, null);
@@ -99,9 +99,9 @@ Deno.test("the lane's table: what it evaluates, what it leaves to the daemon", (
   assert.match(laneTable(withLog, 2, [{ listenerFd: 7, names: [] }], new Map()), /rule 0 slow/);
   // A site that cannot inject (bridge): same.
   assert.match(laneTable(logged, 3, [{ listenerFd: null, names: [] }], new Map()), /rule 0 slow/);
-  assert.throws(() => shim.expressDecide("limits 0 1 1 1 1\n", new Uint8Array(1)), /EINVAL/);
+  assert.throws(() => shim.lane.decide("limits 0 1 1 1 1\n", new Uint8Array(1)), /EINVAL/);
   assert.throws(
-    () => shim.expressDecide(TABLE + "rule 9 https -1 - nonsense\n", new Uint8Array(1)),
+    () => shim.lane.decide(TABLE + "rule 9 https -1 - nonsense\n", new Uint8Array(1)),
     /EINVAL/,
   );
 });
@@ -197,7 +197,7 @@ Deno.test("a route decided without reading the hello sends HTTPS to the default 
   - { name: web, match: { protocol: tls }, action: https }
 `);
   const table = laneTable(routes, 1, SITES, new Map());
-  const decide = (b: Uint8Array) => shim.expressDecide(table, Uint8Array.from(b));
+  const decide = (b: Uint8Array) => shim.lane.decide(table, Uint8Array.from(b));
   // 16 03 03: not legacy's; web reads the hello and picks by SNI.
   assert.deepEqual(decide(helloFor("b.test", 0x0303)), {
     route: 1,
@@ -221,7 +221,7 @@ Deno.test("a hello offering one 255-byte ALPN name is left to the daemon, and ev
   // for the 0 that ends it in an event: the daemon reads this hello.
   assert.equal(agree(helloFor("a.test", 0x0301, long), routes, table, SITES), "daemon");
   const most = "y".repeat(254);
-  assert.deepEqual(shim.expressDecide(table, Uint8Array.from(helloFor("b.test", 0x0301, most))), {
+  assert.deepEqual(shim.lane.decide(table, Uint8Array.from(helloFor("b.test", 0x0301, most))), {
     route: 0,
     sni: "b.test",
     alpn: [most],
@@ -553,5 +553,5 @@ Deno.test("the lane's event record and table limits are one contract: checked ag
     contractMismatch(LANE_TABLE_LIMITS, [32, ...limits.slice(1)])!,
     /^rules: C 32, ts 64$/,
   );
-  assert.equal(shim.expressDecide(TABLE, enc.encode("PRIV")).route, 2); // this shim passed the check
+  assert.equal(shim.lane.decide(TABLE, enc.encode("PRIV")).route, 2); // this shim passed the check
 });

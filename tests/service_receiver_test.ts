@@ -109,8 +109,8 @@ const recordFor = (c: Deno.TcpConn, route: string) =>
 /** Sends all of bytes, the fd with the first of them; then our copy of
  * the fd is closed, as the daemon closes its own. */
 function send(chan: number, fd: number, bytes: Uint8Array<ArrayBuffer>): void {
-  assert.equal(shim.channelSend(chan, fd, bytes), bytes.length);
-  if (fd >= 0) shim.close(fd);
+  assert.equal(shim.channels.send(chan, fd, bytes), bytes.length);
+  if (fd >= 0) shim.fds.close(fd);
 }
 
 async function echoes(c: Deno.TcpConn, text: string): Promise<boolean> {
@@ -125,7 +125,7 @@ Deno.test("the preloaded receiver pairs each record with its own fd however it i
   const clients = await Promise.all(Array.from({ length: 6 }, client));
   try {
     assert.equal(typeof svc.port, "number", "the shim's accept path is in use");
-    const chan = shim.channelOpen(path, me);
+    const chan = shim.channels.open(path, me);
     // A first connection, echoed and closed: what the runtime opens once
     // (on its first node:net socket) is in the baseline.
     const first = await client();
@@ -158,7 +158,7 @@ Deno.test("the preloaded receiver pairs each record with its own fd however it i
     assert.ok(await seesEnd(spoilt!.client), "the spoilt record's client is closed");
     // A record cut short by the channel's end: its client is closed too.
     send(chan, cut!.fd, recordFor(cut!.client, "cut").slice(0, 20));
-    shim.channelClose(chan, false);
+    shim.channels.close(chan, false);
     assert.ok(await seesEnd(cut!.client), "the cut record's client is closed");
     await svc.waitFor((e) => String(e.message).includes("cut short"), "cut-short problem");
 
@@ -195,19 +195,19 @@ Deno.test("the preloaded receiver refuses a channel from another uid, and its pr
   const svc = await startService(path, String((Deno.uid() ?? 0) + 4242));
   const c = await client();
   try {
-    const chan = shim.channelOpen(path, me);
+    const chan = shim.channels.open(path, me);
     // The service closes the channel as soon as it sees who opened it: the
     // send fails, or the fd in flight is closed with the channel.
     try {
       send(chan, c.fd, recordFor(c.client, "foreign"));
     } catch (e) {
       assert.match((e as ShimError).code, /^(EPIPE|ECONNRESET)$/);
-      shim.close(c.fd);
+      shim.fds.close(c.fd);
     }
     assert.ok(await seesEnd(c.client), "the client is closed, never served");
     await svc.waitFor((e) => /refused a channel from uid/.test(String(e.message)), "refusal");
     assert.equal(svc.events.filter((e) => e.event === "connection").length, 0);
-    shim.channelClose(chan, false);
+    shim.channels.close(chan, false);
     await assert.rejects(
       Deno.connect({ hostname: "127.0.0.1", port: svc.port! }),
       Deno.errors.ConnectionRefused,
@@ -228,12 +228,12 @@ Deno.test("a receiver never takes the socket path of a running one, replaces a s
     assert.notEqual(second.code, 0);
     assert.match(second.stderr, /another service is receiving there/);
     // The first still receives on its path.
-    const chan = shim.channelOpen(path, me);
+    const chan = shim.channels.open(path, me);
     const c = await client();
     send(chan, c.fd, recordFor(c.client, "still"));
     await first.waitFor((e) => (e.record as { route?: string })?.route === "still", "its handoff");
     c.close();
-    shim.channelClose(chan, false);
+    shim.channels.close(chan, false);
   } finally {
     await first.stop();
   }

@@ -40,7 +40,7 @@ Deno.test("Deno exposes the fd of an accepted TcpConn under the symbol docs/desi
         `accepted connections: docs/design.md R1 broke; only the slow fallback lookup is left`,
     );
     assert.ok(
-      shim.verifyFd(fd, p.conn.localAddr, p.conn.remoteAddr),
+      shim.fds.verify(fd, p.conn.localAddr, p.conn.remoteAddr),
       `the "${FD_SYMBOL_DESCRIPTION}" value ${fd} is not the connection's socket`,
     );
     assert.deepEqual(connFd(shim, p.conn), { fd, via: "symbol" });
@@ -53,27 +53,30 @@ Deno.test("the fallback lookup by 4-tuple finds the same fd as the symbol", asyn
   const p = await pair();
   const other = await pair(); // a second connection must not be confused with it
   try {
-    assert.equal(shim.findFd(p.conn.localAddr, p.conn.remoteAddr), internalFd(p.conn));
-    assert.equal(shim.findFd(other.conn.localAddr, other.conn.remoteAddr), internalFd(other.conn));
+    assert.equal(shim.fds.find(p.conn.localAddr, p.conn.remoteAddr), internalFd(p.conn));
+    assert.equal(
+      shim.fds.find(other.conn.localAddr, other.conn.remoteAddr),
+      internalFd(other.conn),
+    );
   } finally {
     p.close();
     other.close();
   }
 });
 
-Deno.test("verifyFd refuses another connection's fd and the client side's fd", async () => {
+Deno.test("fds.verify refuses another connection's fd and the client side's fd", async () => {
   const p = await pair();
   const other = await pair();
   try {
     assert.equal(
-      shim.verifyFd(internalFd(other.conn)!, p.conn.localAddr, p.conn.remoteAddr),
+      shim.fds.verify(internalFd(other.conn)!, p.conn.localAddr, p.conn.remoteAddr),
       false,
     );
     // The client end has the same addresses, swapped: it must not pass.
-    const clientFd = shim.findFd(p.client.localAddr, p.client.remoteAddr);
-    assert.equal(shim.verifyFd(clientFd, p.conn.localAddr, p.conn.remoteAddr), false);
+    const clientFd = shim.fds.find(p.client.localAddr, p.client.remoteAddr);
+    assert.equal(shim.fds.verify(clientFd, p.conn.localAddr, p.conn.remoteAddr), false);
     assert.throws(
-      () => shim.findFd({ hostname: "127.0.0.1", port: 1 }, { hostname: "127.0.0.1", port: 2 }),
+      () => shim.fds.find({ hostname: "127.0.0.1", port: 1 }, { hostname: "127.0.0.1", port: 2 }),
       (e) => e instanceof ShimError && e.code === "ENOENT",
     );
   } finally {
@@ -87,15 +90,15 @@ Deno.test("peek shows the client's bytes without consuming them, and null before
   try {
     const fd = internalFd(p.conn)!;
     const buf = new Uint8Array(64);
-    assert.equal(shim.peek(fd, buf), null);
+    assert.equal(shim.fds.peek(fd, buf), null);
     await writeAll(p.client, enc.encode("PRIV-peeked"));
     await new Promise((r) => setTimeout(r, 50));
-    assert.equal(new TextDecoder().decode(shim.peek(fd, buf)!), "PRIV-peeked");
-    assert.equal(new TextDecoder().decode(shim.peek(fd, buf)!), "PRIV-peeked");
+    assert.equal(new TextDecoder().decode(shim.fds.peek(fd, buf)!), "PRIV-peeked");
+    assert.equal(new TextDecoder().decode(shim.fds.peek(fd, buf)!), "PRIV-peeked");
     assert.equal(await readAtLeast(p.conn, 11), "PRIV-peeked"); // still all there
     p.client.closeWrite();
     await new Promise((r) => setTimeout(r, 50));
-    assert.equal(shim.peek(fd, buf)?.length, 0); // end of stream
+    assert.equal(shim.fds.peek(fd, buf)?.length, 0); // end of stream
   } finally {
     p.close();
   }
@@ -104,12 +107,12 @@ Deno.test("peek shows the client's bytes without consuming them, and null before
 Deno.test("closing a conn whose fd was dup'ed still sends FIN (docs/design.md R2: why release exists)", async () => {
   const p = await pair();
   const fd = internalFd(p.conn)!;
-  const copy = shim.dup(fd);
+  const copy = shim.fds.dup(fd);
   try {
     p.conn.close(); // no release: the runtime's shutdown(SHUT_WR) reaches the socket
     assert.ok(await seesEnd(p.client, 2000), "expected the client to see EOF");
   } finally {
-    shim.close(copy);
+    shim.fds.close(copy);
     p.close();
   }
 });
@@ -118,15 +121,15 @@ Deno.test("detach (dup + release + close) leaves the connection alive in the new
   const p = await pair();
   const owned = detach(shim, p.conn, internalFd(p.conn)!);
   try {
-    shim.setNonBlocking(owned, false);
+    shim.fds.setNonBlocking(owned, false);
     await writeAll(p.client, enc.encode("to the new owner"));
     const buf = new Uint8Array(64);
-    const n = await shim.read(owned, buf);
+    const n = await shim.fds.read(owned, buf);
     assert.equal(new TextDecoder().decode(buf.subarray(0, n)), "to the new owner");
-    await shim.write(owned, enc.encode("still here"));
+    await shim.fds.write(owned, enc.encode("still here"));
     assert.equal(await readAtLeast(p.client, 10), "still here");
   } finally {
-    shim.close(owned);
+    shim.fds.close(owned);
   }
   assert.ok(await seesEnd(p.client), "closing the owned fd ends the connection");
   p.close();
@@ -136,78 +139,82 @@ Deno.test("shim errors are named: missing socket, refused, foreign listener, unr
   const dir = await Deno.makeTempDir();
   const anyone = { uid: -1, gid: -1, pid: -1 };
   assert.throws(
-    () => shim.channelOpen(join(dir, "none.sock"), anyone),
+    () => shim.channels.open(join(dir, "none.sock"), anyone),
     (e) => e instanceof ShimError && e.code === "ENOENT" && e.message === "channel_open: ENOENT",
   );
   // A socket file nobody listens on any more.
-  shim.close(shim.unixListen(join(dir, "x.sock")));
+  shim.fds.close(shim.channels.listen(join(dir, "x.sock")));
   assert.throws(
-    () => shim.channelOpen(join(dir, "x.sock"), anyone),
+    () => shim.channels.open(join(dir, "x.sock"), anyone),
     (e) => e instanceof ShimError && e.code === "ECONNREFUSED",
   );
   // A listener of another uid than the one expected gets no channel.
-  const listener = shim.unixListen(join(dir, "y.sock"));
+  const listener = shim.channels.listen(join(dir, "y.sock"));
   assert.throws(
-    () => shim.channelOpen(join(dir, "y.sock"), { ...anyone, uid: (Deno.uid() ?? 0) + 1 }),
+    () => shim.channels.open(join(dir, "y.sock"), { ...anyone, uid: (Deno.uid() ?? 0) + 1 }),
     (e) => e instanceof ShimError && e.code === "EPERM",
   );
-  shim.close(listener);
+  shim.fds.close(listener);
   assert.throws(() => new Shim(join(dir, "missing.so")), /cannot load the portmux shim/);
 });
 
-Deno.test("fds sent on a channel arrive with their records, in order, through channelRecv", async () => {
+Deno.test("fds sent on a channel arrive with their records, in order, through channels.recv", async () => {
   const dir = await Deno.makeTempDir();
   const path = join(dir, "svc.sock");
-  const listener = shim.unixListen(path);
+  const listener = shim.channels.listen(path);
   const pairs = [await pair(), await pair(), await pair()];
   try {
-    const accepting = shim.accept(listener);
+    const accepting = shim.channels.accept(listener);
     const me = { uid: Deno.uid() ?? -1, gid: Deno.gid() ?? -1, pid: -1 };
-    const chan = shim.channelOpen(path, me);
+    const chan = shim.channels.open(path, me);
     const channel = await accepting;
-    assert.equal(shim.peerCred(channel).uid, Deno.uid());
-    assert.equal(shim.peerCred(channel).pid, Deno.pid);
+    assert.equal(shim.channels.peerCred(channel).uid, Deno.uid());
+    assert.equal(shim.channels.peerCred(channel).pid, Deno.pid);
     for (const [i, p] of pairs.entries()) {
       const record = enc.encode(`record ${i}\n`);
-      assert.equal(shim.channelSend(chan, internalFd(p.conn)!, record), record.length);
+      assert.equal(shim.channels.send(chan, internalFd(p.conn)!, record), record.length);
     }
     const buf = new Uint8Array(64);
     const fds = new Int32Array(8);
     const received: [string, number[]][] = [];
     while (received.length < 3) {
-      if (!(await shim.waitReadable(channel, 1000))) break;
-      const got = shim.channelRecv(channel, buf, fds);
+      if (!(await shim.fds.waitReadable(channel, 1000))) break;
+      const got = shim.channels.recv(channel, buf, fds);
       if (got) received.push([new TextDecoder().decode(buf.subarray(0, got.count)), got.fds]);
     }
     // One recvmsg never returns two records' fds: each comes with its record.
     assert.deepEqual(received.map(([text]) => text), ["record 0\n", "record 1\n", "record 2\n"]);
     for (const [i, [, got]] of received.entries()) {
       assert.equal(got.length, 1);
-      assert.ok(shim.verifyFd(got[0]!, pairs[i]!.conn.localAddr, pairs[i]!.conn.remoteAddr));
-      shim.close(got[0]!);
+      assert.ok(shim.fds.verify(got[0]!, pairs[i]!.conn.localAddr, pairs[i]!.conn.remoteAddr));
+      shim.fds.close(got[0]!);
     }
-    assert.equal(shim.channelRecv(channel, buf, fds), null); // nothing more: no wait
-    shim.channelClose(chan, false);
-    assert.equal(shim.channelRecv(channel, buf, fds)?.count, 0); // end of stream
-    shim.close(channel);
+    assert.equal(shim.channels.recv(channel, buf, fds), null); // nothing more: no wait
+    shim.channels.close(chan, false);
+    assert.equal(shim.channels.recv(channel, buf, fds)?.count, 0); // end of stream
+    shim.fds.close(channel);
   } finally {
-    shim.close(listener);
+    shim.fds.close(listener);
     pairs.forEach((p) => p.close());
   }
 });
 
-Deno.test("acceptBatch takes every waiting connection of a listener, with both addresses, IPv4 and IPv6", async () => {
+Deno.test("listeners.acceptBatch takes every waiting connection of a listener, with both addresses, IPv4 and IPv6", async () => {
   for (const hostname of ["127.0.0.1", "::1"]) {
     const listener = Deno.listen({ hostname, port: 0 });
     try {
-      const lfd = shim.listenerFd(listener.addr);
-      assert.deepEqual(shim.acceptBatch(lfd, 8), [], "nothing waiting: nothing taken, no wait");
+      const lfd = shim.listeners.find(listener.addr);
+      assert.deepEqual(
+        shim.listeners.acceptBatch(lfd, 8),
+        [],
+        "nothing waiting: nothing taken, no wait",
+      );
       const clients = [];
       for (let i = 0; i < 3; i++) {
         clients.push(await Deno.connect({ hostname, port: listener.addr.port }));
       }
-      const got = shim.acceptBatch(lfd, 2); // at most 2, then the third
-      got.push(...shim.acceptBatch(lfd, 8));
+      const got = shim.listeners.acceptBatch(lfd, 2); // at most 2, then the third
+      got.push(...shim.listeners.acceptBatch(lfd, 8));
       assert.equal(got.length, 3);
       for (const [i, a] of got.entries()) {
         assert.deepEqual(a.remote, { hostname, port: clients[i]!.localAddr.port });
@@ -215,15 +222,18 @@ Deno.test("acceptBatch takes every waiting connection of a listener, with both a
         await writeAll(clients[i]!, new TextEncoder().encode(`hi ${i}`));
         const buf = new Uint8Array(16);
         await new Promise((r) => setTimeout(r, 20));
-        assert.equal(new TextDecoder().decode(shim.peek(a.fd, buf) ?? new Uint8Array()), `hi ${i}`);
-        shim.close(a.fd);
+        assert.equal(
+          new TextDecoder().decode(shim.fds.peek(a.fd, buf) ?? new Uint8Array()),
+          `hi ${i}`,
+        );
+        shim.fds.close(a.fd);
         assert.ok(await seesEnd(clients[i]!), "closing the fd ends the client's connection");
       }
     } finally {
       listener.close();
     }
   }
-  assert.throws(() => shim.listenerFd({ hostname: "127.0.0.1", port: 1 }), /ENOENT/);
+  assert.throws(() => shim.listeners.find({ hostname: "127.0.0.1", port: 1 }), /ENOENT/);
 });
 
 /** Runs a fixture with the shim preloaded; returns the JSON it printed. */
@@ -283,12 +293,12 @@ Deno.test("with an HTTPS site, the runtime's own accept takes the public listene
   assert.equal(third.accepted, third.client, "served from there");
 });
 
-Deno.test("refuseNew keeps new clients out of a listening socket while the queued ones can still be taken (a stop loses none it accepted)", async () => {
-  const fd = shim.tcpListen("127.0.0.1", 0);
-  const port = shim.listenerAddress(fd)!.port;
+Deno.test("listeners.refuseNew keeps new clients out of a listening socket while the queued ones can still be taken (a stop loses none it accepted)", async () => {
+  const fd = shim.listeners.open("127.0.0.1", 0);
+  const port = shim.listeners.address(fd)!.port;
   try {
     const queued = await Deno.connect({ hostname: "127.0.0.1", port }); // handshake done
-    shim.refuseNew(fd);
+    shim.listeners.refuseNew(fd);
     // A new client's SYN goes unanswered: its connect does not complete.
     const late = Deno.connect({ hostname: "127.0.0.1", port });
     const outcome = await Promise.race([
@@ -297,17 +307,17 @@ Deno.test("refuseNew keeps new clients out of a listening socket while the queue
     ]);
     assert.equal(outcome, "waiting");
     // The one queued before is still there to take.
-    const taken = shim.acceptBatch(fd, 8);
+    const taken = shim.listeners.acceptBatch(fd, 8);
     assert.equal(taken.length, 1);
     assert.equal(taken[0]!.remote.port, queued.localAddr.port);
-    shim.close(taken[0]!.fd);
+    shim.fds.close(taken[0]!.fd);
     queued.close();
-    shim.close(fd);
+    shim.fds.close(fd);
     // Closed, the port refuses the late client when its SYN comes again.
     assert.equal(await late.then((c) => (c.close(), "connected"), () => "refused"), "refused");
   } catch (e) {
     try {
-      shim.close(fd);
+      shim.fds.close(fd);
     } catch { /* closed */ }
     throw e;
   }

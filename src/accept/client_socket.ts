@@ -65,7 +65,7 @@ export class DenoClient implements ClientSocket {
   release(): void {
     // Deno's close shuts the socket down; it must hit a placeholder, not
     // the client's socket (docs/design.md R2).
-    this.#shim.release(this.fd);
+    this.#shim.fds.release(this.fd);
     this.conn.close();
   }
 }
@@ -85,7 +85,7 @@ export class ShimClient implements ClientSocket {
   }
 
   close(): void {
-    this.#shim.close(this.fd);
+    this.#shim.fds.close(this.fd);
   }
 
   detach(): number {
@@ -93,6 +93,6 @@ export class ShimClient implements ClientSocket {
   }
 
   release(): void {
-    this.#shim.close(this.fd); // the service's copy keeps the connection open
+    this.#shim.fds.close(this.fd); // the service's copy keeps the connection open
   }
 }

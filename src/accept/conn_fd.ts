@@ -36,8 +36,8 @@ export function connFd(shim: Shim, conn: Deno.TcpConn): ConnFd {
   const local = conn.localAddr;
   const peer = conn.remoteAddr;
   const fd = internalFd(conn);
-  if (fd !== undefined && shim.verifyFd(fd, local, peer)) return { fd, via: "symbol" };
-  return { fd: shim.findFd(local, peer), via: "lookup" };
+  if (fd !== undefined && shim.fds.verify(fd, local, peer)) return { fd, via: "symbol" };
+  return { fd: shim.fds.find(local, peer), via: "lookup" };
 }
 
 /**
@@ -49,15 +49,15 @@ export function connFd(shim: Shim, conn: Deno.TcpConn): ConnFd {
 export function detach(shim: Shim, conn: Deno.Conn, fd: number): number {
   let owned: number;
   try {
-    owned = shim.dup(fd);
+    owned = shim.fds.dup(fd);
   } catch (e) {
     conn.close();
     throw e;
   }
   try {
-    shim.release(fd);
+    shim.fds.release(fd);
   } catch (e) {
-    shim.close(owned);
+    shim.fds.close(owned);
     conn.close();
     throw e;
   }

@@ -11,7 +11,7 @@
  * sockets the supervisor binds itself. Workers inherit them (and no other
  * child does: withInherited) and learn which is which from
  * PORTMUX_LISTENERS; each worker makes its runtime accept on them
- * (Shim.adoptListener).
+ * (shim.inject.adoptListener).
  */
 import { type Endpoint, type Shim, ShimError } from "../../ffi/shim.ts";
 import type { Listen } from "../config/config.ts";
@@ -59,7 +59,7 @@ function matchSystemd(shim: Shim, fds: number[], listen: readonly Listen[]): Hel
   const left = [...listen];
   const held: HeldListener[] = [];
   for (const fd of fds) {
-    const at = shim.listenerAddress(fd);
+    const at = shim.listeners.address(fd);
     if (!at) throw new Error(`systemd passed fd ${fd}, which is not a listening TCP socket`);
     const i = left.findIndex((l) => l.port === at.port && sameAddress(l.address, at.hostname));
     if (i < 0) {
@@ -110,17 +110,17 @@ export function holdListeners(
     held = [];
     try {
       for (const l of listen) {
-        held.push({ key: listenKey(l), fd: shim.tcpListen(l.address, l.port) });
+        held.push({ key: listenKey(l), fd: shim.listeners.open(l.address, l.port) });
       }
     } catch (e) {
-      for (const h of held) shim.close(h.fd);
+      for (const h of held) shim.fds.close(h.fd);
       const l = listen[held.length]!;
       const why = e instanceof ShimError && e.code === "EADDRINUSE" ? "Address already in use" : e;
       throw new Error(`cannot listen on ${shown({ hostname: l.address, port: l.port })}: ${why}`);
     }
   }
   // Only the workers get them (withInherited), no other child.
-  for (const h of held) shim.setCloseOnExec(h.fd, true);
+  for (const h of held) shim.fds.setCloseOnExec(h.fd, true);
   return { listeners: held, from: fds ? "systemd" : "bound" };
 }
 
@@ -142,18 +142,18 @@ export function closeExcept(
   these: readonly HeldListener[],
   keep: readonly HeldListener[],
 ): void {
-  for (const h of these) if (!keep.some((k) => k.fd === h.fd)) shim.close(h.fd);
+  for (const h of these) if (!keep.some((k) => k.fd === h.fd)) shim.fds.close(h.fd);
 }
 
 /** Runs spawn (which starts a worker) with the sockets inheritable: they
  * are close-on-exec at every other moment, so that no other child (a
  * built-in service, say) holds a listening socket. */
 export function withInherited<T>(shim: Shim, held: readonly HeldListener[], spawn: () => T): T {
-  for (const h of held) shim.setCloseOnExec(h.fd, false);
+  for (const h of held) shim.fds.setCloseOnExec(h.fd, false);
   try {
     return spawn();
   } finally {
-    for (const h of held) shim.setCloseOnExec(h.fd, true);
+    for (const h of held) shim.fds.setCloseOnExec(h.fd, true);
   }
 }
 
@@ -166,6 +166,6 @@ export function inheritedListeners(
 ): Map<string, number> {
   const text = env(LISTENERS_ENV);
   const held = text ? JSON.parse(text) as HeldListener[] : [];
-  for (const h of held) shim.setCloseOnExec(h.fd, true);
+  for (const h of held) shim.fds.setCloseOnExec(h.fd, true);
   return new Map(held.map((h) => [h.key, h.fd]));
 }

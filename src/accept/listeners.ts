@@ -96,7 +96,7 @@ export class Listeners {
 
   /** Closes the held sockets no listener adopted. */
   closeUnadopted(): void {
-    for (const fd of this.#held.values()) this.#ctx.shim.close(fd);
+    for (const fd of this.#held.values()) this.#ctx.shim.fds.close(fd);
     this.#held.clear();
   }
 
@@ -152,16 +152,16 @@ export class Listeners {
       this.#held.delete(listenKey(l)); // adopted once: it is the runtime's now
       const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
       try {
-        const socket = shim.listenerFd(listener.addr);
-        const at = shim.listenerAddress(held);
-        shim.adoptListener(socket, held);
+        const socket = shim.listeners.find(listener.addr);
+        const at = shim.listeners.address(held);
+        shim.inject.adoptListener(socket, held);
         const address = addressText(displayAddress({ transport: "tcp", ...at! }));
         return { listener, socket, address };
       } catch (e) {
         listener.close();
         throw e;
       } finally {
-        shim.close(held);
+        shim.fds.close(held);
       }
     }
     const reusePort = this.#ctx.reusePort;
@@ -169,7 +169,7 @@ export class Listeners {
     const listener = Deno.listen(options);
     return {
       listener,
-      socket: shim.listenerFd(listener.addr),
+      socket: shim.listeners.find(listener.addr),
       address: addressText(displayAddress(listener.addr)),
     };
   }
@@ -179,7 +179,7 @@ export class Listeners {
    * waits for the server is accepted after about a second). */
   #deferAccept(entry: ListenerEntry, on: boolean): void {
     try {
-      this.#ctx.shim.deferAccept(entry.socket, on);
+      this.#ctx.shim.listeners.deferAccept(entry.socket, on);
     } catch (e) {
       this.#ctx.log.warn("defer-accept-off", {
         address: entry.address,
@@ -198,12 +198,12 @@ export class Listeners {
       await this.#ctx.lane.stopListening(entry.lane);
       // A moment for the accept loop to take what the lane passed on last.
       await new Promise((r) => setTimeout(r, LANE_LAST_PASS_MS));
-      const dropped = this.#ctx.shim.injectUnregister(entry.lane);
+      const dropped = this.#ctx.shim.inject.unregister(entry.lane);
       if (dropped) this.#ctx.log.warn("express-queue-dropped", { connections: dropped });
     }
     // What the kernel accepted is served, not reset by the last close (at a
     // stop the supervisor keeps new clients out first: refuseNew).
-    if (this.#ctx.shim.interposerActive()) this.#acceptBurst(entry.socket, entry, true);
+    if (this.#ctx.shim.inject.active()) this.#acceptBurst(entry.socket, entry, true);
     try {
       entry.listener.close();
     } catch { /* closed */ }
@@ -214,7 +214,7 @@ export class Listeners {
    * cannot (without the preloaded shim, a socket it accepted could not be
    * handed to Deno.serve or made a TcpConn). */
   #burstFd(socket: number): number | null {
-    return this.#ctx.shim.interposerActive() ? socket : null;
+    return this.#ctx.shim.inject.active() ? socket : null;
   }
 
   async #acceptLoop(entry: ListenerEntry): Promise<void> {
@@ -258,7 +258,7 @@ export class Listeners {
     for (let taken = 0; taken < most && (last || !this.#ctx.stopping());) {
       let batch;
       try {
-        batch = shim.acceptBatch(listenerFd, BURST_BATCH);
+        batch = shim.listeners.acceptBatch(listenerFd, BURST_BATCH);
       } catch {
         return; // EMFILE and the like: Deno's next accept meets it, says it and waits
       }

@@ -43,7 +43,7 @@ export class Preread {
   /** maxBytes: the most any read() will ask for. */
   constructor(shim: Shim, maxBytes: number) {
     this.#shim = shim;
-    this.#ep = shim.waiterCreate();
+    this.#ep = shim.waiter.create();
     this.#scratch = new Uint8Array(maxBytes);
     this.#loop = this.#run();
   }
@@ -62,7 +62,7 @@ export class Preread {
   async #run(): Promise<void> {
     const out = new Int32Array(2 * 256);
     while (!this.#stopped) {
-      const ready = await this.#shim.waiterWait(this.#ep, out, POLL_MS);
+      const ready = await this.#shim.waiter.wait(this.#ep, out, POLL_MS);
       for (const { fd, hangup } of ready) this.#waiting.get(fd)?.(hangup);
     }
   }
@@ -85,7 +85,7 @@ export class Preread {
     const step = (hangup: boolean, forced: PrereadFinal | null): PrereadResult<T> | null => {
       let bytes: Uint8Array | null;
       try {
-        bytes = this.#shim.peek(fd, buf);
+        bytes = this.#shim.fds.peek(fd, buf);
       } catch (e) {
         // A client that resets has ended its stream, like one that closes.
         if (e instanceof ShimError && e.code === "ECONNRESET") bytes = buf.subarray(0, 0);
@@ -109,7 +109,7 @@ export class Preread {
         clearTimeout(timer);
         this.#waiting.delete(fd);
         try {
-          this.#shim.waiterDel(this.#ep, fd);
+          this.#shim.waiter.remove(this.#ep, fd);
         } catch { /* already gone with the socket */ }
         resolve(result);
       };
@@ -119,7 +119,7 @@ export class Preread {
         if (result) finish(result);
       });
       try {
-        this.#shim.waiterAdd(this.#ep, fd);
+        this.#shim.waiter.add(this.#ep, fd);
       } catch (e) {
         finish({ decision: null, end: "error", peeked, error: e as Error });
       }
@@ -131,6 +131,6 @@ export class Preread {
   async stop(): Promise<void> {
     this.#stopped = true;
     await this.#loop;
-    this.#shim.close(this.#ep);
+    this.#shim.fds.close(this.#ep);
   }
 }

@@ -114,8 +114,8 @@ async function readSome(conn: Deno.Conn, max: number): Promise<Uint8Array | null
 async function carries(shim: Shim, fd: number, client: Deno.Conn): Promise<void> {
   await client.write(MARK);
   const buf = new Uint8Array(MARK.length);
-  let got = shim.peek(fd, buf);
-  if (got === null && await shim.waitReadable(fd, ANSWER_MS)) got = shim.peek(fd, buf);
+  let got = shim.fds.peek(fd, buf);
+  if (got === null && await shim.fds.waitReadable(fd, ANSWER_MS)) got = shim.fds.peek(fd, buf);
   if (!got?.length || got.some((b, i) => b !== MARK[i])) {
     throw new Error(`fd ${fd} does not carry the connection's bytes`);
   }
@@ -136,11 +136,11 @@ export async function checkFd(shim: Shim): Promise<FdWay> {
     const symbol = fault("runtime-fd") ? undefined : internalFd(conn);
     let found: number | null = null, lookupError: string | null = null;
     try {
-      found = shim.findFd(local, peer);
+      found = shim.fds.find(local, peer);
     } catch (e) {
       lookupError = String(e);
     }
-    if (symbol !== undefined && shim.verifyFd(symbol, local, peer)) {
+    if (symbol !== undefined && shim.fds.verify(symbol, local, peer)) {
       await carries(shim, symbol, client);
       if (lookupError === null && found !== symbol) {
         lookupError = `it found ${found}, not ${symbol}`;
@@ -167,19 +167,19 @@ export async function checkRelease(shim: Shim, fdOf: (c: Deno.TcpConn) => ConnFd
   let copy = -1;
   try {
     const { fd } = fdOf(conn);
-    copy = shim.dup(fd); // what SCM_RIGHTS gives the service
+    copy = shim.fds.dup(fd); // what SCM_RIGHTS gives the service
     if (fault("runtime-release")) conn.close(); // as if release had no effect
     else new DenoClient(conn, fd, shim).release();
-    if (!shim.verifyFd(copy, local, peer)) throw new Error("the released socket lost its peer");
+    if (!shim.fds.verify(copy, local, peer)) throw new Error("the released socket lost its peer");
     try {
-      await shim.write(copy, MARK);
+      await shim.fds.write(copy, MARK);
     } catch (e) {
       throw new Error(`closing the Deno object shut the socket down (the copy's write: ${e})`);
     }
     const got = await within(readSome(client, MARK.length), ANSWER_MS, "the peer read nothing");
     if (got === null) throw new Error("the peer saw EOF (FIN) when the Deno object closed");
   } finally {
-    if (copy >= 0) shim.close(copy);
+    if (copy >= 0) shim.fds.close(copy);
     closeQuietly(client, conn);
   }
 }
@@ -200,14 +200,16 @@ const UNACCEPTABLE_HELLO = Uint8Array.from([
 async function rawPair(shim: Shim): Promise<{ client: Deno.TcpConn; fd: number }> {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   try {
-    const lfd = shim.listenerFd(listener.addr);
+    const lfd = shim.listeners.find(listener.addr);
     const client = await within(
       Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port }),
       ANSWER_MS,
       "no loopback connection",
     );
-    let got = shim.acceptBatch(lfd, 1);
-    if (got.length === 0 && await shim.waitReadable(lfd, ANSWER_MS)) got = shim.acceptBatch(lfd, 1);
+    let got = shim.listeners.acceptBatch(lfd, 1);
+    if (got.length === 0 && await shim.fds.waitReadable(lfd, ANSWER_MS)) {
+      got = shim.listeners.acceptBatch(lfd, 1);
+    }
     if (!got[0]) {
       client.close();
       throw new Error("the loopback connection was not accepted");
@@ -229,7 +231,7 @@ export async function checkInject(shim: Shim, listenerFd: number): Promise<void>
   try {
     await client.write(UNACCEPTABLE_HELLO);
     if (!fault("runtime-inject")) { // else: as if the runtime's accept never took it
-      shim.injectPush(listenerFd, fd);
+      shim.inject.push(listenerFd, fd);
       pushed = true;
     }
     const answer = await within(readSome(client, 5), ANSWER_MS, "the HTTPS site did not answer");
@@ -240,7 +242,7 @@ export async function checkInject(shim: Shim, listenerFd: number): Promise<void>
       throw new Error(`the HTTPS site answered with no TLS record (byte ${answer[0]})`);
     }
   } finally {
-    if (!pushed) shim.close(fd);
+    if (!pushed) shim.fds.close(fd);
     closeQuietly(client);
   }
 }
@@ -275,7 +277,7 @@ function underToken(fd: number, site: number): boolean {
  * lane's thread could have (the runtime's accept took it). */
 export async function checkLane(shim: Shim, lane: ExpressLane): Promise<string> {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const lfd = shim.listenerFd(listener.addr);
+  const lfd = shim.listeners.find(listener.addr);
   let joined = false;
   try {
     try {
@@ -292,12 +294,12 @@ export async function checkLane(shim: Shim, lane: ExpressLane): Promise<string> 
     if (site !== null && !underToken(lfd, site)) {
       throw new Error(`the listener is not watched under the site's epoll token (fd ${site})`);
     }
-    if (fault("runtime-lane")) shim.expressStop(lfd); // as if nothing took it
+    if (fault("runtime-lane")) shim.lane.stop(lfd); // as if nothing took it
     return await takenBy(shim, listener, site);
   } finally {
     if (joined) {
       await lane.stopListening(lfd);
-      shim.injectUnregister(lfd);
+      shim.inject.unregister(lfd);
     }
     listener.close();
   }
@@ -317,8 +319,8 @@ async function takenBy(
     conn = await within(accepting, LANE_MS, "the lane took no connection");
     if (conn.remoteAddr.port !== client.localAddr.port) throw new Error("a stranger's connection");
     if (site === null) return "the lane's thread (no HTTPS site)";
-    const fd = internalFd(conn) ?? shim.findFd(conn.localAddr, conn.remoteAddr);
-    const age = shim.expressAgeMs(fd);
+    const fd = internalFd(conn) ?? shim.fds.find(conn.localAddr, conn.remoteAddr);
+    const age = shim.lane.ageMs(fd);
     const tookMs = age === null ? null : performance.now() - age - started;
     if (tookMs !== null && tookMs >= STALL_CHECK_MS) {
       throw new Error(`taken by the lane's thread after ${Math.round(tookMs)} ms, not the runtime`);
@@ -379,7 +381,7 @@ export class RuntimeChecks {
   fd(conn: Deno.TcpConn): ConnFd {
     if (this.#fdVia === "symbol") return connFd(this.#shim, conn);
     if (this.#fdVia === "lookup") {
-      return { fd: this.#shim.findFd(conn.localAddr, conn.remoteAddr), via: "lookup" };
+      return { fd: this.#shim.fds.find(conn.localAddr, conn.remoteAddr), via: "lookup" };
     }
     throw new Error(`no way to find it passed the runtime check (${this.#failed.get("fd")})`);
   }

@@ -110,7 +110,7 @@ export async function supervise(opts: SuperviseOptions): Promise<number> {
         builtins = await startBuiltinServices(config, log, { ...opts.env, LD_PRELOAD: preload });
       }
     } catch (e) {
-      for (const h of held.listeners) shim.close(h.fd);
+      for (const h of held.listeners) shim.fds.close(h.fd);
       console.error(`portmux: cannot start: ${(e as Error).message}`);
       return 1;
     }
@@ -276,7 +276,7 @@ export async function supervise(opts: SuperviseOptions): Promise<number> {
         // before they close (systemd's sockets queue on for the next start).
         for (const h of held.listeners) {
           try {
-            shim.refuseNew(h.fd);
+            shim.listeners.refuseNew(h.fd);
           } catch (e) {
             log.warn("refuse-new-failed", { error: String(e) }); // they close at exit anyway
           }

@@ -243,7 +243,7 @@ export class ConnectionPath {
     }
     const info = header.decision.info;
     try {
-      this.#ctx.shim.consume(conn.fd, info.length);
+      this.#ctx.shim.fds.consume(conn.fd, info.length);
     } catch (e) {
       conn.close();
       p.done("failed", { error: `reading the PROXY header: ${e}` });

@@ -156,7 +156,7 @@ export class ExpressLane {
 
   /** True when the lane can run: the shim preloaded, and not turned off. */
   static usable(shim: Shim, config: Config): boolean {
-    return config.preread.express && shim.interposerActive();
+    return config.preread.express && shim.inject.active();
   }
 
   /** Installs the table for this config (the lane starts with the first). */
@@ -167,7 +167,7 @@ export class ExpressLane {
   ): void {
     const generation = ++this.#generation;
     const table = laneTable(config, generation, sites, serviceIds);
-    this.#shim.expressTable(table);
+    this.#shim.lane.table(table);
     const site = /^site (\d+)/m.exec(table); // the first: place_listeners in c/express_lane.c
     this.#runtimeSite = site ? Number(site[1]) : null;
     this.#configs.set(generation, config);
@@ -186,20 +186,20 @@ export class ExpressLane {
   /** Lets the lane accept this listener's connections; throws if it cannot
    * (the daemon's own accept loop then takes them all, as without it). */
   listen(listenerFd: number): void {
-    this.#shim.expressListen(listenerFd);
+    this.#shim.lane.listen(listenerFd);
   }
 
   /** Lets the daemon see every connection of the listener first (on), or
    * lets the lane decide again (off): a reload may give a listener the
    * PROXY protocol, whose header only the daemon reads. */
   passAll(listenerFd: number, on: boolean): void {
-    this.#shim.expressPassAll(listenerFd, on);
+    this.#shim.lane.passAll(listenerFd, on);
   }
 
   /** Stops accepting on the listener and waits until every connection the
    * lane holds for it got its decision (by its deadline at the latest). */
   async stopListening(listenerFd: number): Promise<void> {
-    while (this.#shim.expressStop(listenerFd) > 0) {
+    while (this.#shim.lane.stop(listenerFd) > 0) {
       await new Promise((r) => setTimeout(r, STOP_POLL_MS));
     }
     this.drain();
@@ -207,13 +207,13 @@ export class ExpressLane {
 
   /** Connections waiting for their first bytes in the lane. */
   get waiting(): number {
-    return this.#shim.expressWaiting();
+    return this.#shim.lane.waiting();
   }
 
   /** For a connection the lane passed to the daemon: ms since the lane
    * accepted it (null for others). */
   ageMs(fd: number): number | null {
-    return this.#shim.expressAgeMs(fd);
+    return this.#shim.lane.ageMs(fd);
   }
 
   #tick(): void {
@@ -226,7 +226,7 @@ export class ExpressLane {
   drain(): number {
     let reported = 0;
     for (;;) {
-      const { events, dropped } = this.#shim.expressEvents();
+      const { events, dropped } = this.#shim.lane.events();
       if (dropped > 0) {
         this.#report({
           level: "error",

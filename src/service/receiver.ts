@@ -55,11 +55,11 @@ export async function serveHandoffs(
   const given = new Given(onConnection);
   let receiver: HandoffReceiver;
   try {
-    receiver = shim.interposerActive()
+    receiver = shim.inject.active()
       ? await acceptInRuntime(shim, unixFd, senderUid, given, problem)
       : readInJavaScript(shim, unixFd, senderUid, given, problem);
   } catch (e) {
-    shim.close(unixFd);
+    shim.fds.close(unixFd);
     removeIfOurs(path, ours);
     throw e;
   }
@@ -76,7 +76,7 @@ export async function serveHandoffs(
 
 function listenAt(shim: Shim, path: string): number {
   try {
-    return shim.unixListen(path);
+    return shim.channels.listen(path);
   } catch (e) {
     if (e instanceof ShimError && e.code === "EADDRINUSE") {
       throw new Error(
@@ -158,7 +158,7 @@ async function acceptInRuntime(
   let listener = -1;
   const server = net.createServer((socket) => {
     if (given.closed) return socket.destroy();
-    const text = shim.receiverTake(listener, socket.remotePort ?? 0);
+    const text = shim.receiver.take(listener, socket.remotePort ?? 0);
     let record: HandoffRecord | null = null;
     try {
       if (text === null) throw new Error("a connection came without its record");
@@ -176,12 +176,12 @@ async function acceptInRuntime(
   });
   const port = (server.address() as net.AddressInfo).port;
   try {
-    listener = shim.receiverOpen(port, unixFd, senderUid);
+    listener = shim.receiver.open(port, unixFd, senderUid);
   } catch (e) {
     server.close();
     throw e;
   }
-  const tell = () => shim.receiverProblems(listener).forEach(problem);
+  const tell = () => shim.receiver.problems(listener).forEach(problem);
   const timer = setInterval(tell, PROBLEMS_MS);
   Deno.unrefTimer(timer);
   return {
@@ -190,7 +190,7 @@ async function acceptInRuntime(
       clearInterval(timer);
       tell();
       // The Unix socket, the channels and the clients not accepted yet.
-      shim.receiverClose(listener);
+      shim.receiver.close(listener);
       // Not waiting for its connections (its close callback would): the
       // adopted ones are the service's, and stay open.
       server.close();
@@ -215,24 +215,24 @@ function readInJavaScript(
   const readers = new Set<Promise<void>>();
   const deliver = (fd: number, record: HandoffRecord) =>
     closed // onConnection itself may have closed the receiver
-      ? shim.close(fd)
+      ? shim.fds.close(fd)
       : given.give(
         record,
         () => new net.Socket({ fd, readable: true, writable: true }),
-        () => shim.close(fd),
+        () => shim.fds.close(fd),
       );
   const takeChannel = (channel: number) => {
     let peer: { uid: number; pid: number };
     try {
       if (closed) throw new Error("closing");
-      peer = shim.peerCred(channel);
+      peer = shim.channels.peerCred(channel);
     } catch {
-      shim.close(channel);
+      shim.fds.close(channel);
       return;
     }
     if (senderUid >= 0 && peer.uid !== senderUid) {
       problem(`refused a channel from uid ${peer.uid} (pid ${peer.pid})`);
-      shim.close(channel); // only the daemon's user may hand us sockets
+      shim.fds.close(channel); // only the daemon's user may hand us sockets
       return;
     }
     channels.add(channel);
@@ -253,7 +253,7 @@ function readInJavaScript(
       while (!closed) {
         let channel: number;
         try {
-          channel = await shim.accept(unixFd);
+          channel = await shim.channels.accept(unixFd);
         } catch (e) {
           if (closed || !(e instanceof ShimError) || FATAL_ACCEPT.has(e.code)) throw e;
           if (e.code === "EINTR" || e.code === "ECONNABORTED") continue;
@@ -266,7 +266,7 @@ function readInJavaScript(
       }
     } finally {
       listening = false;
-      shim.close(unixFd);
+      shim.fds.close(unixFd);
     }
   })().catch((e) => closed || problem(`accepting channels stopped: ${e}`));
   return {
@@ -274,8 +274,8 @@ function readInJavaScript(
     async close() {
       closed = true;
       // The pending accept and every channel's reader return, and close.
-      if (listening) shim.shutdown(unixFd);
-      for (const channel of channels) shim.shutdown(channel);
+      if (listening) shim.fds.shutdown(unixFd);
+      for (const channel of channels) shim.fds.shutdown(channel);
       await accepting;
       await Promise.all(readers);
       given.close();
@@ -303,23 +303,23 @@ async function readChannel(
   const records = new RecordAssembler();
   try {
     while (!closed()) {
-      const got = shim.channelRecv(channel, buf, fds);
+      const got = shim.channels.recv(channel, buf, fds);
       if (got === null) {
-        await shim.waitReadable(channel, WAIT_MS);
+        await shim.fds.waitReadable(channel, WAIT_MS);
         continue;
       }
       if (got.count === 0) break; // the daemon closed the channel
       for (const r of records.push(buf.subarray(0, got.count), got.fds, got.truncated)) {
         if (r.fd !== null) deliver(r.fd, r.record);
         else {
-          if (r.discard !== undefined) shim.close(r.discard);
+          if (r.discard !== undefined) shim.fds.close(r.discard);
           problem(`handoff dropped: ${r.problem}`);
         }
       }
     }
   } finally {
-    for (const fd of records.leftoverFds()) shim.close(fd); // never leak an fd
+    for (const fd of records.leftoverFds()) shim.fds.close(fd); // never leak an fd
     channels.delete(channel);
-    shim.close(channel);
+    shim.fds.close(channel);
   }
 }

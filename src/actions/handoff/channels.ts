@@ -140,7 +140,7 @@ export class ServiceChannels {
     const deadline = started + waitMs;
     for (;;) {
       const n = this.#instances.length;
-      const laneNext = this.shim.expressNextInstance(this.id);
+      const laneNext = this.shim.lane.nextInstance(this.id);
       if (laneNext >= 0) this.#next = laneNext; // one round robin with the express lane
       for (let k = 0; k < n; k++) {
         const inst = this.#instances[(this.#next + k) % n]!;
@@ -184,7 +184,7 @@ export class ServiceChannels {
     if (inst.tail && !this.#flushTail(inst)) return false;
     let sent: number;
     try {
-      sent = this.shim.channelSend(inst.chan!, fd, record);
+      sent = this.shim.channels.send(inst.chan!, fd, record);
     } catch (e) {
       // Broken channel (the service restarted or went away): nothing was
       // sent. Reopen at once; it may be back on a new socket already.
@@ -192,7 +192,7 @@ export class ServiceChannels {
       this.#markDown(inst, `channel broke (${(e as ShimError).code ?? e})`, true);
       if (!this.#open(inst)) return false;
       try {
-        sent = this.shim.channelSend(inst.chan!, fd, record);
+        sent = this.shim.channels.send(inst.chan!, fd, record);
       } catch (e2) {
         this.#closeChannel(inst);
         this.#markDown(inst, `channel broke (${(e2 as ShimError).code ?? e2})`);
@@ -223,7 +223,7 @@ export class ServiceChannels {
     if (inst.chan === null) return;
     let unread: number;
     try {
-      unread = this.shim.unread(inst.chan);
+      unread = this.shim.channels.unread(inst.chan);
     } catch {
       return; // broken: the next send or maintain() finds it
     }
@@ -252,7 +252,7 @@ export class ServiceChannels {
   /** How many clients wait unread in inst's channel. */
   #queued(inst: Instance): number {
     try {
-      return inst.chan === null ? 0 : this.shim.channelQueued(inst.chan);
+      return inst.chan === null ? 0 : this.shim.channels.queued(inst.chan);
     } catch {
       return 0;
     }
@@ -329,7 +329,7 @@ export class ServiceChannels {
     while (inst.tail) {
       let n: number;
       try {
-        n = this.shim.channelSend(inst.chan!, -1, inst.tail);
+        n = this.shim.channels.send(inst.chan!, -1, inst.tail);
       } catch (e) {
         // The service got a record cut short; its receiver drops it and
         // closes the fd (docs/handoff.md). The channel is gone.
@@ -368,7 +368,7 @@ export class ServiceChannels {
       }
     }
     try {
-      inst.chan = this.shim.channelOpen(inst.socket, {
+      inst.chan = this.shim.channels.open(inst.socket, {
         uid: this.service.uid,
         gid: this.service.gid,
         pid,
@@ -415,7 +415,7 @@ export class ServiceChannels {
       const inst = this.#instances[k]!;
       if (inst.chan !== null && !inst.tail && inst.stalledAt === null) usable.push([inst.chan, k]);
     }
-    this.shim.expressChannels(this.id, usable);
+    this.shim.lane.channels(this.id, usable);
   }
 
   /** Closes inst's channel; with cut, ends the clients its service has
@@ -428,7 +428,7 @@ export class ServiceChannels {
     inst.chan = null;
     this.#publish(); // before the number can be reused
     try {
-      return this.shim.channelClose(chan, cut);
+      return this.shim.channels.close(chan, cut);
     } catch {
       return 0; // gone
     }
@@ -447,7 +447,7 @@ export class ServiceChannels {
       if (inst.chan !== null) {
         let ended = false;
         try {
-          ended = this.shim.peek(inst.chan, this.#probe)?.length === 0;
+          ended = this.shim.fds.peek(inst.chan, this.#probe)?.length === 0;
         } catch {
           ended = true;
         }

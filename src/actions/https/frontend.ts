@@ -169,7 +169,7 @@ export class HttpsFrontend {
     this.#shim = opts.shim;
     this.#log = opts.log;
     this.#accessLog = opts.accessLog;
-    this.#inject = opts.shim.interposerActive() && injectionBroken === null;
+    this.#inject = opts.shim.inject.active() && injectionBroken === null;
     this.#server = this.#serve();
     this.#listenerFd = this.#register(this.#server);
   }
@@ -178,7 +178,7 @@ export class HttpsFrontend {
    * site's server fails, as nothing else makes it on loopback. */
   armAcceptFault(): void {
     if (this.#listenerFd !== null && fault("https-accept")) {
-      this.#shim.injectFailNext(this.#listenerFd);
+      this.#shim.inject.failNext(this.#listenerFd);
     }
   }
 
@@ -217,7 +217,7 @@ export class HttpsFrontend {
       : `injection failed its runtime check (${injectionBroken})`;
     if (this.#inject) {
       try {
-        const fd = this.#shim.injectRegister(port);
+        const fd = this.#shim.inject.register(port);
         this.#log.info("https-ready", { delivery: "inject", internal_port: port });
         return fd;
       } catch (e) { // no doorbell: the runtime does not watch the listener where we can ring
@@ -243,7 +243,7 @@ export class HttpsFrontend {
     this.#opts.metrics.inc("portmux_https_site_down_total", { site: this.#opts.site });
     this.#log.error("https-site-down", { site: this.#opts.site, error: this.#down });
     if (this.#listenerFd !== null) { // its listener is closed: nothing is queued there any more
-      const dropped = this.#shim.injectUnregister(this.#listenerFd, true);
+      const dropped = this.#shim.inject.unregister(this.#listenerFd, true);
       if (dropped) {
         this.#log.warn("https-queue-dropped", { site: this.#opts.site, connections: dropped });
       }
@@ -389,9 +389,9 @@ export class HttpsFrontend {
     }
     const owned = conn.detach();
     try {
-      this.#shim.injectPush(this.#listenerFd, owned);
+      this.#shim.inject.push(this.#listenerFd, owned);
     } catch (e) {
-      this.#shim.close(owned);
+      this.#shim.fds.close(owned);
       throw e;
     }
   }
@@ -430,7 +430,7 @@ export class HttpsFrontend {
   async #stop(): Promise<void> {
     clearTimeout(this.#retry);
     if (this.#listenerFd !== null) {
-      const dropped = this.#shim.injectUnregister(this.#listenerFd);
+      const dropped = this.#shim.inject.unregister(this.#listenerFd);
       if (dropped) this.#log.warn("https-queue-dropped", { connections: dropped });
     }
     await this.#server.shutdown();

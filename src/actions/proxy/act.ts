@@ -30,7 +30,7 @@ export async function proxy(
   try {
     own = conn.detach();
   } catch (e) {
-    ctx.shim.close(server);
+    ctx.shim.fds.close(server);
     throw new Error(`taking over the client socket: ${e}`);
   }
   c.done("proxied", { upstream: target });

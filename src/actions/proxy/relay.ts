@@ -20,10 +20,10 @@ let watching: Promise<void> | null = null;
  * here, whatever happens; the promise ends with it. */
 export function relay(shim: Shim, a: number, b: number): Promise<RelayEnd> {
   try {
-    return ended(shim, shim.relayStart(a, b));
+    return ended(shim, shim.relay.start(a, b));
   } catch (e) {
-    shim.close(a);
-    shim.close(b);
+    shim.fds.close(a);
+    shim.fds.close(b);
     return Promise.reject(e);
   }
 }
@@ -38,9 +38,9 @@ export function relayToLoopback(
 ): { localPort: number; ended: Promise<RelayEnd> } {
   let started: { id: number; localPort: number };
   try {
-    started = shim.relayToLoopback(a, port);
+    started = shim.relay.toLoopback(a, port);
   } catch (e) {
-    shim.close(a);
+    shim.fds.close(a);
     throw e;
   }
   return { localPort: started.localPort, ended: ended(shim, started.id) };
@@ -56,7 +56,7 @@ async function watch(shim: Shim): Promise<void> {
   const out = new BigInt64Array(4 * REPORTS);
   try {
     while (waiting.size > 0) {
-      const ends = await shim.relayWait(out, WAIT_MS);
+      const ends = await shim.relay.wait(out, WAIT_MS);
       for (const end of ends) {
         waiting.get(end.id)?.(end);
         waiting.delete(end.id);
