@@ -536,3 +536,20 @@ Deno.test("senderUid must be a uid: serve() throws a TypeError and leaves no soc
   await receiver.close();
   assert.throws(() => Deno.lstatSync(path), Deno.errors.NotFound, "close removed it");
 });
+
+Deno.test("the SDK's documentation: every export documented (deno doc --lint), and every example in it type-checks and runs", async () => {
+  const files = ["src/service/mod.ts", "src/actions/handoff/record.ts", "src/net/address.ts"];
+  const lint = await new Deno.Command(Deno.execPath(), {
+    args: ["doc", "--lint", "src/service/mod.ts"],
+    cwd: ROOT,
+  }).output();
+  assert.equal(lint.code, 0, new TextDecoder().decode(lint.stderr));
+  const examples = await new Deno.Command(Deno.execPath(), {
+    args: ["test", "--doc", "-A", ...files],
+    cwd: ROOT,
+    env: { NO_COLOR: "1" },
+  }).output();
+  const out = new TextDecoder().decode(examples.stdout) + new TextDecoder().decode(examples.stderr);
+  assert.equal(examples.code, 0, out);
+  assert.match(out, /ok \| [1-9]\d* passed/);
+});

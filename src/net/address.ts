@@ -1,7 +1,25 @@
 /** Helpers for the TCP addresses Deno reports. */
 
+/**
+ * An address and TCP port, as the record gives them.
+ *
+ * @example
+ * ```ts
+ * import type { Address } from "@portmux/portmux/service";
+ *
+ * const where: Address = { address: "2001:db8::7", port: 50412 };
+ * const text = where.address.includes(":")
+ *   ? `[${where.address}]:${where.port}`
+ *   : `${where.address}:${where.port}`;
+ * console.log(text); // [2001:db8::7]:50412
+ * ```
+ */
 export interface Address {
+  /** IPv4 dotted (`203.0.113.9`) or IPv6 without brackets
+   * (`2001:db8::7`). A dual-stack listener's IPv4 clients are given as
+   * IPv4, not as `::ffff:203.0.113.9`. */
   readonly address: string;
+  /** The TCP port. */
   readonly port: number;
 }
 

@@ -48,9 +48,12 @@
  * @module
  */
 import type net from "node:net";
-import type { HandoffRecord as WireRecord } from "../actions/handoff/record.ts";
+import type { HandoffRecord } from "../actions/handoff/record.ts";
 import { loadShim } from "./load_shim.ts";
 import { serveHandoffs } from "./receiver.ts";
+
+export type { HandoffRecord } from "../actions/handoff/record.ts";
+export type { Address } from "../net/address.ts";
 
 /**
  * Listens on a Unix socket at `path` and calls `onConnection` with each
@@ -99,66 +102,6 @@ export async function serve(
   opts: ReceiverOptions = {},
 ): Promise<HandoffReceiver> {
   return serveHandoffs(await loadShim(), path, onConnection, opts);
-}
-
-/**
- * An address and TCP port, as the record gives them.
- *
- * @example
- * ```ts
- * import type { Address } from "./mod.ts";
- *
- * const where: Address = { address: "2001:db8::7", port: 50412 };
- * const text = where.address.includes(":")
- *   ? `[${where.address}]:${where.port}`
- *   : `${where.address}:${where.port}`;
- * console.log(text); // [2001:db8::7]:50412
- * ```
- */
-export interface Address {
-  /** IPv4 dotted (`203.0.113.9`) or IPv6 without brackets
-   * (`2001:db8::7`). A dual-stack listener's IPv4 clients are given as
-   * IPv4, not as `::ffff:203.0.113.9`. */
-  readonly address: string;
-  /** The TCP port. */
-  readonly port: number;
-}
-
-/**
- * What portmux sends with each client: one JSON line (docs/handoff.md),
- * parsed and checked. Fields portmux adds later within version 1 may be
- * present too; ignore them.
- *
- * @example Who the client is, and why it came here
- * ```ts
- * import type { HandoffRecord } from "./mod.ts";
- *
- * const record: HandoffRecord = {
- *   v: 1,
- *   route: "kv",
- *   service: "kv",
- *   client: { address: "203.0.113.9", port: 50412 },
- *   local: { address: "192.0.2.1", port: 443 },
- *   peeked: 4,
- * };
- * console.log(`${record.client.address} came to port ${record.local.port}, route ${record.route}`);
- * ```
- */
-export interface HandoffRecord {
-  /** The contract's version: 1. */
-  readonly v: 1;
-  /** The name of the route that matched the client (portmux's config). */
-  readonly route: string;
-  /** The name of this service in portmux's config. */
-  readonly service: string;
-  /** The client's address and port: who connected (the socket's
-   * `remoteAddress` and `remotePort` say the same). */
-  readonly client: Address;
-  /** The address and port the client connected to (portmux's listener). */
-  readonly local: Address;
-  /** How many of the client's first bytes portmux looked at to choose the
-   * route. Nothing was consumed: the socket gives them first. */
-  readonly peeked: number;
 }
 
 /**
@@ -268,11 +211,3 @@ export interface HandoffReceiver {
    */
   close(): Promise<void>;
 }
-
-/** True when A and B are the same type. */
-type Same<A, B> = [A] extends [B] ? [B] extends [A] ? true : false : false;
-/** The record documented here is the daemon's (src/actions/handoff/
- * record.ts): a change to one that the other does not follow fails the
- * type check. */
-const _sameRecord: Same<HandoffRecord, WireRecord> = true;
-void _sameRecord;

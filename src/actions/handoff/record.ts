@@ -4,15 +4,40 @@
  */
 import type { Address } from "../../net/address.ts";
 
-/** The record sent with each fd: one JSON object and a newline. */
+/**
+ * What portmux sends with each client: one JSON line (docs/handoff.md),
+ * parsed and checked. Fields portmux adds later within version 1 may be
+ * present too; ignore them.
+ *
+ * @example Who the client is, and why it came here
+ * ```ts
+ * import type { HandoffRecord } from "@portmux/portmux/service";
+ *
+ * const record: HandoffRecord = {
+ *   v: 1,
+ *   route: "kv",
+ *   service: "kv",
+ *   client: { address: "203.0.113.9", port: 50412 },
+ *   local: { address: "192.0.2.1", port: 443 },
+ *   peeked: 4,
+ * };
+ * console.log(`${record.client.address} came to port ${record.local.port}, route ${record.route}`);
+ * ```
+ */
 export interface HandoffRecord {
-  /** Contract version. */
+  /** The contract's version: 1. */
   readonly v: 1;
+  /** The name of the route that matched the client (portmux's config). */
   readonly route: string;
+  /** The name of this service in portmux's config. */
   readonly service: string;
+  /** The client's address and port: who connected (the socket's
+   * `remoteAddress` and `remotePort` say the same). */
   readonly client: Address;
+  /** The address and port the client connected to (portmux's listener). */
   readonly local: Address;
-  /** Bytes the daemon peeked; they are still unread in the socket. */
+  /** How many of the client's first bytes portmux looked at to choose the
+   * route. Nothing was consumed: the socket gives them first. */
   readonly peeked: number;
 }
 
