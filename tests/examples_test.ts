@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { $, startDaemon, type TestDaemon } from "./helpers/daemon.ts";
+import { $, freePort, startDaemon, type TestDaemon } from "./helpers/daemon.ts";
 import { enc, readAtLeast, writeAll } from "./helpers/client.ts";
 import { readLines } from "./helpers/lines.ts";
 
@@ -208,6 +208,17 @@ async function drive(d: TestDaemon, service: Service): Promise<void> {
   }
 }
 
+/** The config docs/service-authors.md has a newcomer write, with this
+ * test's socket and free ports: the walk-through is tested as written. */
+function walkThroughConfig(socket: string): string {
+  const doc = Deno.readTextFileSync(new URL("../docs/service-authors.md", import.meta.url));
+  const written = /cat > \/tmp\/kv\/portmux\.yaml <<'EOF'\n([\s\S]*?)\nEOF/.exec(doc)?.[1];
+  assert.ok(written, "docs/service-authors.md has the walk-through's config");
+  return written.replaceAll("/tmp/kv/kv.sock", socket)
+    .replace("port: 8443", "port: 0")
+    .replace("port: 9090", `port: ${freePort()}`);
+}
+
 for (const example of EXAMPLE_LIST) {
   Deno.test(`examples/${example.name}: builds, and serves KV1 clients the daemon hands it`, async () => {
     const dir = await Deno.makeTempDir({ prefix: `portmux-example-${example.name}-` });
@@ -224,11 +235,7 @@ for (const example of EXAMPLE_LIST) {
       );
       d = await startDaemon({
         dataDir: dir,
-        config: `
-listen: [{ address: 127.0.0.1, port: 0 }]
-services: { kv: { socket: ${JSON.stringify(socket)} } }
-routes: [{ name: kv, match: { prefix: "KV1" }, action: handoff, service: kv }]
-`,
+        config: walkThroughConfig(socket),
       });
       await drive(d, service);
       await d.stop();
