@@ -227,7 +227,9 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 print(s.getsockname()[1]); sys.stdout.flush()
 s.close()
 `;
-    const port = Number(await $`python3 -c ${script}`.text());
+    const client = await $`python3 -c ${script}`;
+    const port = Number(client.stdout);
+    assert.ok(client.code === 0 && port > 0, `the Python client failed: ${client.stderr}`);
     const line = await d.connection(port);
     assert.equal(line.outcome, "closed");
     assert.equal(line.reason, "eof");

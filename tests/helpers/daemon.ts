@@ -188,7 +188,8 @@ function withoutShim(): string {
 
 /** dax's `$` for the tests' short commands: stdin closed, stdout and stderr
  * captured, a failing exit code returned (`code`, for the test to assert
- * on), not thrown. */
+ * on), not thrown. npm dax reports a death by a signal as code 0: where a
+ * crash must fail a test, check the output too, or use Deno.Command. */
 export const $ = build$({ commandBuilder: (b) => b.stdin("null").quiet().noThrow() });
 
 /** The status code curl gets for GET https://127.0.0.1:port/ (a new TLS
