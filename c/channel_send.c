@@ -59,7 +59,7 @@ static struct channel channels[MAX_CHANNELS];
 static int channel_count;
 static int watch_ep = -1; /* the watcher's epoll set, made with the thread */
 static int bell = -1;     /* in watch_ep: copies to close, or a channel crowded */
-static int polling;       /* the watcher looks every CROWDED_MS */
+static int polling;       /* the watcher looks every CROWDED_MS (read outside the lock) */
 static int *closing;      /* copies let go, for the watcher to close */
 static int closing_count, closing_cap;
 
@@ -123,11 +123,32 @@ static void reap(struct channel *c) {
 /* Over a quarter of its buffer unread: the kernel will not wake us. */
 static int crowded(const struct channel *c) { return c->cost * 4 > c->sndbuf; }
 
+static void *close_lingering(void *fd) {
+  close((int)(intptr_t)fd);
+  return NULL;
+}
+
+/* Closes a copy; one whose close may wait (SO_LINGER set by the service:
+ * the last close of a connection with data unsent waits up to the linger
+ * time) on a thread of its own, so that the others are not held behind. */
+static void close_copy(int fd) {
+  struct linger l = {0};
+  socklen_t len = sizeof l;
+  pthread_t t;
+  if (getsockopt(fd, SOL_SOCKET, SO_LINGER, &l, &len) == 0 && l.l_onoff && l.l_linger > 0 &&
+      pthread_create(&t, NULL, close_lingering, (void *)(intptr_t)fd) == 0) {
+    pthread_detach(t);
+    return;
+  }
+  close(fd);
+}
+
 static void *watch(void *arg) {
   (void)arg;
   struct epoll_event evs[64];
   for (;;) {
-    int n = epoll_wait(watch_ep, evs, 64, polling ? CROWDED_MS : -1);
+    int wait_ms = __atomic_load_n(&polling, __ATOMIC_RELAXED) ? CROWDED_MS : -1;
+    int n = epoll_wait(watch_ep, evs, 64, wait_ms);
     pthread_mutex_lock(&lock);
     for (int i = 0; i < n; i++) {
       if (evs[i].data.fd == bell) {
@@ -138,15 +159,16 @@ static void *watch(void *arg) {
       struct channel *c = find(evs[i].data.fd); /* a closed channel is no longer found */
       if (c) reap(c);
     }
-    polling = 0;
+    int crowd = 0;
     for (int i = 0; i < channel_count; i++) {
       if (crowded(&channels[i])) reap(&channels[i]);
-      polling |= crowded(&channels[i]);
+      crowd |= crowded(&channels[i]);
     }
+    __atomic_store_n(&polling, crowd, __ATOMIC_RELAXED);
     int *batch = closing, count = closing_count;
     closing = NULL, closing_count = closing_cap = 0;
     pthread_mutex_unlock(&lock);
-    for (int i = 0; i < count; i++) close(batch[i]);
+    for (int i = 0; i < count; i++) close_copy(batch[i]);
     free(batch);
     /* Reads that come meanwhile wait for the next round: under load one
      * wakeup serves many, and a copy is let go at most a millisecond late. */
@@ -232,8 +254,8 @@ PM_EXPORT int pm_channel_send(int chan, int fd, const uint8_t *payload, int len)
     int copy = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
     if (!c || push(c, copy, cost_of(sent)) < 0) {
       if (copy >= 0) close(copy); /* the service has the client still: no end */
-    } else if (!polling && crowded(c)) {
-      polling = 1;
+    } else if (!__atomic_load_n(&polling, __ATOMIC_RELAXED) && crowded(c)) {
+      __atomic_store_n(&polling, 1, __ATOMIC_RELAXED);
       ring_bell(); /* the kernel will not wake the watcher for this one */
     }
   }

@@ -459,7 +459,7 @@ PM_EXPORT int pm_inject_unregister(int listener_fd, int only_if_gone) {
   lane_site_gone(listener_fd); /* first: it takes the lane's lock, then ours */
   pthread_mutex_lock(&inject_lock);
   struct injected_listener *l = find_listener(listener_fd);
-  if (l) closed = remove_locked(l);
+  if (l && !(only_if_gone && live_listener(listener_fd))) closed = remove_locked(l);
   pthread_mutex_unlock(&inject_lock);
   return closed;
 }

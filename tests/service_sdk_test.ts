@@ -326,6 +326,40 @@ for (const preload of [false, true]) {
     }
   });
 
+  Deno.test(`${way}: a client that resets before the service adopts it does not end the service`, async () => {
+    const dir = await Deno.makeTempDir({ prefix: "portmux-sdk-reset-" });
+    const socket = join(dir, "kv.sock");
+    const svc = await startProbe(dir, socket, { preload });
+    const spare = startSpare();
+    const d = await daemonFor(dir, socket, spare.port, 3000);
+    try {
+      // Held (never adopted), then reset: SO_LINGER 0, a Python client.
+      const script = `
+import socket, struct, sys, time
+s = socket.create_connection(("127.0.0.1", ${d.port}))
+s.sendall(b"HOLD me")
+sys.stdin.readline()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+`;
+      const resetter = new Deno.Command("python3", { args: ["-c", script], stdin: "piped" })
+        .spawn();
+      await svc.waitFor((e) => e.event === "held", "the held client");
+      const go = resetter.stdin.getWriter();
+      await go.write(enc.encode("\n"));
+      await go.close();
+      assert.equal((await resetter.status).code, 0);
+      await new Promise((r) => setTimeout(r, 300)); // the reset reaches the service
+      const c = await connect(d, "KV1 still\n");
+      assert.equal(await readAtLeast(c, 17), "first: KV1 still\n", "the service still serves");
+      c.close();
+    } finally {
+      await d.stop();
+      await svc.stop();
+      await spare.stop();
+    }
+  });
+
   Deno.test(`${way}: close() with clients live and records unread removes the socket file, keeps adopted clients, closes the rest, and leaves no fd open`, async () => {
     const dir = await Deno.makeTempDir({ prefix: "portmux-sdk-close-" });
     const socket = join(dir, "kv.sock");

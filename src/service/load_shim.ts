@@ -74,7 +74,11 @@ export async function loadShim(): Promise<Shim> {
       );
     }
     // Older than its sources and not rebuildable here (no compiler, a
-    // checkout we may not write): the loader says if it does not fit.
+    // checkout we may not write): used as it is, but said.
+    console.warn(
+      `portmux: the shim at ${own.path} is older than its sources and could not be rebuilt ` +
+        `(${brief((e as Error).message)}); using it as it is. Rebuild it: ${buildCommand()}`,
+    );
   }
   return open(own.path, `the portmux shim at ${own.path}`, [
     `rebuild it: ${buildCommand()}`,

@@ -168,7 +168,14 @@ async function acceptInRuntime(
       socket.destroy();
       return;
     }
-    given.give(record, () => socket, () => socket.destroy());
+    // Until the service adopts it, a reset must not be an error nobody
+    // listens to (that would end the service's process).
+    const early = () => socket.destroy();
+    socket.on("error", early);
+    given.give(record, () => {
+      socket.off("error", early);
+      return socket;
+    }, () => socket.destroy());
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -188,13 +195,18 @@ async function acceptInRuntime(
     port,
     close() {
       clearInterval(timer);
-      tell();
-      // The Unix socket, the channels and the clients not accepted yet.
-      shim.receiver.close(listener);
-      // Not waiting for its connections (its close callback would): the
-      // adopted ones are the service's, and stay open.
-      server.close();
-      given.close();
+      try {
+        tell();
+        // The Unix socket, the channels and the clients not accepted yet.
+        shim.receiver.close(listener);
+      } catch (e) {
+        return Promise.reject(e);
+      } finally {
+        // Not waiting for its connections (its close callback would): the
+        // adopted ones are the service's, and stay open.
+        server.close();
+        given.close();
+      }
       return Promise.resolve();
     },
   };
