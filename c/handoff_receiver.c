@@ -307,7 +307,7 @@ int receiver_accept(int listener, struct sockaddr *addr, socklen_t *addrlen, int
   return r != NULL;
 }
 
-/* ---------- for the service (ffi/shim.ts) ---------- */
+/* ---------- for the service (ffi/receiver.ts) ---------- */
 
 /* Makes the listener on 127.0.0.1:port (or [::1]:port) the receiver of the
  * channels that connect to unix_fd (a listening Unix socket, which the

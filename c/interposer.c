@@ -215,7 +215,7 @@ static int deliver_queued(int fd, struct sockaddr *addr, socklen_t *addrlen, int
                           int say_gone) {
   for (;;) {
     pthread_mutex_lock(&inject_lock);
-    struct injected_listener *l = live_listener(fd);
+    struct injected_listener *l = find_listener(fd); /* its identity checked by pm_accept4 */
     int q = l ? pop_locked(l) : -1;
     pthread_mutex_unlock(&inject_lock);
     if (q < 0) {
@@ -367,6 +367,11 @@ static int doorbell_for(int listener_fd) {
   return efd;
 }
 
+static void add_locked(int fd, int efd, int express) {
+  listeners[listener_count++] =
+      (struct injected_listener){.fd = fd, .ino = socket_ino(fd), .efd = efd, .express = express};
+}
+
 /* Registers the internal listener on 127.0.0.1:port (or [::1]:port) for
  * injection. Returns its fd; -ENOENT when the runtime does not watch it
  * where its doorbell could ring (the caller bridges instead). */
@@ -379,9 +384,7 @@ PM_EXPORT int pm_inject_register(int port) {
     int efd = listener_count == MAX_LISTENERS ? -1 : doorbell_for(found);
     if (listener_count == MAX_LISTENERS) found = -ENOSPC;
     else if (efd < 0) found = -ENOENT;
-    else
-      listeners[listener_count++] =
-          (struct injected_listener){.fd = found, .ino = socket_ino(found), .efd = efd};
+    else add_locked(found, efd, 0);
   }
   pthread_mutex_unlock(&inject_lock);
   return found;
@@ -402,8 +405,7 @@ int inject_register_express(int listener_fd) {
       if (efd >= 0) close(efd);
       rc = -ENOENT;
     } else {
-      listeners[listener_count++] = (struct injected_listener){
-          .fd = listener_fd, .ino = socket_ino(listener_fd), .efd = efd, .express = 1};
+      add_locked(listener_fd, efd, 1);
     }
   }
   pthread_mutex_unlock(&inject_lock);

@@ -139,7 +139,7 @@ enum outcome {
   O_ACCEPT_RECOVERED
 };
 
-/* Layout read by ffi/shim.ts (expressEvents). */
+/* Layout read by ffi/lane_records.ts (readExpressEvent). */
 struct event {
   int32_t outcome, route, target, peeked;
   int32_t client_port, local_port, error, has_sni;

@@ -3,7 +3,7 @@
  * connection (and with its listeners), kept for the daemon, which reads
  * them in batches to log each connection's line and count it. The lane
  * holds the ring, under its lock; the record's layout is checked by
- * ffi/shim.ts at load.
+ * ffi/lane.ts at load.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -46,7 +46,7 @@ int take_events(struct event_ring *r, uint8_t *out, int max, int32_t *dropped) {
 
 PM_EXPORT int pm_express_event_size(void) { return (int)sizeof(struct event); }
 
-/* The event record's layout, for ffi/shim.ts to check its own against at
+/* The event record's layout, for ffi/lane.ts to check its own against at
  * load (one contract, read mechanically): the offset of each field in this
  * order, then the size. Returns how many numbers it wrote. */
 PM_EXPORT int pm_express_event_layout(int32_t *out, int max) {

@@ -127,7 +127,7 @@ struct table *parse_table(const char *text, int *rc) {
 }
 
 /* The table's capacities, for the table compiler (src/route/express_lane.ts,
- * through ffi/shim.ts) to check its own against at load: rules, names per
+ * through ffi/lane.ts) to check its own against at load: rules, names per
  * condition, bytes per name or prefix (without the ending 0), sites, bytes
  * of a record's head. Returns how many numbers it wrote. */
 PM_EXPORT int pm_express_table_limits(int32_t *out, int max) {

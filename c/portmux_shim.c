@@ -6,7 +6,7 @@
  * connections that have not sent bytes yet. What reaches into the
  * runtime's internals (its epoll sets, its accept4) is in interposer.c;
  * sending clients on a channel in channel_send.c; the express lane in
- * express_lane.c; the relay in relay.c; a service's receiving side in
+ * express_lane.c and lane_*.c; the relay in relay.c; a service's receiving side in
  * handoff_receiver.c.
  *
  * The library is loaded two ways, and both reach the same instance: with

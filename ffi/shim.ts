@@ -42,12 +42,13 @@ const SYMBOLS = {
 /** Where the library is: PORTMUX_SHIM, else the copy named in LD_PRELOAD
  * (so dlopen reaches the preloaded instance), else the build folder. */
 export function shimPath(): string {
-  const fromEnv = Deno.env.get("PORTMUX_SHIM");
-  if (fromEnv) return fromEnv;
-  const preloaded = (Deno.env.get("LD_PRELOAD") ?? "").split(/[: ]/)
-    .find((p) => p.endsWith("/libportmux.so"));
-  if (preloaded) return preloaded;
-  return new URL("../build/libportmux.so", import.meta.url).pathname;
+  return Deno.env.get("PORTMUX_SHIM") || preloadedShim() ||
+    new URL("../build/libportmux.so", import.meta.url).pathname;
+}
+
+/** The shim named in LD_PRELOAD, if any. */
+export function preloadedShim(): string | undefined {
+  return (Deno.env.get("LD_PRELOAD") ?? "").split(/[: ]/).find((p) => p.endsWith("/libportmux.so"));
 }
 
 /** The loaded shim, its functions in groups; each method throws ShimError

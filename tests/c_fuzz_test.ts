@@ -9,7 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { SHIM_SOURCES } from "../src/build_shim.ts";
-import { $ } from "./helpers/daemon.ts";
+import { $, runToEnd } from "./helpers/daemon.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const FIXTURES = `${ROOT}tests/fixtures/tls/`;
@@ -70,16 +70,9 @@ Deno.test("the C parsers under ASan and UBSan: every truncation, 100,000 mutatio
     .filter((name) => name.endsWith(".bin")).sort().map((name) => FIXTURES + name);
   assert.ok(fixtures.length >= 7, `hello fixtures: ${fixtures.length}`);
 
-  // Deno.Command, not dax: a sanitizer's abort (a leak found at exit, after
-  // the summary) must fail the test, and npm dax reports a death by a
-  // signal as exit code 0.
-  const run = await new Deno.Command(harness, {
-    args: ["--crash-dir", dir, ...fixtures],
-    env: ENV,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const said = new TextDecoder().decode(run.stdout) + new TextDecoder().decode(run.stderr);
+  // A sanitizer's abort (a leak found at exit, after the summary) must fail.
+  const run = await runToEnd(harness, ["--crash-dir", dir, ...fixtures], ENV);
+  const said = run.stdout + run.stderr;
   // The sanitizer's report and the input that caused it (kept in dir).
   assert.equal(run.code, 0, `the fuzz harness failed (${dir}):\n${said}`);
   const counts = said.match(/fuzz: (\d+) inputs in \d+ ms .*: lane (\d+) /);

@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { $, freePort, startDaemon, type TestDaemon } from "./helpers/daemon.ts";
-import { enc, readAtLeast, writeAll } from "./helpers/client.ts";
+import { enc, roundTrip, writeAll } from "./helpers/client.ts";
 import { readLines } from "./helpers/lines.ts";
 
 const EXAMPLES = new URL("../examples/", import.meta.url).pathname;
@@ -138,10 +138,9 @@ function shut(conn: Deno.Conn): void {
   } catch { /* closed already */ }
 }
 
-async function exchange(conn: Deno.Conn, text: string, reply: string): Promise<string> {
-  await writeAll(conn, enc.encode(text));
-  return await readAtLeast(conn, reply.length, 3000);
-}
+/** Sends text; the reply, as long as the one expected, within 3 s. */
+const exchange = (conn: Deno.Conn, text: string, reply: string) =>
+  roundTrip(conn, text, reply.length, 3000);
 
 /** The clients, through the daemon's port. */
 async function drive(d: TestDaemon, service: Service): Promise<void> {

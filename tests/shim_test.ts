@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { Shim, ShimError } from "../ffi/shim.ts";
 import { connFd, detach, FD_SYMBOL_DESCRIPTION, internalFd } from "../src/accept/conn_fd.ts";
 import { connectedPair, readAtLeast, seesEnd, writeAll } from "./helpers/client.ts";
-import { $ } from "./helpers/daemon.ts";
+import { runToEnd } from "./helpers/daemon.ts";
 
 const shim = new Shim();
 const ROOT_DIR = new URL("../", import.meta.url).pathname;
@@ -238,8 +238,9 @@ Deno.test("listeners.acceptBatch takes every waiting connection of a listener, w
 
 /** Runs a fixture with the shim preloaded; returns the JSON it printed. */
 async function runPreloaded(fixture: string): Promise<Record<string, unknown>> {
-  const r = await $`${Deno.execPath()} run -A ${join(ROOT_DIR, fixture)}`
-    .env({ LD_PRELOAD: shim.path });
+  const r = await runToEnd(Deno.execPath(), ["run", "-A", join(ROOT_DIR, fixture)], {
+    LD_PRELOAD: shim.path,
+  });
   assert.equal(r.code, 0, r.stderr);
   return JSON.parse(r.stdout);
 }

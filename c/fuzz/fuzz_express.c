@@ -35,7 +35,7 @@ int fuzz_decide_parsed(const struct table *t, const uint8_t *b, int n, struct ev
   return rc;
 }
 
-/* What a reader of the event (ffi/shim.ts) relies on: the SNI a printable
+/* What a reader of the event (ffi/lane_records.ts) relies on: the SNI a printable
  * lower-case string ended in its buffer, the ALPN list whole in its own
  * with a 0 after the last name, a site the table has. NULL, or what is
  * wrong. */

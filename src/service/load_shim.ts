@@ -10,11 +10,10 @@
  */
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Shim } from "../../ffi/shim.ts";
+import { preloadedShim, Shim } from "../../ffi/shim.ts";
 import { buildShim } from "../build_shim.ts";
 
 const CHECKOUT = new URL("../../", import.meta.url);
-const PRELOAD_NAME = "/libportmux.so";
 
 /** The checkout's own shim, or null when this module was not imported
  * from files (a remote URL): nothing can be built then. */
@@ -25,7 +24,7 @@ function ownShim(): { checkout: string; path: string } | null {
 }
 
 /** The command that builds the shim, from any folder. */
-export function buildCommand(): string {
+function buildCommand(): string {
   const own = ownShim();
   return own
     ? `deno task --cwd ${own.checkout} build`
@@ -41,8 +40,7 @@ export async function loadShim(): Promise<Shim> {
       "or unset PORTMUX_SHIM to use this checkout's own",
     ]);
   }
-  const preloaded = (Deno.env.get("LD_PRELOAD") ?? "").split(/[: ]/)
-    .find((p) => p.endsWith(PRELOAD_NAME));
+  const preloaded = preloadedShim();
   if (preloaded) {
     return open(preloaded, `LD_PRELOAD names ${preloaded}`, [
       `preload a built one by its absolute path (${buildCommand()} builds ${

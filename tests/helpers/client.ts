@@ -28,9 +28,14 @@ export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void
 }
 
 /** Sends text, returns exactly the expected reply length (or less at EOF). */
-export async function roundTrip(conn: Deno.Conn, text: string, replyLength: number) {
+export async function roundTrip(
+  conn: Deno.Conn,
+  text: string,
+  replyLength: number,
+  timeoutMs?: number,
+) {
   await writeAll(conn, enc.encode(text));
-  return await readAtLeast(conn, replyLength);
+  return await readAtLeast(conn, replyLength, timeoutMs);
 }
 
 /** True if the peer ended the connection (EOF or reset) within timeoutMs. */

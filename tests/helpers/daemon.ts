@@ -189,8 +189,21 @@ function withoutShim(): string {
 /** dax's `$` for the tests' short commands: stdin closed, stdout and stderr
  * captured, a failing exit code returned (`code`, for the test to assert
  * on), not thrown. npm dax reports a death by a signal as code 0: where a
- * crash must fail a test, check the output too, or use Deno.Command. */
+ * crash must fail a test, use runToEnd. */
 export const $ = build$({ commandBuilder: (b) => b.stdin("null").quiet().noThrow() });
+
+/** Runs a command to its end, for a test that a crash must fail: a death
+ * by a signal gives code 128 + the signal (Deno.Command's status), where
+ * npm dax would give 0. */
+export async function runToEnd(
+  cmd: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const r = await new Deno.Command(cmd, { args, env, stdin: "null" }).output();
+  const text = new TextDecoder();
+  return { code: r.code, stdout: text.decode(r.stdout), stderr: text.decode(r.stderr) };
+}
 
 /** The status code curl gets for GET https://127.0.0.1:port/ (a new TLS
  * connection; the certificate is not checked); "000" when none came
