@@ -234,14 +234,15 @@ static void drop_channel(struct service *s, int k) {
   s->instance[k] = s->instance[s->count];
 }
 
-/* Sends fd and its record on one of the service's channels, round robin.
- * A full channel is skipped; a broken one leaves the list (the daemon finds
- * it broken too, reopens it and lists it again). Returns the instance, or
- * -1 when no channel took it (nothing was sent). */
+/* Sends fd and its record on one of the service's channels, round robin;
+ * once sent, fd is the channel's (kept until the service reads it). A full
+ * channel is skipped; a broken one leaves the list (the daemon finds it
+ * broken too, reopens it and lists it again). Returns the instance, or -1
+ * when no channel took it (nothing was sent, fd is still ours). */
 static int send_to_service(struct service *s, int fd, const char *rec, int len) {
   for (int tries = s->count; tries > 0 && s->count > 0; tries--) {
     int k = s->next++ % s->count;
-    int sent = pm_channel_send(s->chan[k], fd, (const uint8_t *)rec, len);
+    int sent = channel_send(s->chan[k], fd, (const uint8_t *)rec, len, 1);
     if (sent == -EAGAIN) continue;
     if (sent < 0) {
       drop_channel(s, k);
@@ -307,10 +308,9 @@ static void carry_out(int fd, struct conn *c, int rule_index, int peeked, const 
                          "{\"address\":\"%s\",\"port\":%d},\"local\":{\"address\":\"%s\",\"port\":%d},"
                          "\"peeked\":%d}\n",
                          ev.client, ev.client_port, ev.local, ev.local_port, peeked);
+      unwatch(fd, c); /* before the fd goes: once sent, it may be closed at any time */
       int instance = send_to_service(s, fd, rec, len);
-      if (instance >= 0) {
-        unwatch(fd, c);
-        close(fd); /* the service has its own; ours is not Deno's: no FIN */
+      if (instance >= 0) { /* fd is the channel's copy now (c/channel_send.c) */
         emit(&ev, O_HANDED_OFF, instance);
         return;
       }

@@ -40,6 +40,9 @@ int pm_set_nonblocking(int fd, int on);
 /* Sends payload with fd on a channel, without waiting (channel_send.c).
  * Bytes sent, or -errno. */
 int pm_channel_send(int chan, int fd, const uint8_t *payload, int len);
+/* The same; with given, fd is the sender's no longer once sent (kept as
+ * the copy until the service reads it). */
+int channel_send(int chan, int fd, const uint8_t *payload, int len, int given);
 
 /* Receives bytes and up to max_fds fds from a channel, without waiting
  * (portmux_shim.c); info[0] = fds received, info[1] = 1 if control data
