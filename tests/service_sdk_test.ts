@@ -279,6 +279,26 @@ function startSpare(): { port: number; stop(): Promise<void> } {
   };
 }
 
+/** A probe service in a folder of its own and the daemon handing off to
+ * it (the spare behind the kv route's fallback); all stopped after body. */
+async function withProbe(
+  opts: { preload: boolean; senderUid?: number; waitMs?: number },
+  body: (s: { dir: string; svc: ProbeService; d: TestDaemon }) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "portmux-sdk-" });
+  const socket = join(dir, "kv.sock");
+  const svc = await startProbe(dir, socket, opts);
+  const spare = startSpare();
+  const d = await daemonFor(dir, socket, spare.port, opts.waitMs ?? 3000);
+  try {
+    await body({ dir, svc, d });
+  } finally {
+    await d.stop();
+    await svc.stop();
+    await spare.stop();
+  }
+}
+
 async function connect(d: TestDaemon, text: string): Promise<Deno.TcpConn> {
   const c = await Deno.connect({ hostname: "127.0.0.1", port: d.port });
   await writeAll(c, enc.encode(text));
@@ -289,12 +309,7 @@ for (const preload of [false, true]) {
   const way = preload ? "with the shim preloaded" : "without the preload";
 
   Deno.test(`${way}: adopt() gives a node:net Socket on the client's own connection that reads its first bytes, the peeked ones too, and writes back`, async () => {
-    const dir = await Deno.makeTempDir({ prefix: "portmux-sdk-adopt-" });
-    const socket = join(dir, "kv.sock");
-    const svc = await startProbe(dir, socket, { preload });
-    const spare = startSpare();
-    const d = await daemonFor(dir, socket, spare.port, 3000);
-    try {
+    await withProbe({ preload }, async ({ svc, d }) => {
       assert.equal(svc.ready.port === null, !preload, "the receiver is on the expected path");
       const c = await connect(d, "KV1 hello\n");
       const port = c.localAddr.port;
@@ -319,20 +334,11 @@ for (const preload of [false, true]) {
       await writeAll(c, enc.encode("more\n"));
       assert.equal(await readAtLeast(c, 5), "more\n", "it writes back");
       c.close();
-    } finally {
-      await d.stop();
-      await svc.stop();
-      await spare.stop();
-    }
+    });
   });
 
   Deno.test(`${way}: a client that resets before the service adopts it does not end the service`, async () => {
-    const dir = await Deno.makeTempDir({ prefix: "portmux-sdk-reset-" });
-    const socket = join(dir, "kv.sock");
-    const svc = await startProbe(dir, socket, { preload });
-    const spare = startSpare();
-    const d = await daemonFor(dir, socket, spare.port, 3000);
-    try {
+    await withProbe({ preload }, async ({ svc, d }) => {
       // Held (never adopted), then reset: SO_LINGER 0, a Python client.
       const script = `
 import socket, struct, sys, time
@@ -353,88 +359,78 @@ s.close()
       const c = await connect(d, "KV1 still\n");
       assert.equal(await readAtLeast(c, 17), "first: KV1 still\n", "the service still serves");
       c.close();
-    } finally {
-      await d.stop();
-      await svc.stop();
-      await spare.stop();
-    }
+    });
   });
 
   Deno.test(`${way}: close() with clients live and records unread removes the socket file, keeps adopted clients, closes the rest, and leaves no fd open`, async () => {
-    const dir = await Deno.makeTempDir({ prefix: "portmux-sdk-close-" });
-    const socket = join(dir, "kv.sock");
-    const svc = await startProbe(dir, socket, { preload });
-    const spare = startSpare();
-    const d = await daemonFor(dir, socket, spare.port, 3000);
-    const clients: Deno.TcpConn[] = [];
-    try {
-      // A live client, adopted and served.
-      const live = await connect(d, "KV1 live\n");
-      clients.push(live);
-      assert.equal(await readAtLeast(live, 16), "first: KV1 live\n");
-      // A client given to onConnection and never adopted.
-      const held = await connect(d, "HOLD\n");
-      clients.push(held);
-      await svc.waitFor(
-        (e) =>
-          e.event === "held" && (e.record as { client: { port: number } }).client.port ===
-            held.localAddr.port,
-        "the held client",
-      );
-      // A client whose record is still unread when the receiver closes:
-      // sent while the service's event loop is blocked.
-      await svc.tell(`stall ${join(dir, "go")}`);
-      await svc.waitFor((e) => e.event === "stalling", "stalling");
-      const unread = await connect(d, "KV1 late\n");
-      clients.push(unread);
-      const sent = await d.connection(unread.localAddr.port);
-      assert.equal(sent.outcome, "handed-off");
-      await Deno.writeTextFile(join(dir, "go"), "");
-      const closed = await svc.waitFor((e) => e.event === "closed", "closed");
+    await withProbe({ preload }, async ({ dir, svc, d }) => {
+      const clients: Deno.TcpConn[] = [];
+      try {
+        // A live client, adopted and served.
+        const live = await connect(d, "KV1 live\n");
+        clients.push(live);
+        assert.equal(await readAtLeast(live, 16), "first: KV1 live\n");
+        // A client given to onConnection and never adopted.
+        const held = await connect(d, "HOLD\n");
+        clients.push(held);
+        await svc.waitFor(
+          (e) =>
+            e.event === "held" && (e.record as { client: { port: number } }).client.port ===
+              held.localAddr.port,
+          "the held client",
+        );
+        // A client whose record is still unread when the receiver closes:
+        // sent while the service's event loop is blocked.
+        await svc.tell(`stall ${join(dir, "go")}`);
+        await svc.waitFor((e) => e.event === "stalling", "stalling");
+        const unread = await connect(d, "KV1 late\n");
+        clients.push(unread);
+        const sent = await d.connection(unread.localAddr.port);
+        assert.equal(sent.outcome, "handed-off");
+        await Deno.writeTextFile(join(dir, "go"), "");
+        const closed = await svc.waitFor((e) => e.event === "closed", "closed");
 
-      assert.equal(closed.socketFile, false, "close() removed the socket file");
-      assert.equal(closed.afterClose, 0, "onConnection is not called once close() is");
-      assert.ok(
-        !svc.events.some((e) =>
-          (e.record as { client?: { port: number } } | undefined)?.client?.port ===
-            unread.localAddr.port
-        ),
-        "the unread record was never given",
-      );
-      assert.ok(await seesEnd(unread), "the unread record's client is closed");
-      assert.ok(await seesEnd(held), "the client never adopted is closed");
-      assert.match(String(closed.adoptHeld), /closed before this connection was adopted/);
-      // The adopted client is the service's: still served.
-      await writeAll(live, enc.encode("still\n"));
-      assert.equal(await readAtLeast(live, 6), "still\n");
-      // Its fds, but for those it held before serve().
-      const baseline = svc.ready.baseline as string[];
-      const added = (fds: unknown) => (fds as string[]).filter((fd) => !baseline.includes(fd));
-      assert.equal(
-        added(closed.fds).length,
-        1,
-        `only the live client is left: ${added(closed.fds)}`,
-      );
-      live.close();
-      // Once the service ends its last client, it holds what it held
-      // before serve().
-      const end = Date.now() + 5000;
-      let left = added(closed.fds);
-      while (left.length > 0 && Date.now() < end) {
-        await new Promise((r) => setTimeout(r, 50));
-        left = added((await svc.ask("fds")).fds);
+        assert.equal(closed.socketFile, false, "close() removed the socket file");
+        assert.equal(closed.afterClose, 0, "onConnection is not called once close() is");
+        assert.ok(
+          !svc.events.some((e) =>
+            (e.record as { client?: { port: number } } | undefined)?.client?.port ===
+              unread.localAddr.port
+          ),
+          "the unread record was never given",
+        );
+        assert.ok(await seesEnd(unread), "the unread record's client is closed");
+        assert.ok(await seesEnd(held), "the client never adopted is closed");
+        assert.match(String(closed.adoptHeld), /closed before this connection was adopted/);
+        // The adopted client is the service's: still served.
+        await writeAll(live, enc.encode("still\n"));
+        assert.equal(await readAtLeast(live, 6), "still\n");
+        // Its fds, but for those it held before serve().
+        const baseline = svc.ready.baseline as string[];
+        const added = (fds: unknown) => (fds as string[]).filter((fd) => !baseline.includes(fd));
+        assert.equal(
+          added(closed.fds).length,
+          1,
+          `only the live client is left: ${added(closed.fds)}`,
+        );
+        live.close();
+        // Once the service ends its last client, it holds what it held
+        // before serve().
+        const end = Date.now() + 5000;
+        let left = added(closed.fds);
+        while (left.length > 0 && Date.now() < end) {
+          await new Promise((r) => setTimeout(r, 50));
+          left = added((await svc.ask("fds")).fds);
+        }
+        assert.deepEqual(left, [], "no fd left open");
+      } finally {
+        clients.forEach((c) => {
+          try {
+            c.close();
+          } catch { /* closed */ }
+        });
       }
-      assert.deepEqual(left, [], "no fd left open");
-    } finally {
-      clients.forEach((c) => {
-        try {
-          c.close();
-        } catch { /* closed */ }
-      });
-      await d.stop();
-      await svc.stop();
-      await spare.stop();
-    }
+    });
   });
 }
 
@@ -442,13 +438,8 @@ for (const preload of [false, true]) {
   const way = preload ? "with the shim preloaded" : "without the preload";
 
   Deno.test(`${way}: a sender of another uid than senderUid is refused: none of its clients reaches onConnection, each is ended or takes the fallback, and onProblem says who it was`, async () => {
-    const dir = await Deno.makeTempDir({ prefix: "portmux-sdk-uid-" });
-    const socket = join(dir, "kv.sock");
     const notTheDaemons = (Deno.uid() ?? 0) + 4242;
-    const svc = await startProbe(dir, socket, { preload, senderUid: notTheDaemons });
-    const spare = startSpare();
-    const d = await daemonFor(dir, socket, spare.port, 300);
-    try {
+    await withProbe({ preload, senderUid: notTheDaemons, waitMs: 300 }, async ({ svc, d }) => {
       for (let i = 0; i < 3; i++) {
         const c = await connect(d, `KV1 ${i}\n`);
         // The daemon's record goes with the channel it has just opened,
@@ -469,11 +460,7 @@ for (const preload of [false, true]) {
         [],
         "no client reached onConnection",
       );
-    } finally {
-      await d.stop();
-      await svc.stop();
-      await spare.stop();
-    }
+    });
   });
 }
 

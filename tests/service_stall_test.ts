@@ -13,43 +13,11 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { type LogLine, startDaemon, type TestDaemon } from "./helpers/daemon.ts";
 import { enc, writeAll } from "./helpers/client.ts";
-import { readLines } from "./helpers/lines.ts";
+import { startPythonService } from "./helpers/python_service.ts";
 
-const SERVICE = new URL("./services/recv_fds_service.py", import.meta.url).pathname;
 const WAIT_MS = 300;
 const CLIENTS = 200;
 const PACE_MS = 10; // one new client every 10 ms: 2 s of arrivals
-
-interface Service {
-  readonly socket: string;
-  readonly child: Deno.ChildProcess;
-  stop(): Promise<void>;
-}
-
-/** tests/services/recv_fds_service.py on socket; "--deaf" never reads. */
-async function startService(socket: string, ...flags: string[]): Promise<Service> {
-  const child = new Deno.Command("python3", {
-    args: ["-u", SERVICE, socket, ...flags],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  let ready!: () => void;
-  const isReady = new Promise<void>((r) => ready = r);
-  const reading = readLines(child.stdout, (line) => line.includes('"ready"') && ready());
-  await isReady;
-  return {
-    socket,
-    child,
-    async stop() {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* gone */ }
-      await child.status;
-      await reading;
-    },
-  };
-}
 
 function config(sockets: string[], express: boolean): string {
   return `
@@ -137,8 +105,8 @@ async function allLogged(d: TestDaemon, clients: Client[]): Promise<Map<number, 
 
 async function stalledReceiver(express: boolean): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "portmux-stall-" });
-  const healthy = await startService(join(dir, "healthy.sock"));
-  const deaf = await startService(join(dir, "deaf.sock"), "--deaf");
+  const healthy = await startPythonService(join(dir, "healthy.sock"));
+  const deaf = await startPythonService(join(dir, "deaf.sock"), "--deaf");
   const d = await startDaemon({
     dataDir: dir,
     config: config([healthy.socket, deaf.socket], express),
@@ -213,7 +181,7 @@ Deno.test("a service instance that never reads its channel (express lane off): f
 
 Deno.test("a stalled service that dies: the clients it never read end with it, not at the stall-close", async () => {
   const dir = await Deno.makeTempDir({ prefix: "portmux-stall-dies-" });
-  const deaf = await startService(join(dir, "deaf.sock"), "--deaf");
+  const deaf = await startPythonService(join(dir, "deaf.sock"), "--deaf");
   const d = await startDaemon({ dataDir: dir, config: config([deaf.socket], false) });
   let clients: Client[] = [];
   try {
@@ -236,18 +204,18 @@ Deno.test("a stalled service that dies: the clients it never read end with it, n
 
 Deno.test("a service paused (SIGSTOP) then continued: stalled, then resumed; its queued clients are served and it takes clients again", async () => {
   const dir = await Deno.makeTempDir({ prefix: "portmux-pause-" });
-  const a = await startService(join(dir, "a.sock"));
-  const b = await startService(join(dir, "b.sock"));
+  const a = await startPythonService(join(dir, "a.sock"));
+  const b = await startPythonService(join(dir, "b.sock"));
   const d = await startDaemon({ dataDir: dir, config: config([a.socket, b.socket], true) });
   let clients: Client[] = [];
   try {
     // Warm both channels up, then pause b.
     await Promise.all((await sendClients(d.port, 10)).map((c) => c.finished));
-    Deno.kill(b.child.pid, "SIGSTOP");
+    Deno.kill(b.pid, "SIGSTOP");
     clients = await sendClients(d.port, 60);
     const stalled = await d.waitFor((l) => l.event === "service-stalled", 10_000);
     assert.equal(stalled.socket, b.socket);
-    Deno.kill(b.child.pid, "SIGCONT");
+    Deno.kill(b.pid, "SIGCONT");
     const resumed = await d.waitFor((l) => l.event === "service-resumed", 10_000);
     assert.equal(resumed.socket, b.socket);
     // Everyone is served: those queued in b once it reads again.
@@ -262,7 +230,7 @@ Deno.test("a service paused (SIGSTOP) then continued: stalled, then resumed; its
   } finally {
     clients.forEach((c) => c.abandon());
     try {
-      Deno.kill(b.child.pid, "SIGCONT");
+      Deno.kill(b.pid, "SIGCONT");
     } catch { /* gone */ }
     await d.stop();
     await a.stop();

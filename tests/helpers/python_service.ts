@@ -6,6 +6,8 @@ const SCRIPT = new URL("../services/recv_fds_service.py", import.meta.url).pathn
 
 export interface PythonService {
   readonly socket: string;
+  /** Its process, for signals (SIGSTOP, SIGCONT). */
+  readonly pid: number;
   readonly records: Record<string, unknown>[];
   /** Waits until n records have arrived. */
   waitForRecords(n: number, timeoutMs?: number): Promise<void>;
@@ -33,6 +35,7 @@ export async function startPythonService(
   await isReady;
   return {
     socket,
+    pid: child.pid,
     records,
     async waitForRecords(n, timeoutMs = 10_000) {
       const end = Date.now() + timeoutMs;
@@ -41,8 +44,10 @@ export async function startPythonService(
         await new Promise((r) => setTimeout(r, 20));
       }
     },
-    async stop() {
-      child.kill("SIGKILL");
+    async stop() { // safe to call again
+      try {
+        child.kill("SIGKILL");
+      } catch { /* gone */ }
       await child.status;
       await reading;
     },
